@@ -1,0 +1,50 @@
+# bastion — `make demo` and `make test` are the two commands a new machine needs.
+PY       ?= python3.11
+VENV     := .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed
+# Lanes (framework adapters, heavy extras) keep their venvs outside the clone so reruns are quick.
+LANE_CACHE ?= $(HOME)/.cache/bastion-lanes
+
+.PHONY: demo test test-core test-lanes bench lint clean
+
+$(STAMP): pyproject.toml requirements-dev.lock
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.lock
+	$(BIN)/pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/bastion demo --dir demo-out
+
+test: test-core test-lanes
+
+test-core: $(STAMP)
+	$(BIN)/python -m pytest
+
+# Each lane is a directory under lanes/ with its own requirements and tests; none exist yet
+# for the core kernel, so this target only reports what it ran.
+test-lanes: $(STAMP)
+	@set -e; n=0; for lane in lanes/*/; do \
+	  [ -d "$$lane" ] || continue; n=$$((n+1)); \
+	  $(MAKE) --no-print-directory -C "$$lane" test LANE_CACHE=$(LANE_CACHE); \
+	done; echo "lanes run: $$n"
+
+# The reference implementation, measured side by side, lives in its own venv.
+REF_STAMP := .venv-ref/.installed
+$(REF_STAMP):
+	@test -x .venv-ref/bin/python || $(PY) -m venv .venv-ref
+	.venv-ref/bin/pip install -q agent-governance-toolkit-core==5.0.0
+	@touch $(REF_STAMP)
+
+bench: $(STAMP) $(REF_STAMP)
+	$(BIN)/python benchmarks/bench_kernel.py
+	$(BIN)/python benchmarks/bench_audit.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache

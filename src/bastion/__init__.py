@@ -1,0 +1,33 @@
+"""bastion: runtime governance for autonomous AI agents.
+
+This module only re-exports the public API; see README.md and DESIGN.md for the contracts.
+"""
+
+from bastion._errors import (
+    ApprovalError,
+    AuditError,
+    BastionError,
+    ConfigError,
+    GovernanceDenied,
+    PolicyError,
+    StateError,
+)
+from bastion.kernel import Action, Decision, Kernel, approval, govern
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Action",
+    "ApprovalError",
+    "AuditError",
+    "BastionError",
+    "ConfigError",
+    "Decision",
+    "GovernanceDenied",
+    "Kernel",
+    "PolicyError",
+    "StateError",
+    "__version__",
+    "approval",
+    "govern",
+]

@@ -1,0 +1,139 @@
+"""Canonical encodings shared by the kernel, the audit log and the approvals.
+
+Two things are canonical here and nowhere else:
+
+* **tool names** — NFKC, casefold, Unicode format characters (zero-width, bidi controls) removed,
+  surrounding white space trimmed. A name that still holds anything but ASCII letters, digits and
+  ``_ - . : /`` is invalid (``canonical_tool`` returns ``None``) and the kernel denies it.
+* **JSON** — UTF-8, keys sorted, no insignificant white space, integers exact. Non-finite floats and
+  non-string keys are errors. It is what the audit chain hashes and what action digests are over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import unicodedata
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+_VALID_TOOL = re.compile(r"[a-z0-9_\-.:/]+")
+_JSON_OPTS = orjson.OPT_SORT_KEYS
+
+
+def _strip_format(text: str) -> str:
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+
+
+@lru_cache(maxsize=4096)
+def canonical_tool(name: str) -> str | None:
+    """Return the canonical form of a tool name, or ``None`` when it is not a valid name."""
+    if not isinstance(name, str):
+        return None
+    text = _strip_format(unicodedata.normalize("NFKC", name)).casefold()
+    text = unicodedata.normalize("NFKC", text).strip()
+    if not text or _VALID_TOOL.fullmatch(text) is None:
+        return None
+    return text
+
+
+def norm_text(text: str) -> str:
+    """NFKC, casefold, format characters (zero-width, bidi) stripped, trimmed: CEL's ``norm``."""
+    folded = _strip_format(unicodedata.normalize("NFKC", text)).casefold()
+    return unicodedata.normalize("NFKC", folded).strip()
+
+
+def _default(value: Any) -> Any:
+    canonical = getattr(value, "__canonical__", None)
+    if canonical is not None:  # a value computed when it is encoded (e.g. off the hot path)
+        return canonical()
+    if isinstance(value, int):  # beyond 64 bits: orjson refuses; keep it exact as a string
+        return {"$bigint": str(value)}
+    if isinstance(value, (set, frozenset, tuple)):
+        return sorted(value, key=repr) if isinstance(value, (set, frozenset)) else list(value)
+    if isinstance(value, bytes):
+        return {"$bytes": value.hex()}
+    raise TypeError(f"{type(value).__name__!r} is not JSON-encodable")
+
+
+def canonical_json(value: Any) -> bytes:
+    """Encode ``value`` canonically (see module docstring). Raises ``TypeError``/``ValueError``."""
+    try:
+        out = orjson.dumps(value, option=_JSON_OPTS, default=_default)
+    except orjson.JSONEncodeError as exc:
+        if "Integer exceeds" not in str(exc):
+            raise ValueError(str(exc)) from exc
+        out = orjson.dumps(_widen(value), option=_JSON_OPTS, default=_default)
+    if b"null" in out:  # orjson writes NaN and infinities as null: refuse them instead
+        _reject_non_finite(value)
+    return out
+
+
+def _reject_non_finite(value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"non-finite number {value!r} cannot be encoded")
+    if isinstance(value, dict):
+        for item in value.values():
+            _reject_non_finite(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _reject_non_finite(item)
+
+
+def _widen(value: Any) -> Any:
+    """Copy ``value`` with integers beyond 64 bits made explicit, for orjson."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else {"$bigint": str(value)}
+    if isinstance(value, dict):
+        return {k: _widen(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_widen(v) for v in value]
+    return value
+
+
+def digest(value: Any) -> str:
+    """``sha256:<hex>`` of the canonical JSON of ``value``."""
+    return "sha256:" + hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+def snapshot(value: Any) -> Any:
+    """A deep, JSON-shaped copy of ``value`` taken now: what the audit records of an action.
+
+    Integers beyond 64 bits become ``{"$bigint": ...}``, non-string keys strings, and objects
+    JSON cannot hold ``{"$repr": ..., "$type": ...}``, so recording never fails and never changes
+    what the caller holds.
+    """
+    try:
+        return orjson.loads(orjson.dumps(value, default=_lossy, option=orjson.OPT_NON_STR_KEYS))
+    except (orjson.JSONEncodeError, TypeError):
+        return _walk(value, 0)
+
+
+def _lossy(value: Any) -> Any:
+    try:
+        return _default(value)
+    except TypeError:
+        return {"$repr": repr(value)[:256], "$type": type(value).__name__}
+
+
+def _walk(value: Any, depth: int) -> Any:
+    if depth > 64:
+        return {"$repr": "<nested deeper than 64 levels>", "$type": type(value).__name__}
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else {"$bigint": str(value)}
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"$float": repr(value)}
+    if isinstance(value, dict):
+        return {str(k): _walk(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_walk(v, depth + 1) for v in value]
+    if isinstance(value, set | frozenset):
+        return [_walk(v, depth + 1) for v in sorted(value, key=repr)]
+    return _lossy(value)

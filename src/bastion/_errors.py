@@ -1,0 +1,72 @@
+"""One error tree for bastion.
+
+``BastionError`` is the root. The user's mistakes (``PolicyError``, ``ConfigError``) are kept apart
+from run-time outcomes (``GovernanceDenied``) and from failures of a backend (``AuditError``,
+``StateError``). Every class carries a stable ``code``. Messages are lower-case, quote identifiers
+and put the location first.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bastion.kernel import Decision
+
+
+class BastionError(Exception):
+    """Root of every error bastion raises on purpose."""
+
+    code = "bastion_error"
+
+
+class PolicyError(BastionError):
+    """A policy, catalog or test file is malformed; ``path:line:column`` says where."""
+
+    code = "policy_error"
+
+    def __init__(self, message: str, *, path: str = "<text>", line: int = 0, column: int = 0):
+        self.message = message
+        self.path = path
+        self.line = line
+        self.column = column
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        """The ``PATH:LINE:COL: error: MESSAGE`` form printed by ``bastion check``."""
+        return f"{self.path}:{self.line}:{self.column}: error: {self.message}"
+
+
+class ConfigError(BastionError):
+    """An option passed to a constructor or the CLI is invalid."""
+
+    code = "config_error"
+
+
+class StateError(BastionError):
+    """The state store failed or could not be reached."""
+
+    code = "state_error"
+
+
+class AuditError(BastionError):
+    """The audit log could not be written, opened or verified."""
+
+    code = "audit_error"
+
+
+class ApprovalError(BastionError):
+    """An approval id is unknown, expired, already used or does not match the action."""
+
+    code = "approval_error"
+
+
+class GovernanceDenied(BastionError):
+    """A governed call was not allowed; ``decision`` says why."""
+
+    code = "governance_denied"
+
+    def __init__(self, decision: Decision):
+        self.decision = decision
+        reason = "; ".join(decision.reasons) or decision.effect
+        super().__init__(f"{decision.tool!r} {decision.effect}: {reason} (decision {decision.id})")

@@ -1,0 +1,161 @@
+"""Policy test files: cases of action → expected decision, run by ``bastion test`` and by the
+conformance corpus under ``tests/conformance/``.
+
+A file (YAML)::
+
+    policy: payments.yaml          # path relative to this file, or
+    policy_text: |                 # the policy inline
+      version: 1 ...
+    agents:                        # optional facts for agent ids (trust, ring, roles)
+      agent-1: {trust: 700, roles: [payments]}
+    cases:
+      - name: large transfers need approval
+        action: {tool: transfer, args: {amount: 5000}, agent: {id: agent-1}}
+        expect: require_approval   # or a mapping:
+        # expect: {effect: deny, rule_ids: [big], errors: true, code: policy,
+        #          reason: "substring", args: {...redacted args...}}
+        repeat: 1                  # evaluate N times; the expectation is on the last
+
+Cases in one file share one kernel (in-memory state), so sequences such as rate limits can be
+tested in order. Every mistake in the file is a ``PolicyError`` with its position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bastion._errors import PolicyError
+from bastion.kernel import Action, Decision, Kernel
+from bastion.policy import load_policy, parse_policy
+from bastion.policy._yaml import Located, LocatedList, read_yaml
+
+_FILE_KEYS = {"policy", "policy_text", "agents", "cases", "description"}
+_CASE_KEYS = {"name", "action", "expect", "repeat", "description"}
+_ACTION_KEYS = {"tool", "stage", "args", "agent", "session", "context", "result"}
+_EXPECT_KEYS = {"effect", "rule_ids", "errors", "code", "reason", "args", "result"}
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    file: str
+    name: str
+    line: int
+    passed: bool
+    problems: tuple[str, ...]
+    decision: Decision | None
+
+
+class _StaticFacts:
+    def __init__(self, facts: Mapping[str, Mapping[str, Any]]):
+        self.facts = facts
+
+    def __call__(self, agent_id: str) -> Mapping[str, Any]:
+        return self.facts.get(agent_id, {})
+
+
+def run_file(path: str | Path) -> list[CaseResult]:
+    """Run every case of one test file. Raises ``PolicyError`` for a malformed file or policy."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError("file not found", path=str(p)) from None
+    doc = read_yaml(text, str(p))
+    where = str(p)
+    if not isinstance(doc, Located):
+        raise PolicyError("a policy test file must be a mapping", path=where, line=1, column=1)
+    _check_keys(doc, _FILE_KEYS, "test file", where)
+    if ("policy" in doc) == ("policy_text" in doc):
+        raise PolicyError("give exactly one of 'policy' (a path) or 'policy_text'", path=where,
+                          line=doc.pos.line, column=doc.pos.column)
+    if "policy" in doc:
+        policy = load_policy(p.parent / str(doc["policy"]))
+    else:
+        vp = doc.value_pos["policy_text"]
+        try:
+            policy = parse_policy(str(doc["policy_text"]), path=f"{where}#policy_text")
+        except PolicyError as exc:  # point into the test file: block text starts a line later
+            raise PolicyError(exc.message, path=where, line=vp.line + exc.line,
+                              column=exc.column) from None
+    facts = _StaticFacts(dict(doc.get("agents") or {}))
+    cases = doc.get("cases")
+    if not isinstance(cases, LocatedList) or not cases:
+        raise PolicyError("'cases' must be a non-empty list", path=where, line=doc.pos.line,
+                          column=doc.pos.column)
+    results = []
+    with Kernel(policy, audit=None, agent_facts=facts) as kernel:
+        for case, pos in zip(cases, cases.item_pos, strict=True):
+            if not isinstance(case, Located):
+                raise PolicyError("a case must be a mapping", path=where, line=pos.line,
+                                  column=pos.column)
+            results.append(_run_case(kernel, case, where))
+    return results
+
+
+def _check_keys(node: Located, allowed: set[str], what: str, where: str) -> None:
+    for key in node:
+        if key not in allowed:
+            kp = node.key_pos[key]
+            raise PolicyError(f"unknown key {key!r} in {what}", path=where, line=kp.line,
+                              column=kp.column)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _run_case(kernel: Kernel, case: Located, where: str) -> CaseResult:
+    _check_keys(case, _CASE_KEYS, "case", where)
+    name = str(case.get("name", f"line {case.pos.line}"))
+    raw = case.get("action")
+    if not isinstance(raw, Located):
+        raise PolicyError("a case needs an 'action' mapping", path=where, line=case.pos.line,
+                          column=case.pos.column)
+    _check_keys(raw, _ACTION_KEYS, "action", where)
+    fields = {k: _plain(v) for k, v in raw.items()}
+    action = Action(**{k: v for k, v in fields.items() if v is not None or k == "result"})
+    expect = case.get("expect")
+    if isinstance(expect, str):
+        expect = {"effect": expect}
+    if not isinstance(expect, Located | dict) or "effect" not in expect:
+        raise PolicyError("a case needs 'expect' (an effect or a mapping with 'effect')",
+                          path=where, line=case.pos.line, column=case.pos.column)
+    if isinstance(expect, Located):
+        _check_keys(expect, _EXPECT_KEYS, "expect", where)
+    repeat = case.get("repeat", 1)
+    if not isinstance(repeat, int) or isinstance(repeat, bool) or not 1 <= repeat <= 10_000:
+        raise PolicyError("'repeat' must be an integer from 1 to 10000", path=where,
+                          line=case.pos.line, column=case.pos.column)
+    decision = None
+    for _ in range(repeat):
+        decision = kernel.evaluate(action)
+    assert decision is not None
+    problems = _compare(decision, _plain(dict(expect)))
+    return CaseResult(where, name, case.pos.line, not problems, tuple(problems), decision)
+
+
+def _compare(d: Decision, expect: dict[str, Any]) -> list[str]:
+    problems = []
+    if d.effect != expect["effect"]:
+        problems.append(f"effect: expected {expect['effect']!r}, got {d.effect!r}")
+    if "rule_ids" in expect and list(d.rule_ids) != list(expect["rule_ids"]):
+        problems.append(f"rule_ids: expected {expect['rule_ids']!r}, got {list(d.rule_ids)!r}")
+    if "errors" in expect and bool(d.errors) != bool(expect["errors"]):
+        want = "errors" if expect["errors"] else "no errors"
+        problems.append(f"expected {want}, got {list(d.errors)!r}")
+    if "code" in expect and d.code != expect["code"]:
+        problems.append(f"code: expected {expect['code']!r}, got {d.code!r}")
+    if "reason" in expect and not any(str(expect["reason"]) in r for r in d.reasons):
+        problems.append(f"no reason contains {expect['reason']!r}: {list(d.reasons)!r}")
+    if "args" in expect and (d.args is None or dict(d.args) != expect["args"]):
+        problems.append(f"args: expected {expect['args']!r}, got {d.args!r}")
+    if "result" in expect and d.result != expect["result"]:
+        problems.append(f"result: expected {expect['result']!r}, got {d.result!r}")
+    return problems

@@ -1,0 +1,263 @@
+"""Reading and verifying an audit log, streaming: memory stays bounded however long the log.
+
+A *source* is a log file path (or ``sqlite:///`` URL) or an open ``AuditLog`` (the only way to
+read an in-memory log). Files are opened read-only, in one read transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from bastion._errors import AuditError
+from bastion.audit import _store
+from bastion.audit._keys import StrPath, load_mac_key, public_key_id
+from bastion.audit._log import AuditLog
+from bastion.audit._merkle import CompactTree, entry_leaf_hash
+
+__all__ = ["AuditSource", "VerifyReport", "opened", "read_events", "verify"]
+
+AuditSource = str | os.PathLike[str] | AuditLog
+PAGE = 1000
+_MIN_SEQ = -(2**63)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """Outcome of ``verify``. On failure ``entries``/``checkpoints`` count what verified before
+    the first problem, ``reason`` names it and ``first_bad_seq`` is the position of the first
+    entry that is wrong or missing (``None`` when the problem is not an entry's)."""
+
+    ok: bool
+    entries: int
+    checkpoints: int
+    first_bad_seq: int | None = None
+    reason: str | None = None
+
+
+@contextmanager
+def opened(source: AuditSource) -> Iterator[tuple[_store.Reader, bytes | None, str]]:
+    """A reader over ``source``, the MAC key it was opened with (``AuditLog`` only), its name."""
+    if isinstance(source, AuditLog):
+        reader, key = source._reader()
+        yield reader, key, str(source.path or ":memory:")
+        return
+    path = _store.resolve_target(source)
+    if path is None:
+        raise AuditError("an in-memory audit log can only be read through its AuditLog")
+    reader = _store.Reader(_store.connect(path, readonly=True), threading.Lock(), owned=True)
+    try:
+        yield reader, None, str(path)
+    finally:
+        reader.close()
+
+
+EntryRow = tuple[int, bytes, str, bytes]
+
+
+def _entries(reader: _store.Reader, since: int = _MIN_SEQ) -> Iterator[EntryRow]:
+    """Every stored entry row in storage (rowid = seq column) order, a page at a time."""
+    last = since - 1 if since > _MIN_SEQ else _MIN_SEQ
+    while True:
+        rows = reader.fetch(
+            "SELECT seq, body, mac, leaf FROM entries WHERE seq > ? ORDER BY seq LIMIT ?",
+            (last, PAGE),
+        )
+        for seq, body, mac, leaf in rows:
+            yield seq, _store.blob(body), str(mac), _store.blob(leaf)
+        if len(rows) < PAGE:
+            return
+        last = rows[-1][0]
+
+
+def read_events(
+    source: AuditSource, *, since_seq: int = 0, limit: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """Parsed entries (body fields with ``v``, ``seq``, ``prev``, plus ``mac``) from
+    ``since_seq`` on, in seq order. Reads only: run ``verify`` to trust them."""
+    if limit is not None and limit <= 0:
+        return
+    count = 0
+    with opened(source) as (reader, _, where):
+        for seq, body, mac, _leaf in _entries(reader, max(since_seq, 0)):
+            try:
+                event: dict[str, Any] = orjson.loads(body)
+                event["mac"] = mac
+            except (orjson.JSONDecodeError, TypeError):
+                raise AuditError(f"{where!r}: entry {seq}: unreadable body; run verify") from None
+            yield event
+            count += 1
+            if limit is not None and count >= limit:
+                return
+
+
+def verify(
+    source: AuditSource,
+    *,
+    key: bytes | None = None,
+    key_path: StrPath | None = None,
+    public_key: Ed25519PublicKey | None = None,
+) -> VerifyReport:
+    """Check the whole log. Raises ``AuditError``/``ConfigError`` only if it cannot be read.
+
+    1. Meta: format version 1, and ``key_check`` matches the MAC key (else: wrong key).
+    2. Checkpoints, in storage order: each body parses, matches its ``tree_size`` column, grows
+       strictly, names a known signer (or the pinned ``public_key``) and its signature verifies.
+    3. Entries, in storage order, counting positions from 0; for each, in this order: the MAC
+       over the stored bytes; the body parses as version 1; its ``seq`` equals the position;
+       its ``prev`` equals the previous entry's MAC; the seq column and the stored leaf hash
+       agree with the body. The leaf joins the tree, and a checkpoint of this size must have
+       this root.
+    4. No checkpoint may cover more entries than exist (a truncated tail).
+
+    Key: ``key``, else ``key_path``, else the ``AuditLog``'s own, else ``<db>.key``.
+    """
+    with opened(source) as (reader, own_key, where):
+        if key is None and (key_path or own_key is None):
+            key_file = key_path or f"{where}.key"
+            try:
+                key = load_mac_key(key_file)
+            except FileNotFoundError:
+                raise AuditError(f"{os.fspath(key_file)!r}: mac key file not found") from None
+        return _Verifier(reader, key or own_key or b"", public_key).run()
+
+
+class _Failed(Exception):
+    def __init__(self, reason: str, first_bad_seq: int | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.first_bad_seq = first_bad_seq
+
+
+class _Verifier:
+    def __init__(self, reader: _store.Reader, key: bytes, pinned: Ed25519PublicKey | None) -> None:
+        self._reader = reader
+        self._key = key
+        self._pinned = pinned
+        self._entries = 0
+        self._checkpoints: list[tuple[int, bytes]] = []
+        self._verified_checkpoints = 0
+
+    def run(self) -> VerifyReport:
+        try:
+            self._check_meta()
+            self._load_checkpoints()
+            self._check_entries()
+        except _Failed as failed:
+            return VerifyReport(False, self._entries, self._verified_checkpoints,
+                                failed.first_bad_seq, failed.reason)
+        return VerifyReport(True, self._entries, self._verified_checkpoints)
+
+    def _check_meta(self) -> None:
+        meta = dict(self._reader.fetch("SELECT name, value FROM meta"))
+        if meta.get("format") != str(_store.FORMAT_VERSION):
+            raise _Failed(f"unsupported audit log format {meta.get('format')!r}", None)
+        if not _store.same_text(meta.get("key_check", ""), _store.key_check(self._key)):
+            raise _Failed("wrong mac key for this log (key check mismatch)", None)
+
+    def _signer(self, index: int, checkpoint: _store.Checkpoint) -> Ed25519PublicKey:
+        where = f"checkpoint {index} (tree size {checkpoint.tree_size})"
+        if self._pinned is not None:
+            pinned_id = public_key_id(self._pinned)
+            if checkpoint.key_id != pinned_id:
+                raise _Failed(f"{where}: signed by {checkpoint.key_id!r}, "
+                              f"not the pinned key {pinned_id!r}", None)
+            return self._pinned
+        found = self._reader.fetch(
+            "SELECT public_key FROM signers WHERE key_id = ?", (checkpoint.key_id,)
+        )
+        try:
+            public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(found[0][0]))
+        except (IndexError, ValueError, TypeError):
+            raise _Failed(f"{where}: signed by unknown key {checkpoint.key_id!r}", None) from None
+        if public_key_id(public) != checkpoint.key_id:
+            raise _Failed(f"{where}: signer {checkpoint.key_id!r} is registered wrongly", None)
+        return public
+
+    def _load_checkpoints(self) -> None:
+        last_id, index, size = -1, 0, -1
+        while rows := self._reader.fetch(
+            "SELECT id, tree_size, body, signature FROM checkpoints WHERE id > ? "
+            "ORDER BY id LIMIT ?", (last_id, PAGE)
+        ):
+            for row_id, column_size, body, signature in rows:
+                last_id = row_id
+                try:
+                    checkpoint = _store.Checkpoint(_store.blob(body), str(signature))
+                except ValueError as exc:
+                    raise _Failed(f"checkpoint {index}: malformed ({exc})", None) from None
+                where = f"checkpoint {index} (tree size {checkpoint.tree_size})"
+                if column_size != checkpoint.tree_size:
+                    raise _Failed(f"{where}: stored under tree size {column_size}", None)
+                if not checkpoint.signed_by(self._signer(index, checkpoint)):
+                    raise _Failed(f"{where}: bad signature", None)
+                if checkpoint.tree_size <= size:
+                    raise _Failed(f"{where}: does not grow past {size} (reordered)", None)
+                size = checkpoint.tree_size
+                self._checkpoints.append((size, checkpoint.root))
+                index += 1
+
+    def _check_entries(self) -> None:
+        mac0 = hmac.new(self._key, digestmod=hashlib.sha256)
+        tree, prev, position = CompactTree(), _store.ZERO_MAC, 0
+        checkpoints = iter(enumerate(self._checkpoints))
+        due = next(checkpoints, None)
+        due = self._reach(due, checkpoints, tree)
+        for column_seq, body, mac, leaf in _entries(self._reader):
+            where = f"entry {position}"
+            h = mac0.copy()
+            h.update(body)
+            raw = h.digest()
+            if not _store.same_text(mac, raw.hex()):
+                raise _Failed(f"{where}: mac mismatch (edited)", position)
+            try:
+                fields: Any = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise _Failed(f"{where}: unreadable body", position) from None
+            if not isinstance(fields, dict) or fields.get("v") != _store.FORMAT_VERSION:
+                raise _Failed(f"{where}: not a version 1 entry", position)
+            seq = fields.get("seq")
+            if seq != position or type(seq) is not int:
+                how = "deleted or reordered" if isinstance(seq, int) and seq > position else (
+                    "inserted or reordered")
+                raise _Failed(f"{where}: expected seq {position}, found {seq} ({how})", position)
+            if fields.get("prev") != prev:
+                raise _Failed(f"{where}: prev is not the mac of entry {position - 1}", position)
+            if column_seq != position:
+                raise _Failed(f"{where}: stored under seq {column_seq}", position)
+            if leaf != entry_leaf_hash(body, raw):
+                raise _Failed(f"{where}: stored leaf hash does not match the entry", position)
+            tree.append(leaf)
+            prev = mac
+            position += 1
+            self._entries = position
+            due = self._reach(due, checkpoints, tree)
+        if due is not None:
+            index, (size, _root) = due
+            raise _Failed(f"checkpoint {index} covers {size} entries but only {position} exist "
+                          "(truncated)", position)
+
+    def _reach(
+        self,
+        due: tuple[int, tuple[int, bytes]] | None,
+        rest: Iterator[tuple[int, tuple[int, bytes]]],
+        tree: CompactTree,
+    ) -> tuple[int, tuple[int, bytes]] | None:
+        """Check the checkpoint due at the tree's current size; return the next one due."""
+        while due is not None and due[1][0] == tree.size:
+            index, (size, root) = due
+            if tree.root() != root:
+                raise _Failed(f"checkpoint {index} (tree size {size}): root does not match "
+                              "the entries", None)
+            self._verified_checkpoints += 1
+            due = next(rest, None)
+        return due

@@ -1,0 +1,253 @@
+"""The ``bastion`` command. Exit codes follow DESIGN.md: 0 success/allowed/intact, 1 not
+allowed/tampered/failing, 2 an error in what was given (with ``PATH:LINE:COL`` where it has one)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from bastion._errors import BastionError, PolicyError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Runtime governance for autonomous AI agents.")
+audit_app = typer.Typer(no_args_is_help=True, help="Read, verify and prove the audit log.")
+app.add_typer(audit_app, name="audit")
+
+PolicyOpt = Annotated[Path, typer.Option("--policy", "-p", help="Policy file (YAML).")]
+StateOpt = Annotated[str | None, typer.Option("--state", help="State store path or URL.")]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def _json_arg(name: str, text: str | None) -> Any:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        _fail(f"{name}:{exc.lineno}:{exc.colno}: error: invalid json: {exc.msg}")
+    if not isinstance(value, dict):
+        _fail(f"{name}:1:1: error: expected a json object")
+    return value
+
+
+@app.command()
+def check(policies: Annotated[list[Path], typer.Argument(help="Policy files.")]) -> None:
+    """Validate policy files: exit 0 when all are valid, 2 otherwise."""
+    from bastion.policy import load_policy
+
+    bad = 0
+    for path in policies:
+        try:
+            policy = load_policy(path)
+        except PolicyError as exc:
+            typer.echo(exc.render(), err=True)
+            bad += 1
+            continue
+        for warning in policy.warnings:
+            typer.echo(warning, err=True)
+        typer.echo(f"{path}: ok ({len(policy.rules)} rules, {policy.digest[:19]})")
+    if bad:
+        raise typer.Exit(2)
+
+
+@app.command("eval")
+def eval_(
+    policy: PolicyOpt,
+    tool: Annotated[str | None, typer.Option("--tool", "-t")] = None,
+    stage: Annotated[str, typer.Option("--stage")] = "pre_tool",
+    args: Annotated[str | None, typer.Option("--args", help="JSON object.")] = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="JSON object.")] = None,
+    session: Annotated[str | None, typer.Option("--session", help="JSON object.")] = None,
+    context: Annotated[str | None, typer.Option("--context", help="JSON object.")] = None,
+    result: Annotated[str | None, typer.Option("--result", help="JSON (post_tool).")] = None,
+    state: StateOpt = None,
+    audit: Annotated[str | None, typer.Option("--audit", help="Audit log to append to.")] = None,
+    approval: Annotated[str | None, typer.Option("--approval", help="Granted approval id.")] = None,
+) -> None:
+    """Decide one action and print the decision as JSON: exit 0 allowed, 1 not, 2 error."""
+    from bastion.kernel import Action, Kernel
+
+    parsed = {n: _json_arg(f"--{n}", v) for n, v in
+              (("args", args), ("agent", agent), ("session", session), ("context", context))}
+    res = None
+    if result is not None:
+        try:
+            res = json.loads(result)
+        except json.JSONDecodeError as exc:
+            _fail(f"--result:{exc.lineno}:{exc.colno}: error: invalid json: {exc.msg}")
+    try:
+        kernel = Kernel.from_policy(policy, audit=audit if audit else False, state=state,
+                                    durable=True)
+    except PolicyError as exc:
+        _fail(exc.render())
+    except BastionError as exc:
+        _fail(f"error: {exc}")
+    with kernel:
+        decision = kernel.evaluate(Action(tool=tool, stage=stage, result=res,
+                                          approval=approval, **parsed))
+    typer.echo(json.dumps(decision.to_dict(), ensure_ascii=False, default=str))
+    raise typer.Exit(0 if decision.allowed else 1)
+
+
+@app.command()
+def test(files: Annotated[list[Path], typer.Argument(help="Policy test files (YAML).")],
+         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Run policy test files: exit 0 when every case passes, 1 on a failure, 2 on an error."""
+    from bastion._policytest import run_file
+
+    passed = failed = 0
+    for path in files:
+        try:
+            results = run_file(path)
+        except PolicyError as exc:
+            _fail(exc.render())
+        for r in results:
+            if r.passed:
+                passed += 1
+                if verbose:
+                    typer.echo(f"PASS {r.file}:{r.line} {r.name}")
+            else:
+                failed += 1
+                typer.echo(f"FAIL {r.file}:{r.line} {r.name}: " + "; ".join(r.problems))
+    typer.echo(f"{passed} passed, {failed} failed")
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def approve(
+    approval_id: Annotated[str, typer.Argument(help="The approval id from the decision.")],
+    state: Annotated[str, typer.Option("--state", help="State store the kernel uses.")],
+    by: Annotated[str, typer.Option("--by", help="Who approves.")],
+    refuse: Annotated[bool, typer.Option("--refuse", help="Refuse instead of granting.")] = False,
+    note: Annotated[str, typer.Option("--note")] = "",
+) -> None:
+    """Grant (or --refuse) a pending approval. It is single-use and bound to one action."""
+    from bastion._errors import ApprovalError
+    from bastion.state import open_store
+
+    store = open_store(state)
+    try:
+        decided = store.decide_approval(approval_id, not refuse, by, note, time.time())
+    except ApprovalError as exc:
+        _fail(f"error: {exc}", 1)
+    finally:
+        store.close()
+    typer.echo(f"{decided.id}: {decided.status} by {decided.decided_by} ({decided.tool})")
+
+
+@app.command()
+def approvals(state: Annotated[str, typer.Option("--state")],
+              all_: Annotated[bool, typer.Option("--all")] = False) -> None:
+    """List pending approvals (``--all``: every status)."""
+    from bastion.state import open_store
+
+    store = open_store(state)
+    try:
+        for a in store.list_approvals(None if all_ else "pending"):
+            typer.echo(json.dumps({"id": a.id, "status": a.status, "tool": a.tool,
+                                   "agent": a.agent, "session": a.session,
+                                   "expires": a.expires, "digest": a.digest}))
+    finally:
+        store.close()
+
+
+@audit_app.command("verify")
+def audit_verify(path: Path, key: Annotated[Path | None, typer.Option("--key")] = None) -> None:
+    """Verify the chain, MACs and signed checkpoints: exit 0 intact, 1 tampered, 2 error."""
+    from bastion.audit import verify
+
+    if not path.exists():
+        _fail(f"{path}: error: no such audit log")
+    try:
+        report = verify(path, key_path=key)
+    except BastionError as exc:
+        _fail(f"{path}: error: {exc}")
+    if report.ok:
+        typer.echo(f"{path}: intact ({report.entries} entries, {report.checkpoints} checkpoints)")
+        return
+    typer.echo(f"{path}: TAMPERED: {report.reason}", err=True)
+    raise typer.Exit(1)
+
+
+@audit_app.command("tail")
+def audit_tail(path: Path, n: Annotated[int, typer.Option("-n")] = 10) -> None:
+    """Print the last N events as JSON lines."""
+    from bastion.audit import read_events
+
+    events = list(_read(path, read_events))
+    for event in events[-n:] if n > 0 else []:
+        typer.echo(json.dumps(event, ensure_ascii=False))
+
+
+@audit_app.command("export")
+def audit_export(path: Path,
+                 fmt: Annotated[str, typer.Option("--format")] = "jsonl",
+                 out: Annotated[Path | None, typer.Option("--output", "-o")] = None) -> None:
+    """Export every event (format: jsonl) to stdout or --output."""
+    from bastion.audit import read_events
+
+    if fmt != "jsonl":
+        _fail(f"error: unknown format {fmt!r} (jsonl)")
+    sink = out.open("w", encoding="utf-8") if out else sys.stdout
+    try:
+        for event in _read(path, read_events):
+            sink.write(json.dumps(event, ensure_ascii=False) + "\n")
+    finally:
+        if out:
+            sink.close()
+
+
+@audit_app.command("prove")
+def audit_prove(
+    path: Path,
+    seq: Annotated[int | None, typer.Option("--seq", help="Inclusion proof of this entry.")] = None,
+    old: Annotated[int | None, typer.Option("--old", help="Consistency: old tree size.")] = None,
+    new: Annotated[int | None, typer.Option("--new", help="Consistency: new tree size.")] = None,
+) -> None:
+    """Print an RFC 6962 inclusion proof (--seq) or consistency proof (--old, --new) as JSON."""
+    from bastion.audit import latest_checkpoint, prove_consistency, prove_inclusion
+
+    try:
+        if seq is not None:
+            proof = prove_inclusion(path, seq)
+        elif old is not None:
+            size = new if new is not None else (latest_checkpoint(path) or {}).get("tree_size")
+            if size is None:
+                _fail(f"{path}: error: no checkpoint yet; pass --new")
+            proof = prove_consistency(path, old, int(size))
+        else:
+            _fail("error: give --seq N, or --old M [--new N]")
+    except BastionError as exc:
+        _fail(f"{path}: error: {exc}")
+    typer.echo(json.dumps(proof, indent=2))
+
+
+def _read(path: Path, reader: Any) -> Any:
+    if not path.exists():
+        _fail(f"{path}: error: no such audit log")
+    try:
+        yield from reader(path)
+    except BastionError as exc:
+        _fail(f"{path}: error: {exc}")
+
+
+@app.command()
+def demo(workdir: Annotated[Path, typer.Option("--dir", help="Where to write files.")] = Path(
+        "demo-out")) -> None:
+    """Run a scripted, governed agent that shows the main features."""
+    from bastion._demo import run_demo
+
+    raise typer.Exit(run_demo(workdir))
+
+
+def main() -> None:
+    app()

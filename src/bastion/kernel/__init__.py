@@ -1,0 +1,7 @@
+"""The enforcement point: ``Kernel``, ``Action``, ``Decision`` and ``govern``."""
+
+from bastion.kernel._govern import approval, govern
+from bastion.kernel._kernel import AgentFacts, Approver, Kernel
+from bastion.kernel._types import Action, Decision
+
+__all__ = ["Action", "AgentFacts", "Approver", "Decision", "Kernel", "approval", "govern"]

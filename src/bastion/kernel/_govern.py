@@ -1,0 +1,177 @@
+"""``govern``: put a function under the kernel.
+
+The tool name is bound when the function is wrapped (its ``__name__`` or ``name=``); nothing a
+caller passes can change it. Agent, session and context come from ``govern``'s own options (a
+mapping or a zero-argument callable), never from the call's arguments.
+
+A governed call runs as follows:
+
+1. Bind the call's arguments to the function's parameters (defaults applied; ``self``/``cls``
+   left out) and decide a ``pre_tool`` action. Anything but allow raises ``GovernanceDenied``.
+2. Call the function with the arguments the decision returned (redacted when a redact rule
+   applied). An exception is recorded as the call's outcome and re-raised.
+3. If the policy has ``post_tool`` rules, decide the result: a deny raises ``GovernanceDenied``
+   and a redaction replaces the returned value.
+4. Record the outcome (``succeeded``, ``failed`` when the result was denied, ``exception``).
+
+A ``require_approval`` decision raises ``GovernanceDenied`` carrying ``approval_id``; once granted,
+retry the same call inside ``with approval(approval_id):``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import inspect
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar, cast
+
+from bastion._errors import GovernanceDenied
+from bastion.kernel._kernel import Kernel
+from bastion.kernel._types import Action, Decision
+from bastion.policy import Stage
+
+F = TypeVar("F", bound=Callable[..., Any])
+Source = Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
+_APPROVAL: contextvars.ContextVar[str | None] = contextvars.ContextVar("bastion_approval",
+                                                                       default=None)
+_SKIP = ("self", "cls")
+
+
+@contextlib.contextmanager
+def approval(approval_id: str) -> Iterator[None]:
+    """Present a granted approval to the governed calls made inside the block."""
+    token = _APPROVAL.set(approval_id)
+    try:
+        yield
+    finally:
+        _APPROVAL.reset(token)
+
+
+def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
+           session: Source = None, context: Source = None) -> Callable[[F], F]:
+    """Decorate a sync or async function so every call is decided by ``kernel`` first."""
+
+    def wrap(fn: F) -> F:
+        tool = name or fn.__name__
+        binder = _Binder(fn)
+        post = any(r.stage is Stage.POST_TOOL for r in kernel.policy.rules)
+
+        def action(stage: str, args: Mapping[str, Any], result: Any = None) -> Action:
+            return Action(tool=tool, args=args, stage=stage, agent=_get(agent),
+                          session=_get(session), context=_get(context), result=result,
+                          approval=_APPROVAL.get() if stage == "pre_tool" else None)
+
+        def after(decision: Decision, result: Any, started: int) -> Any:
+            if post:
+                checked = kernel.evaluate(action("post_tool", decision.args or {}, result))
+                if not checked.allowed:
+                    kernel.record_outcome(decision, "failed", error="result denied",
+                                          duration_ns=time.perf_counter_ns() - started)
+                    raise GovernanceDenied(checked)
+                result = checked.result
+            kernel.record_outcome(decision, "succeeded",
+                                  duration_ns=time.perf_counter_ns() - started)
+            return result
+
+        def before(args: tuple[Any, ...], kwargs: dict[str, Any]
+                   ) -> tuple[Decision, tuple[Any, ...], dict[str, Any]]:
+            bound = binder.bind(args, kwargs)
+            decision = kernel.evaluate(action("pre_tool", bound))
+            if not decision.allowed:
+                raise GovernanceDenied(decision)
+            if decision.redacted and decision.args is not None:
+                args, kwargs = binder.rebuild(args, kwargs, decision.args)
+            return decision, args, kwargs
+
+        def failed(decision: Decision, exc: BaseException, started: int) -> None:
+            kernel.record_outcome(decision, "exception", error=f"{type(exc).__name__}: {exc}",
+                                  duration_ns=time.perf_counter_ns() - started)
+
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                decision, args, kwargs = before(args, kwargs)
+                started = time.perf_counter_ns()
+                try:
+                    result = await fn(*args, **kwargs)
+                except BaseException as exc:
+                    failed(decision, exc, started)
+                    raise
+                return after(decision, result, started)
+
+            wrapper: Callable[..., Any] = run_async
+        else:
+            @functools.wraps(fn)
+            def run(*args: Any, **kwargs: Any) -> Any:
+                decision, args, kwargs = before(args, kwargs)
+                started = time.perf_counter_ns()
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    failed(decision, exc, started)
+                    raise
+                return after(decision, result, started)
+
+            wrapper = run
+        wrapper.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
+        wrapper.__bastion_tool__ = tool  # type: ignore[attr-defined]
+        return cast(F, wrapper)
+
+    return wrap
+
+
+def _get(source: Source) -> Mapping[str, Any]:
+    if source is None:
+        return {}
+    return source() if callable(source) else source
+
+
+class _Binder:
+    """Maps a call's arguments to parameter names, fast for plain signatures."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.sig = inspect.signature(fn)
+        params = list(self.sig.parameters.values())
+        kinds = {p.kind for p in params}
+        self.plain = not kinds & {inspect.Parameter.POSITIONAL_ONLY,
+                                  inspect.Parameter.VAR_POSITIONAL,
+                                  inspect.Parameter.VAR_KEYWORD}
+        self.names = [p.name for p in params if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+        self.defaults = {p.name: p.default for p in params
+                         if p.default is not inspect.Parameter.empty and p.name not in _SKIP}
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        if self.plain and len(args) <= len(self.names):
+            out = dict(self.defaults)
+            out.update(zip(self.names, args, strict=False))
+            out.update(kwargs)
+        else:
+            b = self.sig.bind(*args, **kwargs)
+            b.apply_defaults()
+            out = {}
+            for pname, value in b.arguments.items():
+                kind = self.sig.parameters[pname].kind
+                if kind is inspect.Parameter.VAR_KEYWORD:
+                    out.update(value)
+                elif kind is inspect.Parameter.VAR_POSITIONAL:
+                    out[pname] = list(value)
+                else:
+                    out[pname] = value
+        for skip in _SKIP:
+            out.pop(skip, None)
+        return out
+
+    def rebuild(self, args: tuple[Any, ...], kwargs: dict[str, Any], new: Mapping[str, Any]
+                ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The call's arguments with redacted values put back in their places."""
+        b = self.sig.bind(*args, **kwargs)
+        for pname in list(b.arguments):
+            kind = self.sig.parameters[pname].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                b.arguments[pname] = {k: new.get(k, v) for k, v in b.arguments[pname].items()}
+            elif pname in new and pname not in _SKIP:
+                b.arguments[pname] = new[pname]
+        return b.args, b.kwargs

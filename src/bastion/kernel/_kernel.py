@@ -1,0 +1,480 @@
+"""The kernel: the single enforcement point.
+
+``Kernel.evaluate`` decides one ``Action`` in this order; the code below cites the steps.
+
+1. Stamp the decision id and time once.
+2. Validate the stage and canonicalise the tool name; an invalid one is denied.
+3. Check the kill switch (flags in the state store) for the fleet, the agent, the session and the
+   tool; an engaged switch denies with reason ``kill_switch``.
+4. Evaluate the compiled policy (pure; see ``bastion.policy``).
+5. Resolve ``require_approval``: a presented, granted approval for this exact action's digest is
+   consumed and allows; a registered approver callback decides now; otherwise a pending approval is
+   created and its id returned.
+6. Apply rate limits of the deciding rules and the per-session call budget (state store).
+7. Apply redaction obligations to the arguments or the result.
+8. Write one audit event. If it cannot be written the decision becomes a deny.
+
+Any exception inside these steps ends in a deny that records the error: the kernel fails closed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from bastion._canon import canonical_tool, digest, snapshot
+from bastion._errors import ApprovalError, ConfigError
+from bastion.kernel._redact import redact
+from bastion.kernel._types import Action, Decision
+from bastion.policy import (
+    CompiledPolicy,
+    Effect,
+    Per,
+    Policy,
+    Stage,
+    Verdict,
+    compile_policy,
+    load_policy,
+    parse_policy,
+)
+from bastion.policy._cedar import CedarPolicy, load_cedar
+from bastion.policy._eval import evaluate_tiers
+from bastion.state import Approval, StateStore, open_store
+
+_STAGES = {s.value: s for s in Stage}
+_STAGE = {s: s.value for s in Stage}
+_EFFECT: dict[Effect, Any] = {e: e.value for e in Effect}
+_CODE = {True: "default", False: "policy"}
+_ALLOW = Effect.ALLOW
+_FOREVER = 1 << 40  # a window no counter outlives: budgets count for the session's lifetime
+_FLAT = (str, int, float, bool, type(None))
+_TOOL_STAGES = (Stage.PRE_TOOL, Stage.POST_TOOL)
+
+
+class AgentFacts(Protocol):
+    """Supplies what the kernel must not take from the caller: trust, ring, roles, scopes."""
+
+    def __call__(self, agent_id: str) -> Mapping[str, Any]: ...
+
+
+class Approver(Protocol):
+    """Decides a pending approval now: ``True`` grants, ``False`` refuses."""
+
+    def __call__(self, approval: Approval, action: Action) -> bool: ...
+
+
+class _Event(Mapping[str, Any]):
+    """The audit event of one decision, built when the audit writer first reads it.
+
+    The hot path only takes a snapshot of the arguments (a shallow copy when they are flat, a deep
+    JSON-shaped copy otherwise) so later changes by the caller or the tool cannot reach the log;
+    the event's fields and the action digest are computed on the audit writer's thread.
+    """
+
+    __slots__ = ("_action", "_args", "_body", "_decision")
+
+    def __init__(self, decision: Decision, action: Action):
+        args = decision.args if decision.args is not None else action.args
+        try:
+            flat = all(type(v) in _FLAT for v in args.values())
+        except AttributeError:
+            flat = False
+        self._args = dict(args) if flat else snapshot(args)
+        self._decision = decision
+        self._action = action
+        self._body: dict[str, Any] | None = None
+
+    def _build(self) -> dict[str, Any]:
+        body = self._body
+        if body is None:
+            body = self._body = decision_event(self._decision, self._action, self._args)
+        return body
+
+    def __getitem__(self, key: str) -> Any:
+        return self._build()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._build())
+
+    def __len__(self) -> int:
+        return len(self._build())
+
+
+def decision_event(d: Decision, action: Action, args: Any) -> dict[str, Any]:
+    """The one place a decision's audit event (format version 1) is defined.
+
+    Fields: ``kind`` ("decision"), ``id``, ``ts`` (ns), ``stage``, ``tool`` (canonical),
+    ``tool_raw`` (when the caller's spelling differed), ``agent``, ``session``, ``effect``,
+    ``code``,
+    ``rule_ids``, ``errors``, ``reasons``, ``obligations``, ``policy`` (digest), ``args`` (as passed
+    on: redacted when a redaction applied), ``action`` (digest of tool, stage, args, agent and
+    session), ``approval_id``, ``result`` (post_tool) and ``context`` when present. The audit log
+    adds ``v``, ``seq``, ``prev`` and the MAC over all of them.
+    """
+    agent, session = _ident(action.agent), _ident(action.session)
+    event: dict[str, Any] = {
+        "kind": "decision", "id": d.id, "ts": d.ts_ns, "stage": d.stage, "tool": d.tool,
+        "agent": agent, "session": session, "effect": d.effect, "code": d.code,
+        "rule_ids": list(d.rule_ids), "errors": list(d.errors), "reasons": list(d.reasons),
+        "obligations": list(d.obligations), "policy": d.policy, "args": args,
+        "action": digest({"tool": d.tool, "stage": d.stage, "args": args, "agent": agent,
+                          "session": session}),
+    }
+    if action.tool is not None and action.tool != d.tool:
+        event["tool_raw"] = action.tool if isinstance(action.tool, str) else repr(action.tool)
+    if d.approval_id is not None:
+        event["approval_id"] = d.approval_id
+    if d.stage == "post_tool":
+        event["result"] = snapshot(d.result)
+    if action.context:
+        event["context"] = snapshot(action.context)
+    return event
+
+
+class Kernel:
+    """Decides every action; thread-safe; also a context manager (``close`` on exit)."""
+
+    def __init__(
+        self,
+        policy: Policy | CompiledPolicy | CedarPolicy,
+        *,
+        audit: Any = None,
+        state: StateStore | None = None,
+        agent_facts: AgentFacts | None = None,
+        approver: Approver | None = None,
+        approval_ttl_s: float = 900.0,
+        clock: Callable[[], int] = time.time_ns,
+        id_prefix: str | None = None,
+    ):
+        self._cedar = policy if isinstance(policy, CedarPolicy) else None
+        if isinstance(policy, CedarPolicy):
+            policy = policy.policy
+        self.compiled = policy if isinstance(policy, CompiledPolicy) else compile_policy(policy)
+        self.policy = self.compiled.policy
+        self._audit = audit
+        self._state = state if state is not None else open_store(None)
+        self._facts = agent_facts
+        self._approver = approver
+        self._approval_ttl = approval_ttl_s
+        self._clock = clock
+        self._prefix = id_prefix if id_prefix is not None else os.urandom(6).hex()
+        self._ids = itertools.count(1)
+        used = frozenset().union(*(cr.variables for cr in self.compiled.rules))
+        self._needs_agent_facts = "agent" in used
+        self._needs_calls = "session" in used or self.policy.budgets.session_calls is not None
+        self._needs_now = "now" in used
+        self._budgeted = self._needs_calls
+        self._needs_agent_facts |= self._cedar is not None
+        self._stateful = self._cedar is not None or self._needs_calls \
+            or any(cr.rule.limit for cr in self.compiled.rules) \
+            or any(cr.rule.effect is Effect.REQUIRE_APPROVAL for cr in self.compiled.rules)
+        self._closed = False
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_policy(cls, path: str | os.PathLike[str], **options: Any) -> Kernel:
+        """Load a policy file (``.cedar``: Cedar, else YAML); ``audit``/``state`` take a path or
+        URL and default to in memory; ``audit=False`` turns auditing off."""
+        where = os.fspath(path)
+        if where.endswith(".cedar"):
+            return cls._build(load_cedar(where), **options)
+        return cls._build(load_policy(where), **options)
+
+    @classmethod
+    def from_text(cls, text: str, *, format: str = "yaml", **options: Any) -> Kernel:
+        """Like ``from_policy`` for policy text; ``format`` is ``yaml`` or ``cedar``."""
+        if format == "cedar":
+            return cls._build(CedarPolicy(text), **options)
+        if format != "yaml":
+            raise ConfigError(f"unknown policy format {format!r} (yaml or cedar)")
+        return cls._build(parse_policy(text), **options)
+
+    @classmethod
+    def _build(cls, policy: Policy | CedarPolicy, *, audit: Any = None, state: Any = None,
+               catalog: Any = None, durable: bool = False, **options: Any) -> Kernel:
+        if catalog is not None:
+            raise ConfigError("tool catalogs arrive with information-flow control (bastion.flow); "
+                              "'catalog=' is not supported yet")
+        store = state if hasattr(state, "flags") else open_store(state)
+        return cls(policy, audit=_open_audit(audit, durable), state=store, **options)
+
+    # -- the decision -----------------------------------------------------------------------
+    def evaluate(self, action: Action) -> Decision:
+        """Decide ``action`` (steps 1-8 in the module docstring). Never raises for bad input."""
+        ts = self._clock()  # step 1
+        did = f"{self._prefix}-{next(self._ids):x}"
+        try:
+            decision = self._decide(action, did, ts)
+        except Exception as exc:  # fail closed on anything unexpected
+            decision = _deny(did, ts, action, self.compiled.digest, "internal_error",
+                             errors=(f"internal error: {type(exc).__name__}: {exc}",))
+        audit = self._audit
+        if audit is not None:  # step 8
+            try:
+                audit.append(_Event(decision, action))
+            except Exception as exc:
+                decision = _deny(did, ts, action, self.compiled.digest, "audit_unavailable",
+                                 errors=(f"audit log cannot be written: {exc}",))
+        return decision
+
+    async def aevaluate(self, action: Action) -> Decision:
+        """``evaluate`` for event loops: when the decision may touch the state store (limits,
+        budgets, approvals) it runs in a worker thread so the loop never blocks on I/O."""
+        if self._stateful or action.approval is not None:
+            import asyncio
+
+            return await asyncio.to_thread(self.evaluate, action)
+        return self.evaluate(action)
+
+    def _decide(self, action: Action, did: str, ts: int) -> Decision:
+        stage = _STAGES.get(action.stage)  # step 2
+        if stage is None:
+            return _deny(did, ts, action, self.compiled.digest, "invalid_stage",
+                         errors=(f"unknown stage {action.stage!r}",))
+        raw = action.tool
+        if raw is None or raw == "":
+            if stage in _TOOL_STAGES:
+                return _deny(did, ts, action, self.compiled.digest, "missing_tool",
+                             errors=(f"a {stage.value} action needs a tool name",))
+            tool = ""
+        else:
+            canon = canonical_tool(raw) if isinstance(raw, str) else None
+            if canon is None:
+                return _deny(did, ts, action, self.compiled.digest, "invalid_tool",
+                             errors=(f"invalid tool name {raw!r}",))
+            tool = canon
+        agent_id = _ident(action.agent)
+        session_id = _ident(action.session)
+        if agent_id is None or session_id is None:
+            return _deny(did, ts, action, self.compiled.digest, "invalid_identity",
+                         errors=("agent and session ids must be strings",))
+        flags = self._state.flags()  # step 3
+        if flags:
+            hit = _kill_hit(flags, agent_id, session_id, tool)
+            if hit is not None:
+                return _deny(did, ts, action, self.compiled.digest, "kill_switch",
+                             reasons=(f"kill switch engaged ({hit})",))
+        if self._cedar is not None:
+            return self._decide_cedar(action, stage, tool, agent_id, session_id, did, ts)
+        cands = self.compiled.candidates(stage, tool)  # step 4
+        verdict = cands.static
+        if verdict is None:
+            data = self._data(action, tool, agent_id, session_id, ts)
+            verdict = evaluate_tiers(self.policy.default, cands, agent_id, data)
+        effect = verdict.effect
+        if (effect is _ALLOW and not verdict.limited and not verdict.obligations
+                and not (self._budgeted and stage is Stage.PRE_TOOL)):
+            return Decision(did, "allow", _STAGE[stage], tool, verdict.rule_ids, verdict.errors,
+                            verdict.reasons, (), self.compiled.digest, None, action.args,
+                            action.result, False, ts, _CODE[verdict.default_applied])
+        return self._finish(action, verdict, stage, tool, agent_id, session_id, did, ts)
+
+    def _decide_cedar(self, action: Action, stage: Stage, tool: str, agent_id: str,
+                      session_id: str, did: str, ts: int) -> Decision:
+        assert self._cedar is not None
+        data = self._data(action, tool, agent_id, session_id, ts)
+        effect, ids, reasons, errors = self._cedar.decide(stage.value, tool, agent_id,
+                                                          dict(data["agent"]), data)
+        verdict = Verdict(effect, (), errors, (), not ids, ids, reasons, False)
+        return self._finish(action, verdict, stage, tool, agent_id, session_id, did, ts)
+
+    def _data(self, action: Action, tool: str, agent_id: str, session_id: str,
+              ts: int) -> dict[str, Any]:
+        agent: Mapping[str, Any] = {"id": agent_id}
+        if self._needs_agent_facts and self._facts is not None:
+            agent = {**self._facts(agent_id), "id": agent_id}
+        session: dict[str, Any] = {"id": session_id, "labels": []}
+        if self._needs_calls:
+            session["calls"] = self._state.count(f"calls:{session_id}", _FOREVER, ts / 1e9)
+        data = {"tool": tool, "args": action.args, "agent": agent, "session": session,
+                "context": action.context, "result": action.result}
+        if self._needs_now:
+            import datetime as dt
+
+            data["now"] = dt.datetime.fromtimestamp(ts / 1e9, dt.UTC)
+        return data
+
+    def _finish(self, action: Action, verdict: Verdict, stage: Stage, tool: str,
+                agent_id: str, session_id: str, did: str, ts: int) -> Decision:
+        effect = verdict.effect
+        reasons = list(verdict.reasons)
+        approval_id = None
+        code = _CODE[verdict.default_applied]
+        if effect is Effect.REQUIRE_APPROVAL:  # step 5
+            code = "approval"
+            effect, approval_id, note = self._approval(action, stage, tool, agent_id,
+                                                       session_id, did, ts)
+            reasons.append(note)
+        if effect is Effect.ALLOW:  # step 6
+            limited = self._limits(verdict, stage, tool, agent_id, session_id, ts / 1e9)
+            if limited is not None:
+                effect, code = Effect.DENY, limited[0]
+                reasons.insert(0, limited[1])
+        args, result, redacted, obligations = action.args, action.result, False, []
+        if effect is Effect.ALLOW and verdict.obligations:  # step 7
+            for cr in verdict.obligations:
+                obligations.append(f"{cr.rule.effect.value}:{cr.rule.id}")
+                if cr.rule.effect is Effect.REDACT:
+                    redacted = True
+                    if stage is Stage.POST_TOOL:
+                        result = redact(result, cr.rule.redact, cr.rule.redact_pattern)
+                    else:
+                        args = redact(dict(args), cr.rule.redact, cr.rule.redact_pattern)
+        return Decision(did, _EFFECT[effect], _STAGE[stage], tool, verdict.rule_ids,
+                        verdict.errors, tuple(reasons), tuple(obligations),
+                        self.compiled.digest, approval_id, args, result, redacted, ts, code)
+
+    # -- approvals ---------------------------------------------------------------------------
+    def action_digest(self, action: Action) -> str:
+        """The digest an approval is bound to: canonical tool, stage, arguments, agent, session."""
+        tool = canonical_tool(action.tool) if action.tool else ""
+        return digest({"tool": tool, "stage": action.stage, "args": snapshot(action.args),
+                       "agent": _ident(action.agent), "session": _ident(action.session)})
+
+    def _approval(self, action: Action, stage: Stage, tool: str, agent_id: str,
+                  session_id: str, did: str, ts: int) -> tuple[Effect, str | None, str]:
+        dg = self.action_digest(action)
+        if action.approval is not None:
+            used = self._state.consume_approval(action.approval, dg, ts / 1e9)
+            if used is not None:
+                return Effect.ALLOW, used.id, f"approved by {used.decided_by or 'approver'}"
+            return Effect.DENY, action.approval, (
+                f"approval {action.approval!r} is not granted for this exact action, "
+                "has expired or was already used")
+        pending = Approval(id=f"apr-{did}", digest=dg, tool=tool, agent=agent_id,
+                           session=session_id, created=ts / 1e9,
+                           expires=ts / 1e9 + self._approval_ttl)
+        if self._approver is not None:
+            try:
+                granted = self._approver(pending, action) is True
+            except Exception as exc:
+                return Effect.DENY, pending.id, f"approver failed: {type(exc).__name__}: {exc}"
+            status = "used" if granted else "refused"
+            self._state.put_approval(Approval(**{**_fields(pending), "status": status,
+                                                 "decided_by": "approver-callback"}))
+            if granted:
+                return Effect.ALLOW, pending.id, "approved by approver callback"
+            return Effect.DENY, pending.id, "refused by approver callback"
+        self._state.put_approval(pending)
+        return Effect.REQUIRE_APPROVAL, pending.id, f"approval {pending.id!r} pending"
+
+    def approve(self, approval_id: str, *, by: str, note: str = "") -> Approval:
+        """Grant a pending approval (single use, only for the action it was created for)."""
+        return self._decide_approval(approval_id, True, by, note)
+
+    def refuse(self, approval_id: str, *, by: str, note: str = "") -> Approval:
+        return self._decide_approval(approval_id, False, by, note)
+
+    def _decide_approval(self, approval_id: str, grant: bool, by: str, note: str) -> Approval:
+        if not by:
+            raise ApprovalError("an approval decision needs the approver's identity ('by')")
+        decided = self._state.decide_approval(approval_id, grant, by, note, self._clock() / 1e9)
+        if self._audit is not None:
+            self._audit.append({"kind": "approval", "id": f"{approval_id}:{decided.status}",
+                                "ts": self._clock(), "approval_id": approval_id,
+                                "status": decided.status, "by": by, "note": note,
+                                "digest": decided.digest, "tool": decided.tool})
+        return decided
+
+    def pending_approvals(self) -> list[Approval]:
+        return self._state.list_approvals("pending")
+
+    # -- limits and budgets --------------------------------------------------------------------
+    def _limits(self, verdict: Verdict, stage: Stage, tool: str, agent_id: str,
+                session_id: str, ts: float) -> tuple[str, str] | None:
+        for cr in verdict.rules:
+            lim = cr.rule.limit
+            if lim is None:
+                continue
+            who = {Per.AGENT: agent_id, Per.SESSION: session_id, Per.TOOL: tool}[lim.per]
+            ok, _ = self._state.take(f"rate:{cr.rule.id}:{lim.per.value}:{who}", lim.count,
+                                     lim.window_s, ts)
+            if not ok:
+                return "rate_limit", (f"rate limit of rule {cr.rule.id!r} exceeded "
+                                      f"({lim.text} per {lim.per.value})")
+        budget = self.policy.budgets.session_calls
+        if stage is Stage.PRE_TOOL and (budget is not None or self._needs_calls):
+            ok, _ = self._state.take(f"calls:{session_id}", budget or (1 << 62), 1 << 40, ts)
+            if not ok:
+                return "budget", f"session call budget exhausted ({budget} calls)"
+        return None
+
+    # -- audit --------------------------------------------------------------------------------
+    def record_outcome(self, decision: Decision, status: str, *, error: str | None = None,
+                       duration_ns: int | None = None) -> None:
+        """Record what happened to an allowed call (succeeded | failed | exception)."""
+        if status not in ("succeeded", "failed", "exception"):
+            raise ConfigError(f"unknown outcome status {status!r}")
+        if self._audit is None:
+            return
+        event: dict[str, Any] = {"kind": "outcome", "id": f"{decision.id}:outcome",
+                                 "decision_id": decision.id, "ts": self._clock(),
+                                 "tool": decision.tool, "status": status}
+        if error is not None:
+            event["error"] = error[:2000]
+        if duration_ns is not None:
+            event["duration_ns"] = duration_ns
+        self._audit.append(event)
+
+    @property
+    def audit(self) -> Any:
+        return self._audit
+
+    @property
+    def state(self) -> StateStore:
+        return self._state
+
+    def close(self) -> None:
+        """Flush and close the audit log and the state store (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._audit is not None:
+            self._audit.close()
+        self._state.close()
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _ident(holder: Mapping[str, Any]) -> str | None:
+    value = holder.get("id", "") if holder else ""
+    return value if isinstance(value, str) else None
+
+
+def _fields(a: Approval) -> dict[str, Any]:
+    return {k: getattr(a, k) for k in a.__dataclass_fields__}
+
+
+def _kill_hit(flags: Mapping[str, str], agent: str, session: str, tool: str) -> str | None:
+    for key in ("kill:all", f"kill:agent:{agent}", f"kill:session:{session}", f"kill:tool:{tool}"):
+        if key in flags:
+            return key.removeprefix("kill:")
+    return None
+
+
+def _deny(did: str, ts: int, action: Action, policy: str, code: str, *,
+          errors: tuple[str, ...] = (), reasons: tuple[str, ...] = ()) -> Decision:
+    tool = action.tool if isinstance(action.tool, str) else repr(action.tool)
+    return Decision(id=did, effect="deny", stage=str(action.stage), tool=tool, errors=errors,
+                    reasons=reasons or errors[:1] or (code.replace("_", " "),), policy=policy,
+                    args=action.args, ts_ns=ts, code=code)
+
+
+def _open_audit(audit: Any, durable: bool) -> Any:
+    if audit is False:
+        return None
+    if audit is not None and hasattr(audit, "append"):
+        return audit
+    from bastion.audit import AuditLog
+
+    target = None if audit is None else os.fspath(audit) if isinstance(audit, str | Path) \
+        else audit
+    return AuditLog.open(target, durable=durable)

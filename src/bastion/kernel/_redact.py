@@ -1,0 +1,66 @@
+"""Redaction obligations: rewrite arguments or a result before they travel on.
+
+Paths are dotted (``args.card.number``; ``*`` matches every key or index at that level). A pattern
+is an RE2 expression; every match inside every string leaf below the root is replaced. The input is
+never modified: a redacted copy is returned.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import re2
+
+MASK = "[REDACTED]"
+
+
+@lru_cache(maxsize=256)
+def _pattern(source: str) -> Any:
+    return re2.compile(source)
+
+
+def redact(root: Any, paths: tuple[str, ...], pattern: str | None) -> Any:
+    """Return a copy of ``root`` with every path masked and every pattern match replaced."""
+    out = _copy(root)
+    for p in paths:
+        parts = p.split(".")[1:]
+        if not parts:
+            out = MASK
+            continue
+        out = _mask_path(out, parts)
+    if pattern is not None:
+        out = _mask_pattern(out, _pattern(pattern))
+    return out
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _mask_path(node: Any, parts: list[str]) -> Any:
+    head, rest = parts[0], parts[1:]
+    if isinstance(node, dict):
+        keys = list(node) if head == "*" else [k for k in node if str(k) == head]
+        for k in keys:
+            node[k] = MASK if not rest else _mask_path(node[k], rest)
+    elif isinstance(node, list):
+        idx = range(len(node)) if head == "*" else [int(head)] if head.isdigit() else []
+        for i in idx:
+            if i < len(node):
+                node[i] = MASK if not rest else _mask_path(node[i], rest)
+    return node
+
+
+def _mask_pattern(node: Any, rx: Any) -> Any:
+    if isinstance(node, str):
+        return rx.sub(MASK, node)
+    if isinstance(node, dict):
+        return {k: _mask_pattern(v, rx) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_mask_pattern(v, rx) for v in node]
+    return node

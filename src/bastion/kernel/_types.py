@@ -1,0 +1,91 @@
+"""The values that cross the kernel boundary: ``Action`` in, ``Decision`` out.
+
+Both are immutable named tuples: the kernel builds one of each per decision, and a named tuple is
+several times cheaper to construct than a frozen dataclass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Literal, NamedTuple
+
+EffectName = Literal["allow", "deny", "require_approval"]
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class Action(NamedTuple):
+    """One thing an agent wants to do, at one intervention point (``stage``).
+
+    ``tool`` may be omitted at ``input`` and ``output``. ``agent`` and ``session`` carry ids
+    (``{"id": ...}``); any trust, ring or roles in them are ignored: the kernel takes those only
+    from its registered fact providers. ``approval`` presents a granted approval id. The kernel
+    reads ``args`` during ``evaluate`` and keeps a snapshot; later changes do not reach the audit.
+    """
+
+    tool: str | None = None
+    args: Mapping[str, Any] = EMPTY
+    stage: str = "pre_tool"
+    agent: Mapping[str, Any] = EMPTY
+    session: Mapping[str, Any] = EMPTY
+    context: Mapping[str, Any] = EMPTY
+    result: Any = None
+    approval: str | None = None
+
+
+class Decision(NamedTuple):
+    """The kernel's typed answer. ``allowed`` is true only for ``allow``.
+
+    ``args`` (pre_tool) and ``result`` (post_tool) are what the caller must pass on: redacted when
+    a redact obligation applied, otherwise the originals. ``approval_id`` names the approval a
+    ``require_approval`` decision created (or the one an approved decision consumed).
+
+    ``code`` is one stable word for why: ``policy`` (a rule decided), ``default``, ``approval``,
+    ``rate_limit``, ``budget``, ``kill_switch``, ``invalid_tool``, ``invalid_stage``,
+    ``missing_tool``, ``invalid_identity``, ``internal_error``, ``audit_unavailable``.
+    """
+
+    id: str
+    effect: EffectName
+    stage: str
+    tool: str
+    rule_ids: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    obligations: tuple[str, ...] = ()
+    policy: str = ""
+    approval_id: str | None = None
+    args: Mapping[str, Any] | None = None
+    result: Any = None
+    redacted: bool = False
+    ts_ns: int = 0
+    code: str = "policy"
+
+    @property
+    def allowed(self) -> bool:
+        return self.effect == "allow"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (what ``bastion eval`` prints)."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "effect": self.effect,
+            "allowed": self.allowed,
+            "code": self.code,
+            "stage": self.stage,
+            "tool": self.tool,
+            "rule_ids": list(self.rule_ids),
+            "errors": list(self.errors),
+            "reasons": list(self.reasons),
+            "obligations": list(self.obligations),
+            "policy": self.policy,
+        }
+        if self.approval_id is not None:
+            out["approval_id"] = self.approval_id
+        if self.redacted:
+            out["redacted"] = True
+            if self.stage == "post_tool":
+                out["result"] = self.result
+            elif self.args is not None:
+                out["args"] = dict(self.args)
+        return out

@@ -1,0 +1,181 @@
+"""Policies written in Cedar, evaluated in-process by ``cedarpy`` with bastion's semantics.
+
+The request an action becomes:
+
+* principal ``Agent::"<agent id>"``, with the agent's facts (trust, ring, roles) as attributes;
+* action ``Action::"<canonical tool name>"`` (``Action::""`` at input/output without a tool);
+* resource ``Stage::"<stage>"``;
+* context ``{args, session: {id}, context, result?}``; floats become Cedar ``decimal`` values
+  (at most four decimal places) and ``null`` values are left out, since Cedar has neither.
+
+Decisions keep DESIGN.md's order: a matching ``forbid`` denies; else a matching ``permit``
+annotated ``@approval("why")`` requires approval; else a matching ``permit`` allows; else deny.
+Cedar skips a policy whose condition errs; bastion does not let that fail open: an erroring
+``forbid`` (or ``@approval`` permit) counts as matching, and every error is reported. A request
+that cannot be built (an unrepresentable value) is a deny with the error. Rule ids are the
+policies' ``@id`` annotations (else Cedar's ``policyN``). Redaction, rate limits and budgets are
+YAML-policy features; a Cedar policy does not have them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bastion._errors import PolicyError
+from bastion.policy._model import Effect, Policy
+
+_ERR_POLICY = re.compile(r"policy `([^`]+)`")
+
+
+class CedarPolicy:
+    """A parsed Cedar policy set plus what bastion needs to know of each policy."""
+
+    def __init__(self, text: str, path: str = "<text>"):
+        cedarpy = _cedarpy()
+        try:
+            self._set = cedarpy.PolicySet.from_str(text)
+            est = orjson.loads(cedarpy.policies_to_json_str(text))
+        except ValueError as exc:
+            line, col = _locate(text, cedarpy)
+            raise PolicyError(f"cedar: {exc}", path=path, line=line, column=col) from None
+        self._effects: dict[str, str] = {}
+        self._ids: dict[str, str] = {}
+        self._approval: dict[str, str] = {}
+        for pid, body in est.get("staticPolicies", {}).items():
+            notes = body.get("annotations") or {}
+            self._effects[pid] = body["effect"]
+            self._ids[pid] = notes.get("id") or pid
+            if "approval" in notes:
+                if body["effect"] != "permit":
+                    raise PolicyError(f"cedar: '@approval' only applies to permit policies "
+                                      f"({self._ids[pid]!r})", path=path, line=1, column=1)
+                self._approval[pid] = notes["approval"] or "approval required"
+        if est.get("templates"):
+            raise PolicyError("cedar: templates are not supported; link them first", path=path,
+                              line=1, column=1)
+        self.digest = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+        self.policy = Policy(version=1, name=Path(path).stem, default=Effect.DENY, rules=(),
+                             source=path, digest=self.digest)
+        self._cedarpy = cedarpy
+
+    def decide(self, stage: str, tool: str, agent_id: str, agent: dict[str, Any],
+               data: dict[str, Any]) -> tuple[Effect, tuple[str, ...], tuple[str, ...],
+                                                tuple[str, ...]]:
+        """(effect, rule ids, reasons, errors) for one action."""
+        try:
+            context = {"args": _cedar_value(data.get("args") or {}),
+                       "session": {"id": data["session"]["id"]},
+                       "context": _cedar_value(data.get("context") or {})}
+            if data.get("result") is not None:
+                context["result"] = _cedar_value(data["result"])
+            attrs = {k: _cedar_value(v) for k, v in agent.items() if k != "id" and v is not None}
+        except (TypeError, ValueError) as exc:
+            return Effect.DENY, (), ("request cannot be expressed in cedar",), (str(exc),)
+        entities = [{"uid": {"type": "Agent", "id": agent_id}, "attrs": attrs, "parents": []}]
+        request = {"principal": f'Agent::{_quote(agent_id)}', "action":
+                   f'Action::{_quote(tool)}', "resource": f'Stage::{_quote(stage)}',
+                   "context": context}
+        try:
+            res = self._cedarpy.is_authorized(request, self._set, entities)
+        except Exception as exc:
+            return Effect.DENY, (), ("cedar evaluation failed",), (str(exc),)
+        errors = tuple(str(e) for e in res.diagnostics.errors)
+        matched = list(res.diagnostics.reasons)
+        for err in errors:
+            m = _ERR_POLICY.search(err)
+            if m and (self._effects.get(m.group(1)) == "forbid" or m.group(1) in self._approval):
+                matched.append(m.group(1))
+        forbids = [p for p in matched if self._effects.get(p) == "forbid"]
+        if forbids:
+            return Effect.DENY, self._names(forbids), self._why(forbids, "forbid"), errors
+        approvals = [p for p in matched if p in self._approval]
+        if approvals:
+            return (Effect.REQUIRE_APPROVAL, self._names(approvals),
+                    tuple(self._approval[p] for p in approvals), errors)
+        permits = [p for p in matched if self._effects.get(p) == "permit"]
+        if permits:
+            return Effect.ALLOW, self._names(permits), self._why(permits, "permit"), errors
+        return Effect.DENY, (), ("no cedar policy permits this action",), errors
+
+    def _names(self, pids: list[str]) -> tuple[str, ...]:
+        return tuple(self._ids[p] for p in sorted(set(pids), key=_policy_order))
+
+    def _why(self, pids: list[str], effect: str) -> tuple[str, ...]:
+        return tuple(f"cedar {effect} {self._ids[p]!r}" for p in sorted(set(pids),
+                                                                         key=_policy_order))
+
+
+def load_cedar(path: str | Path) -> CedarPolicy:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError("file not found", path=str(p)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"cannot read file: {exc}", path=str(p)) from None
+    return CedarPolicy(text, str(p))
+
+
+def _cedarpy() -> Any:
+    try:
+        import cedarpy
+    except ImportError:  # pragma: no cover - depends on the install
+        raise PolicyError("cedar policies need the 'cedar' extra: pip install 'bastion[cedar]'",
+                          line=0, column=0) from None
+    return cedarpy
+
+
+def _policy_order(pid: str) -> tuple[int, str]:
+    digits = pid.removeprefix("policy")
+    return (int(digits), pid) if digits.isdigit() else (1 << 30, pid)
+
+
+def _quote(text: str) -> str:
+    return orjson.dumps(text).decode()
+
+
+def _cedar_value(value: Any, depth: int = 0) -> Any:
+    if depth > 32:
+        raise ValueError("value nested deeper than 32 levels")
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(f"integer {value} is outside cedar's 64-bit range")
+        return value
+    if isinstance(value, float):
+        try:
+            dec = Decimal(repr(value))
+        except InvalidOperation:
+            raise ValueError(f"{value!r} is not a number cedar can hold") from None
+        if dec != dec.quantize(Decimal("0.0001")):
+            raise ValueError(f"{value!r} has more than four decimal places")
+        return {"__extn": {"fn": "decimal", "arg": f"{dec:.4f}"}}
+    if isinstance(value, dict):
+        return {str(k): _cedar_value(v, depth + 1) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_cedar_value(v, depth + 1) for v in value if v is not None]
+    raise ValueError(f"a {type(value).__name__} cannot be expressed in cedar")
+
+
+def _locate(text: str, cedarpy: Any) -> tuple[int, int]:
+    """The line and column where the first policy that fails to parse starts."""
+    start = 0
+    for m in re.finditer(r';', text):
+        chunk = text[start:m.end()]
+        try:
+            cedarpy.PolicySet.from_str(text[:m.end()])
+        except ValueError:
+            offset = start + len(chunk) - len(chunk.lstrip())
+            line = text.count("\n", 0, offset) + 1
+            return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+        start = m.end()
+    offset = start + len(text[start:]) - len(text[start:].lstrip())
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1

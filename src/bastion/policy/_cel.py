@@ -1,0 +1,164 @@
+"""The CEL environment policies are written against, and its extra functions.
+
+Variables: ``tool`` (string), ``args``, ``agent``, ``session``, ``context`` (maps), ``result`` (any,
+post_tool), ``now`` (timestamp). Functions beyond standard CEL and its string extension:
+
+* ``norm(s)`` — NFKC, casefold, zero-width and bidi characters stripped, trimmed.
+* ``host(s)`` — the lower-cased host of a URL, ``user@host`` or bare host string ("" if none).
+* ``leaves(x)`` — every scalar inside a nested map or list, as a flat list (a scalar gives ``[x]``).
+* ``glob(s, pattern)`` — shell-style match (``*``, ``?``, ``[abc]``) of the whole string.
+* ``path(s)`` — a normalised POSIX path: percent-decoded, backslashes as slashes, ``.``/``..``
+  resolved, duplicate slashes removed.
+* ``path_within(p, root)`` — whether ``path(p)`` is ``root`` or lies below it.
+* ``s.matches(re)`` is standard CEL and uses RE2, so regular expressions run in linear time.
+
+cel-expr-python cannot dispatch a function declared over ``dyn``, so every function taking "any
+value" is declared once per concrete CEL kind. A Python exception inside a function becomes a CEL
+error value, which the combiner treats as an error, never as a result.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+import re
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from cel_expr_python import cel
+from cel_expr_python.ext import ext_strings
+
+from bastion._canon import norm_text
+
+T = cel.Type
+_ANY_KINDS: dict[str, Any] = {
+    "string": T.STRING,
+    "int": T.INT,
+    "uint": T.UINT,
+    "double": T.DOUBLE,
+    "bool": T.BOOL,
+    "null": T.NULL,
+    "bytes": T.BYTES,
+    "map": T.Map(T.DYN, T.DYN),
+    "list": T.List(T.DYN),
+    "timestamp": T.TIMESTAMP,
+    "duration": T.DURATION,
+}
+MAX_LEAVES = 100_000
+
+VARIABLES: dict[str, Any] = {
+    "tool": T.STRING,
+    "args": T.Map(T.STRING, T.DYN),
+    "agent": T.Map(T.STRING, T.DYN),
+    "session": T.Map(T.STRING, T.DYN),
+    "context": T.Map(T.STRING, T.DYN),
+    "result": T.DYN,
+    "now": T.TIMESTAMP,
+}
+
+
+def host(text: str) -> str:
+    """Lower-cased host of a URL (``https://u@h:1/p``), ``user@host`` or bare host string."""
+    raw = text.strip()
+    if "://" not in raw:
+        raw = "//" + raw
+    try:
+        parts = urlsplit(raw)
+        name = parts.hostname or ""
+    except ValueError:
+        return ""
+    return norm_text(unquote(name)).rstrip(".")
+
+
+def leaves(value: Any) -> list[Any]:
+    """Every scalar inside ``value``, depth first; refuses more than ``MAX_LEAVES``."""
+    out: list[Any] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list | tuple):
+            stack.extend(reversed(item))
+        else:
+            out.append(item)
+            if len(out) > MAX_LEAVES:
+                raise ValueError(f"more than {MAX_LEAVES} leaves")
+    return out
+
+
+@lru_cache(maxsize=1024)
+def _glob_re(pattern: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(pattern), re.DOTALL)
+
+
+def glob(text: str, pattern: str) -> bool:
+    return _glob_re(pattern).match(text) is not None
+
+
+def path(text: str) -> str:
+    """Normalise a path so that ``/srv/../etc``, ``%2e%2e`` and ``\\`` cannot hide a location."""
+    decoded = text
+    for _ in range(3):  # undo double and triple percent-encoding
+        nxt = unquote(decoded)
+        if nxt == decoded:
+            break
+        decoded = nxt
+    decoded = norm_text(decoded).replace("\\", "/").replace("\x00", "")
+    if not decoded:
+        return ""
+    out = posixpath.normpath(decoded)
+    return "/" + out.lstrip("/") if out.startswith("//") else out
+
+
+def path_within(candidate: str, root: str) -> bool:
+    p, r = path(candidate), path(root).rstrip("/") or "/"
+    if r == "/":
+        return p.startswith("/")
+    return p == r or p.startswith(r + "/")
+
+
+def _overloads(name: str, ret: Any, fn: Callable[..., Any], params: list[Any]) -> list[Any]:
+    return [cel.Overload(f"{name}_{'_'.join(params)}", ret, [_kind(p) for p in params], impl=fn)]
+
+
+def _kind(p: str) -> Any:
+    return _ANY_KINDS[p]
+
+
+def _functions() -> list[Any]:
+    any_leaves = [
+        cel.Overload(f"leaves_{k}", T.List(T.DYN), [t], impl=leaves) for k, t in _ANY_KINDS.items()
+    ]
+    return [
+        cel.FunctionDecl("norm", _overloads("norm", T.STRING, norm_text, ["string"])),
+        cel.FunctionDecl("host", _overloads("host", T.STRING, host, ["string"])),
+        cel.FunctionDecl("leaves", any_leaves),
+        cel.FunctionDecl("glob", _overloads("glob", T.BOOL, glob, ["string", "string"])),
+        cel.FunctionDecl("path", _overloads("path", T.STRING, path, ["string"])),
+        cel.FunctionDecl(
+            "path_within", _overloads("path_within", T.BOOL, path_within, ["string", "string"])
+        ),
+    ]
+
+
+@lru_cache(maxsize=1)
+def environment() -> Any:
+    """The one CEL environment (built once per process)."""
+    return cel.NewEnv(
+        variables=VARIABLES, functions=_functions(), extensions=[ext_strings.ExtStrings()]
+    )
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def referenced_variables(source: str) -> frozenset[str]:
+    """Variables a condition may read: every top-level name that appears as a word.
+
+    Over-inclusive on purpose (a name inside a string literal counts); the kernel binds only these,
+    which keeps activations small without ever leaving out one that is read.
+    """
+    return frozenset(_WORD.findall(source)) & VARIABLES.keys()

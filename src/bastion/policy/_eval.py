@@ -1,0 +1,194 @@
+"""Pure evaluation of a compiled policy: no I/O, no clock, no environment reads.
+
+Combining, in this order (DESIGN.md):
+
+1. any matching ``deny`` rule → deny;
+2. else any matching ``require_approval`` rule → require_approval;
+3. else any matching ``allow`` rule → allow;
+4. else the policy's ``default``.
+
+When the outcome is allow, matching ``redact`` and ``audit`` rules become obligations.
+A condition that errors *matches* for deny, require_approval, redact and audit rules (each of those
+only makes the outcome safer) and *does not match* for allow rules; every error is returned.
+Tiers are evaluated in that order and a later tier is not evaluated once an earlier one decides,
+so ``errors`` holds the errors of the tiers that were evaluated. All candidate conditions are
+first run as one combined program; only when that errs are they run one by one, tier by tier.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
+
+from bastion.policy._compile import Candidates, CompiledPolicy, CompiledRule, Tier
+from bastion.policy._model import Effect, Stage
+
+_INT64 = (-(2**63), 2**63 - 1)
+_DECIDING = (Effect.DENY, Effect.REQUIRE_APPROVAL, Effect.ALLOW)
+
+
+class Verdict(NamedTuple):
+    """The policy's answer before state (limits, budgets, approvals) is applied."""
+
+    effect: Effect
+    rules: tuple[CompiledRule, ...]  # the rules that decided
+    errors: tuple[str, ...]
+    obligations: tuple[CompiledRule, ...] = ()
+    default_applied: bool = False
+    rule_ids: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    limited: bool = False  # some deciding rule carries a rate limit
+
+
+def evaluate(compiled: CompiledPolicy, stage: Stage, tool: str, agent_id: str,
+             data: Mapping[str, Any]) -> Verdict:
+    """Decide one action. ``data`` holds the CEL variables (see ``bastion.policy._cel``)."""
+    cands = compiled.candidates(stage, tool)
+    if cands.static is not None:
+        return cands.static  # type: ignore[no-any-return]
+    return evaluate_tiers(compiled.policy.default, cands, agent_id, data)
+
+
+def evaluate_tiers(default: Effect, cands: Candidates, agent_id: str,
+                   data: Mapping[str, Any]) -> Verdict:
+    """Combine the tiers of ``cands`` for one action (see the module docstring)."""
+    if cands.combined is not None:
+        values = _run(cands.combined, {k: data[k] for k in cands.variables if k in data})
+        if type(values) is list:
+            return _from_values(default, cands.tiers, iter(values))
+    errors: list[str] = []
+    state = _Data(data)
+    decided: Effect | None = None
+    deciding: list[CompiledRule] = []
+    obligations: list[CompiledRule] = []
+    for tier in cands.tiers:
+        if tier.effect in _DECIDING:
+            if decided is not None:
+                continue
+            matched = _matches(tier, agent_id, state, errors,
+                               error_matches=tier.effect is not Effect.ALLOW)
+            if matched:
+                decided, deciding = tier.effect, matched
+        elif (decided or default) is Effect.ALLOW:
+            obligations.extend(_matches(tier, agent_id, state, errors, error_matches=True))
+    return _verdict(default, decided, deciding, errors, obligations)
+
+
+def _from_values(default: Effect, tiers: tuple[Tier, ...], values: Iterator[Any]) -> Verdict:
+    """The verdict from every condition's value at once (none erred, every rule applies)."""
+    decided: Effect | None = None
+    deciding: list[CompiledRule] = []
+    obligations: list[CompiledRule] = []
+    for tier in tiers:
+        matched = list(tier.unconditional)
+        for cr in tier.conditional:
+            if next(values) is True:
+                matched.append(cr)
+        if len(matched) > 1:
+            matched.sort(key=_index)
+        if tier.effect in _DECIDING:
+            if decided is None and matched:
+                decided, deciding = tier.effect, matched
+        elif (decided or default) is Effect.ALLOW:
+            obligations.extend(matched)
+    return _verdict(default, decided, deciding, [], obligations)
+
+
+def _verdict(default: Effect, decided: Effect | None, deciding: list[CompiledRule],
+             errors: list[str], obligations: list[CompiledRule]) -> Verdict:
+    if decided is None:
+        return Verdict(default, (), tuple(errors), tuple(obligations), True, (),
+                       (f"no rule decided; policy default is {default.value}",))
+    return Verdict(decided, tuple(deciding), tuple(errors), tuple(obligations), False,
+                   tuple([cr.rule.id for cr in deciding]), tuple([cr.reason for cr in deciding]),
+                   any([cr.rule.limit is not None for cr in deciding]))
+
+
+class _Data:
+    """The activation data, made CEL-safe lazily the first time an evaluation errs."""
+
+    __slots__ = ("data", "safe")
+
+    def __init__(self, data: Mapping[str, Any]):
+        self.data = data
+        self.safe = False
+
+    def view(self, names: frozenset[str]) -> dict[str, Any]:
+        d = self.data
+        return {k: d[k] for k in names if k in d}
+
+    def make_safe(self) -> bool:
+        if self.safe:
+            return False
+        self.safe = True
+        self.data = {k: _cel_safe(v, 0) for k, v in self.data.items()}
+        return True
+
+
+def _matches(tier: Tier, agent_id: str, data: _Data, errors: list[str], *,
+             error_matches: bool) -> list[CompiledRule]:
+    if tier.agent_any:
+        out, cond = list(tier.unconditional), tier.conditional
+    else:
+        out = [cr for cr in tier.unconditional if cr.applies_to_agent(agent_id)]
+        cond = tuple(cr for cr in tier.conditional if cr.applies_to_agent(agent_id))
+    if not cond:
+        return out
+    if len(cond) == 1 and not data.safe:
+        cr = cond[0]
+        value = _run(cr.program, data.view(cr.variables))
+        if value is False:
+            return out
+        if value is True:
+            out.append(cr)
+            out.sort(key=_index)
+            return out
+    data.make_safe()
+    for cr in cond:
+        value = _run(cr.program, data.view(cr.variables))
+        if type(value) is not bool:
+            errors.append(f"rule {cr.rule.id!r}: {value}")
+            if error_matches:
+                out.append(cr)
+        elif value:
+            out.append(cr)
+    out.sort(key=_index)
+    return out
+
+
+def _index(cr: CompiledRule) -> int:
+    return cr.index
+
+
+def _run(program: Any, view: dict[str, Any]) -> Any:
+    """The plain result; a CEL error comes back as its message (a ``str``), never a bool."""
+    try:
+        return program.eval(data=view).plain_value()
+    except Exception as exc:  # the binding raises on data it cannot convert
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _cel_safe(value: Any, depth: int) -> Any:
+    """A copy of ``value`` CEL can hold: big integers as doubles, tuples and sets as lists."""
+    if depth > 64:
+        raise ValueError("value nested deeper than 64 levels")
+    if isinstance(value, bool) or value is None or isinstance(value, str | float | bytes):
+        return value
+    if isinstance(value, int):
+        return value if _INT64[0] <= value <= _INT64[1] else float(value)
+    if isinstance(value, dict):
+        return {_key(k): _cel_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_cel_safe(v, depth + 1) for v in value]
+    if isinstance(value, set | frozenset):
+        return [_cel_safe(v, depth + 1) for v in sorted(value, key=repr)]
+    return value
+
+
+def _key(key: Any) -> Any:
+    if isinstance(key, bool | str):
+        return key
+    if isinstance(key, int) and _INT64[0] <= key <= _INT64[1]:
+        return key
+    return str(key) if not isinstance(key, float) or math.isfinite(key) else repr(key)

@@ -1,0 +1,121 @@
+"""Strict YAML reading that keeps positions.
+
+PyYAML's composer gives nodes with marks; this module turns them into plain values while keeping,
+for every mapping key and value, the 1-based line and column a ``PolicyError`` must name. It refuses
+what a policy never needs and an attacker might use: duplicate keys, aliases, custom tags and
+documents beyond a size limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from bastion._errors import PolicyError
+
+MAX_BYTES = 4 * 1024 * 1024
+_PLAIN_TAGS = {
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:null",
+    "tag:yaml.org,2002:map",
+    "tag:yaml.org,2002:seq",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Pos:
+    line: int
+    column: int
+
+
+class Located(dict[str, Any]):
+    """A mapping that remembers where each of its keys and values stood."""
+
+    pos: Pos
+    key_pos: dict[str, Pos]
+    value_pos: dict[str, Pos]
+
+
+class LocatedList(list[Any]):
+    pos: Pos
+    item_pos: list[Pos]
+
+
+def _pos(node: yaml.Node) -> Pos:
+    return Pos(node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def read_yaml(text: str, path: str) -> Any:
+    """Parse one YAML document into ``Located`` / ``LocatedList`` / scalars."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        raise PolicyError(f"file is larger than {MAX_BYTES} bytes", path=path, line=1, column=1)
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = exc.problem or exc.context or "malformed yaml"
+        raise PolicyError(f"invalid yaml: {problem}", path=path, line=line, column=col) from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"invalid yaml: {exc}", path=path, line=1, column=1) from None
+    if node is None:
+        return None
+    return _convert(node, path, SafeScalars(), set())
+
+
+class SafeScalars(yaml.SafeLoader):
+    """Used only for its scalar constructors (bool, int, float, null resolution)."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+
+
+def _convert(node: yaml.Node, path: str, ctor: SafeScalars, seen: set[int]) -> Any:
+    if id(node) in seen:  # the composer shares a node only for an alias
+        p = _pos(node)
+        raise PolicyError("aliases are not allowed", path=path, line=p.line, column=p.column)
+    seen.add(id(node))
+    if node.tag not in _PLAIN_TAGS:
+        p = _pos(node)
+        raise PolicyError(
+            f"tag {node.tag!r} is not allowed", path=path, line=p.line, column=p.column
+        )
+    if isinstance(node, yaml.MappingNode):
+        out = Located()
+        out.pos, out.key_pos, out.value_pos = _pos(node), {}, {}
+        for key_node, value_node in node.value:
+            kp = _pos(key_node)
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise PolicyError(
+                    "mapping keys must be plain strings", path=path, line=kp.line, column=kp.column
+                )
+            key = key_node.value
+            if key == "<<":
+                raise PolicyError(
+                    "merge keys ('<<') are not allowed", path=path, line=kp.line, column=kp.column
+                )
+            if key in out:
+                raise PolicyError(
+                    f"duplicate key {key!r}", path=path, line=kp.line, column=kp.column
+                )
+            out[key] = _convert(value_node, path, ctor, seen)
+            out.key_pos[key] = kp
+            out.value_pos[key] = _pos(value_node)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        seq = LocatedList()
+        seq.pos, seq.item_pos = _pos(node), []
+        for item in node.value:
+            seq.append(_convert(item, path, ctor, seen))
+            seq.item_pos.append(_pos(item))
+        return seq
+    return ctor.construct_object(node, deep=True)

@@ -1,0 +1,270 @@
+"""Durable state the kernel reads and writes: counters, flags and approvals.
+
+A store is chosen by URL: ``None``/``memory://`` (in-process), a path or ``sqlite:///path``
+(shared by every process that opens the same file). Each operation that decides something
+(``take``, ``consume_approval``) is atomic, so two processes can never both take the last unit of a
+limit or both use one approval.
+
+Flags (the kill switch) are read on every decision, so they are cached in-process and the cache is
+invalidated through a generation counter in a small memory-mapped file beside the database: any
+process that changes a flag bumps it, every other process sees the bump on its next read at the
+cost of one 8-byte load.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sqlite3
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from bastion._errors import ConfigError, StateError
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """A pending or decided approval, bound to the digest of one exact action."""
+
+    id: str
+    digest: str
+    tool: str
+    agent: str
+    session: str
+    created: float
+    expires: float
+    status: str = "pending"  # pending | granted | refused | used
+    decided_by: str = ""
+    note: str = ""
+
+
+class StateStore(Protocol):
+    """What the kernel needs from durable state. Implementations must be thread-safe."""
+
+    def take(self, key: str, limit: int, window_s: int, now: float) -> tuple[bool, int]:
+        """Count one unit against ``key`` in the current window unless ``limit`` is reached."""
+
+    def count(self, key: str, window_s: int, now: float) -> int: ...
+
+    def flags(self) -> dict[str, str]:
+        """All set flags (cached; cheap to call on every decision)."""
+
+    def set_flag(self, key: str, value: str) -> None: ...
+
+    def clear_flag(self, key: str) -> bool: ...
+
+    def put_approval(self, approval: Approval) -> None: ...
+
+    def get_approval(self, approval_id: str) -> Approval | None: ...
+
+    def list_approvals(self, status: str | None = None) -> list[Approval]: ...
+
+    def decide_approval(self, approval_id: str, grant: bool, by: str, note: str,
+                        now: float) -> Approval: ...
+
+    def consume_approval(self, approval_id: str, digest: str, now: float) -> Approval | None:
+        """Atomically mark a granted, unexpired approval for ``digest`` used; else ``None``."""
+
+    def close(self) -> None: ...
+
+
+def open_store(target: str | os.PathLike[str] | None) -> StateStore:
+    """Open the store named by ``target`` (see module docstring)."""
+    if target is None:
+        return SQLiteStore(":memory:")
+    text = os.fspath(target)
+    if text in ("memory://", ":memory:"):
+        return SQLiteStore(":memory:")
+    if text.startswith("sqlite:///"):
+        return SQLiteStore(text.removeprefix("sqlite:///") or ":memory:")
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        raise ConfigError(f"state backend {scheme!r} is not available yet (use a path or "
+                          "sqlite:///path)")
+    return SQLiteStore(text)
+
+
+_SCHEMA = """
+create table if not exists counters (key text primary key, window integer not null,
+                                     n integer not null);
+create table if not exists flags (key text primary key, value text not null);
+create table if not exists approvals (id text primary key, digest text not null, tool text,
+    agent text, session text, created real, expires real, status text not null,
+    decided_by text, note text);
+"""
+
+
+class _Generation:
+    """An 8-byte counter shared between processes through a memory-mapped file."""
+
+    def __init__(self, path: str | None):
+        self._local = 0
+        self._map: mmap.mmap | None = None
+        if path is None:
+            return
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < 8:
+                os.write(fd, b"\0" * 8)
+            self._map = mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+
+    def read(self) -> int:
+        if self._map is None:
+            return self._local
+        value: int = struct.unpack_from("<Q", self._map, 0)[0]
+        return value
+
+    def bump(self) -> None:
+        if self._map is None:
+            self._local += 1
+            return
+        struct.pack_into("<Q", self._map, 0, self.read() + 1)
+        self._map.flush()
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+
+class SQLiteStore:
+    """SQLite-backed ``StateStore`` (``:memory:`` for one process, a file for many)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        memory = path == ":memory:"
+        if not memory:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                       timeout=30.0)
+            if not memory:
+                self._db.execute("pragma journal_mode=wal")
+                self._db.execute("pragma synchronous=normal")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StateError(f"{path!r}: cannot open state store: {exc}") from exc
+        self._lock = threading.RLock()
+        self._gen = _Generation(None if memory else path + ".gen")
+        self._flags_gen = -1
+        self._flags: dict[str, str] = {}
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("begin immediate")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("rollback")
+                    raise
+                self._db.execute("commit")
+            except sqlite3.Error as exc:
+                raise StateError(f"{self.path!r}: state store failed: {exc}") from exc
+
+    def take(self, key: str, limit: int, window_s: int, now: float) -> tuple[bool, int]:
+        window = int(now // window_s)
+        with self._tx() as db:
+            row = db.execute("select window, n from counters where key=?", (key,)).fetchone()
+            n = row[1] if row and row[0] == window else 0
+            if n >= limit:
+                return False, n
+            db.execute("insert into counters(key, window, n) values(?,?,?) on conflict(key) do "
+                       "update set window=excluded.window, n=excluded.n", (key, window, n + 1))
+            return True, n + 1
+
+    def count(self, key: str, window_s: int, now: float) -> int:
+        window = int(now // window_s)
+        with self._lock:
+            row = self._db.execute("select window, n from counters where key=?",
+                                   (key,)).fetchone()
+        return int(row[1]) if row and row[0] == window else 0
+
+    def flags(self) -> dict[str, str]:
+        gen = self._gen.read()
+        if gen != self._flags_gen:
+            with self._lock:
+                try:
+                    rows = self._db.execute("select key, value from flags").fetchall()
+                except sqlite3.Error as exc:
+                    raise StateError(f"{self.path!r}: cannot read flags: {exc}") from exc
+                self._flags = dict(rows)
+                self._flags_gen = gen
+        return self._flags
+
+    def set_flag(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("insert into flags(key, value) values(?,?) on conflict(key) do update "
+                       "set value=excluded.value", (key, value))
+        self._gen.bump()
+
+    def clear_flag(self, key: str) -> bool:
+        with self._tx() as db:
+            gone = db.execute("delete from flags where key=?", (key,)).rowcount > 0
+        self._gen.bump()
+        return gone
+
+    def put_approval(self, approval: Approval) -> None:
+        a = approval
+        with self._tx() as db:
+            db.execute("insert into approvals values(?,?,?,?,?,?,?,?,?,?)",
+                       (a.id, a.digest, a.tool, a.agent, a.session, a.created, a.expires,
+                        a.status, a.decided_by, a.note))
+
+    def get_approval(self, approval_id: str) -> Approval | None:
+        with self._lock:
+            row = self._db.execute("select * from approvals where id=?",
+                                   (approval_id,)).fetchone()
+        return Approval(*row) if row else None
+
+    def list_approvals(self, status: str | None = None) -> list[Approval]:
+        with self._lock:
+            if status is None:
+                rows = self._db.execute("select * from approvals order by created").fetchall()
+            else:
+                rows = self._db.execute("select * from approvals where status=? order by "
+                                        "created", (status,)).fetchall()
+        return [Approval(*r) for r in rows]
+
+    def decide_approval(self, approval_id: str, grant: bool, by: str, note: str,
+                        now: float) -> Approval:
+        from bastion._errors import ApprovalError
+
+        with self._tx() as db:
+            row = db.execute("select * from approvals where id=?", (approval_id,)).fetchone()
+            if row is None:
+                raise ApprovalError(f"approval {approval_id!r} not found")
+            current = Approval(*row)
+            if current.status != "pending":
+                raise ApprovalError(f"approval {approval_id!r} is already {current.status}")
+            if now >= current.expires:
+                raise ApprovalError(f"approval {approval_id!r} has expired")
+            status = "granted" if grant else "refused"
+            db.execute("update approvals set status=?, decided_by=?, note=? where id=?",
+                       (status, by, note, approval_id))
+        return replace(current, status=status, decided_by=by, note=note)
+
+    def consume_approval(self, approval_id: str, digest: str, now: float) -> Approval | None:
+        with self._tx() as db:
+            row = db.execute("select * from approvals where id=?", (approval_id,)).fetchone()
+            if row is None:
+                return None
+            a = Approval(*row)
+            if a.status != "granted" or a.digest != digest or now >= a.expires:
+                return None
+            db.execute("update approvals set status='used' where id=? and status='granted'",
+                       (approval_id,))
+        return replace(a, status="used")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+            self._gen.close()
