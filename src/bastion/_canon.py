@@ -24,7 +24,7 @@ _VALID_TOOL = re.compile(r"[a-z0-9_\-.:/]+")
 _JSON_OPTS = orjson.OPT_SORT_KEYS
 
 
-def _strip_format(text: str) -> str:
+def strip_format(text: str) -> str:
     return "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
 
 
@@ -33,7 +33,7 @@ def canonical_tool(name: str) -> str | None:
     """Return the canonical form of a tool name, or ``None`` when it is not a valid name."""
     if not isinstance(name, str):
         return None
-    text = _strip_format(unicodedata.normalize("NFKC", name)).casefold()
+    text = strip_format(unicodedata.normalize("NFKC", name)).casefold()
     text = unicodedata.normalize("NFKC", text).strip()
     if not text or _VALID_TOOL.fullmatch(text) is None:
         return None
@@ -42,7 +42,7 @@ def canonical_tool(name: str) -> str | None:
 
 def norm_text(text: str) -> str:
     """NFKC, casefold, format characters (zero-width, bidi) stripped, trimmed: CEL's ``norm``."""
-    folded = _strip_format(unicodedata.normalize("NFKC", text)).casefold()
+    folded = strip_format(unicodedata.normalize("NFKC", text)).casefold()
     return unicodedata.normalize("NFKC", folded).strip()
 
 

@@ -22,6 +22,11 @@ def run(expr: str, **data: Any) -> Any:
         ("user@Mail.Example.com", "mail.example.com"),
         ("example.com.", "example.com"),
         ("http://[::1]:80/", "::1"),
+        ("https://evil.com\\@example.com/", "evil.com"),
+        ("https://evil\u3002com/", "evil.com"),
+        ("//evil.com/x", "evil.com"),
+        ("http://2130706433/", "127.0.0.1"),
+        ("http://0x7f.1/", "127.0.0.1"),
         ("ｅｘａｍｐｌｅ.com", "example.com"),
         ("http://exa\u200bmple.com", "example.com"),
         ("", ""),
@@ -37,7 +42,8 @@ def test_host(text: str, expected: str) -> None:
         ("/srv/data/../../etc/passwd", "/etc/passwd"),
         ("/srv/%2e%2e/etc", "/etc"),
         ("/srv/%252e%252e/etc", "/etc"),
-        ("C:\\x\\..\\y", "c:/y"),
+        ("C:\\x\\..\\y", "C:/y"),
+        ("/SRV/Data/../x", "/SRV/x"),  # case is kept: it names another file
         ("//etc//passwd", "/etc/passwd"),
         ("a/./b", "a/b"),
     ],
@@ -67,6 +73,23 @@ def test_functions_from_cel() -> None:
     assert run("leaves(args.n).size() == 1", args={"n": 5}) is True
     assert run("path_within(args.p, '/tmp')", args={"p": "/tmp/../etc"}) is False
     assert run("args.s.matches('^[a-z]+$')", args={"s": "abc"}) is True
+
+
+def test_nul_bytes_never_reach_cel_cut_short() -> None:
+    from bastion import Action, Kernel
+
+    policy = """\
+version: 1
+rules:
+  - {id: deny-rm, tools: [shell], when: "args.cmd.contains('rm')", effect: deny}
+  - {id: allow-ls, tools: [shell], when: "args.cmd.startsWith('ls')", effect: allow}
+"""
+    with Kernel.from_text(policy, audit=False) as k:
+        assert k.evaluate(Action(tool="shell", args={"cmd": "ls -l"})).allowed
+        for args in ({"cmd": "ls\x00; rm -rf /"}, {"cmd": "ls", "x": [b"a\x00b"]},
+                     {"cmd": "ls", "k\x00": 1}):
+            d = k.evaluate(Action(tool="shell", args=args))
+            assert d.effect == "deny" and d.rule_ids == ("deny-rm",) and "NUL" in d.errors[0]
 
 
 def test_function_errors_are_error_values_not_results() -> None:

@@ -290,8 +290,9 @@ class Kernel:
         session: dict[str, Any] = {"id": session_id, "labels": []}
         if self._needs_calls:
             session["calls"] = self._state.count(f"calls:{session_id}", _FOREVER, ts / 1e9)
-        data = {"tool": tool, "args": action.args, "agent": agent, "session": session,
-                "context": action.context, "result": action.result}
+        args, context = action.args, action.context
+        data = {"tool": tool, "args": _plain_map(args), "agent": agent, "session": session,
+                "context": _plain_map(context), "result": action.result}
         if self._needs_now:
             import datetime as dt
 
@@ -442,6 +443,14 @@ class Kernel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _plain_map(value: Any) -> Any:
+    """A dict for CEL (which refuses other mapping types); anything else is passed unchanged,
+    so a wrong type makes conditions err (and the combiner fail closed) instead of raising."""
+    if type(value) is dict or not isinstance(value, Mapping):
+        return value
+    return dict(value)
 
 
 def _ident(holder: Mapping[str, Any]) -> str | None:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import re
+import socket
+import unicodedata
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -30,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 from cel_expr_python import cel
 from cel_expr_python.ext import ext_strings
 
-from bastion._canon import norm_text
+from bastion._canon import strip_format, norm_text
 
 T = cel.Type
 _ANY_KINDS: dict[str, Any] = {
@@ -60,16 +62,34 @@ VARIABLES: dict[str, Any] = {
 
 
 def host(text: str) -> str:
-    """Lower-cased host of a URL (``https://u@h:1/p``), ``user@host`` or bare host string."""
-    raw = text.strip()
-    if "://" not in raw:
+    """Lower-cased host of a URL (``https://u@h:1/p``), ``user@host`` or bare host string.
+
+    Parsed the way a client connects: a backslash ends the authority (WHATWG), ideographic full
+    stops are dots (IDNA), IPv4 in decimal, hex or octal forms becomes dotted-quad, and
+    ``//host/path`` is scheme-relative. "" when there is no host.
+    """
+    raw = norm_text(text).replace("\\", "/").replace("\u3002", ".")
+    if "://" not in raw and not raw.startswith("//"):
         raw = "//" + raw
     try:
-        parts = urlsplit(raw)
-        name = parts.hostname or ""
+        name = urlsplit(raw).hostname or ""
     except ValueError:
         return ""
-    return norm_text(unquote(name)).rstrip(".")
+    name = norm_text(unquote(name)).replace("\u3002", ".").rstrip(".")
+    return _ipv4(name) or name
+
+
+def _ipv4(name: str) -> str | None:
+    """Dotted-quad form of an IPv4 address written in any form inet_aton accepts."""
+    if not name or not _IPV4ISH.fullmatch(name):
+        return None
+    try:
+        return socket.inet_ntoa(socket.inet_aton(name))
+    except OSError:
+        return None
+
+
+_IPV4ISH = re.compile(r"[0-9a-fx.]+")
 
 
 def leaves(value: Any) -> list[Any]:
@@ -99,14 +119,21 @@ def glob(text: str, pattern: str) -> bool:
 
 
 def path(text: str) -> str:
-    """Normalise a path so that ``/srv/../etc``, ``%2e%2e`` and ``\\`` cannot hide a location."""
+    """Normalise a path so that ``/srv/../etc``, ``%2e%2e`` and ``\\`` cannot hide a location.
+
+    Percent-decoding (up to three layers), NFKC (so a fullwidth solidus is a slash) with
+    zero-width and bidi characters removed, backslashes as slashes, NUL bytes removed,
+    ``.``/``..`` resolved, duplicate slashes removed. Case is kept, since it names different
+    files on most file systems; use ``path(norm(p))`` to fold it as well.
+    """
     decoded = text
     for _ in range(3):  # undo double and triple percent-encoding
         nxt = unquote(decoded)
         if nxt == decoded:
             break
         decoded = nxt
-    decoded = norm_text(decoded).replace("\\", "/").replace("\x00", "")
+    decoded = strip_format(unicodedata.normalize("NFKC", decoded))
+    decoded = decoded.replace("\\", "/").replace("\x00", "")
     if not decoded:
         return ""
     out = posixpath.normpath(decoded)

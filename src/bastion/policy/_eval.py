@@ -18,8 +18,11 @@ first run as one combined program; only when that errs are they run one by one, 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
+
+from cel_expr_python import cel
 
 from bastion.policy._compile import Candidates, CompiledPolicy, CompiledRule, Tier
 from bastion.policy._model import Effect, Stage
@@ -53,12 +56,14 @@ def evaluate(compiled: CompiledPolicy, stage: Stage, tool: str, agent_id: str,
 def evaluate_tiers(default: Effect, cands: Candidates, agent_id: str,
                    data: Mapping[str, Any]) -> Verdict:
     """Combine the tiers of ``cands`` for one action (see the module docstring)."""
-    if cands.combined is not None:
-        values = _run(cands.combined, {k: data[k] for k in cands.variables if k in data})
+    view = {k: data[k] for k in cands.variables if k in data}
+    poison = _NUL_ERROR if _has_nul(view, 0) else None
+    if cands.combined is not None and poison is None:
+        values = _run(cands.combined, view)
         if type(values) is list:
             return _from_values(default, cands.tiers, iter(values))
     errors: list[str] = []
-    state = _Data(data)
+    state = _Data(data, poison)
     decided: Effect | None = None
     deciding: list[CompiledRule] = []
     obligations: list[CompiledRule] = []
@@ -108,10 +113,11 @@ def _verdict(default: Effect, decided: Effect | None, deciding: list[CompiledRul
 class _Data:
     """The activation data, made CEL-safe lazily the first time an evaluation errs."""
 
-    __slots__ = ("data", "safe")
+    __slots__ = ("data", "poison", "safe")
 
-    def __init__(self, data: Mapping[str, Any]):
+    def __init__(self, data: Mapping[str, Any], poison: str | None = None):
         self.data = data
+        self.poison = poison  # set when no condition may be run on this data
         self.safe = False
 
     def view(self, names: frozenset[str]) -> dict[str, Any]:
@@ -134,6 +140,13 @@ def _matches(tier: Tier, agent_id: str, data: _Data, errors: list[str], *,
         out = [cr for cr in tier.unconditional if cr.applies_to_agent(agent_id)]
         cond = tuple(cr for cr in tier.conditional if cr.applies_to_agent(agent_id))
     if not cond:
+        return out
+    if data.poison is not None:
+        for cr in cond:
+            errors.append(f"rule {cr.rule.id!r}: {data.poison}")
+            if error_matches:
+                out.append(cr)
+        out.sort(key=_index)
         return out
     if len(cond) == 1 and not data.safe:
         cr = cond[0]
@@ -161,12 +174,61 @@ def _index(cr: CompiledRule) -> int:
     return cr.index
 
 
+class _Arena(threading.local):
+    """A CEL arena per thread, replaced every ``_ARENA_USES`` evaluations.
+
+    Reusing an arena saves allocating one per evaluation; replacing it bounds the memory it
+    holds (the binding frees an arena's objects only when the arena itself goes).
+    """
+
+    def __init__(self) -> None:
+        self.arena = cel.Arena()
+        self.left = _ARENA_USES
+
+
+_ARENA_USES = 1000
+_ARENAS = _Arena()
+
+
 def _run(program: Any, view: dict[str, Any]) -> Any:
     """The plain result; a CEL error comes back as its message (a ``str``), never a bool."""
+    a = _ARENAS
+    a.left -= 1
+    if a.left <= 0:
+        a.arena, a.left = cel.Arena(), _ARENA_USES
     try:
-        return program.eval(data=view).plain_value()
+        return program.eval(data=view, arena=a.arena).plain_value()
     except Exception as exc:  # the binding raises on data it cannot convert
         return f"{type(exc).__name__}: {exc}"
+
+
+_NUL_ERROR = "a string holds a NUL byte, which CEL would cut short; no condition is run"
+
+
+def _has_nul(value: Any, depth: int) -> bool:
+    """Whether any string or bytes inside ``value`` (keys too) holds a NUL byte.
+
+    The CEL binding ends strings at NUL, so ``"ls\\0; rm -rf /"`` would reach a condition as
+    ``"ls"``; such data is not evaluated at all (every condition errs, so the combiner fails
+    closed). Nesting deeper than 64 levels counts as unsafe too.
+    """
+    t = type(value)
+    if t is str:
+        return "\x00" in value
+    if t is dict or isinstance(value, Mapping):
+        if depth > 64:
+            return True
+        for k, v in value.items():
+            if (type(k) is str and "\x00" in k) or _has_nul(v, depth + 1):
+                return True
+        return False
+    if t is list or t is tuple or t is set or t is frozenset:
+        if depth > 64:
+            return True
+        return any(_has_nul(v, depth + 1) for v in value)
+    if t is bytes or t is bytearray:
+        return b"\x00" in value
+    return False
 
 
 def _cel_safe(value: Any, depth: int) -> Any:
@@ -177,7 +239,7 @@ def _cel_safe(value: Any, depth: int) -> Any:
         return value
     if isinstance(value, int):
         return value if _INT64[0] <= value <= _INT64[1] else float(value)
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {_key(k): _cel_safe(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_cel_safe(v, depth + 1) for v in value]
