@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from bastion._canon import canonical_tool, digest, snapshot
 from bastion._errors import ApprovalError, ConfigError
 from bastion.kernel._redact import redact
-from bastion.kernel._types import Action, Decision
+from bastion.kernel._types import EMPTY, Action, Decision
 from bastion.policy import (
     CompiledPolicy,
     Effect,
@@ -50,6 +50,7 @@ _STAGE = {s: s.value for s in Stage}
 _EFFECT: dict[Effect, Any] = {e: e.value for e in Effect}
 _CODE = {True: "default", False: "policy"}
 _ALLOW = Effect.ALLOW
+_ALL_NAMES = frozenset(("tool", "args", "agent", "session", "context", "result", "now"))
 _FOREVER = 1 << 40  # a window no counter outlives: budgets count for the session's lifetime
 _FLAT = (str, int, float, bool, type(None))
 _TOOL_STAGES = (Stage.PRE_TOOL, Stage.POST_TOOL)
@@ -263,7 +264,7 @@ class Kernel:
         cands = self.compiled.candidates(stage, tool)  # step 4
         verdict = cands.static
         if verdict is None:
-            data = self._data(action, tool, agent_id, session_id, ts)
+            data = self._data(action, tool, agent_id, session_id, ts, cands.variables)
             verdict = evaluate_tiers(self.policy.default, cands, agent_id, data)
         effect = verdict.effect
         if (effect is _ALLOW and not verdict.limited and not verdict.obligations
@@ -282,18 +283,29 @@ class Kernel:
         verdict = Verdict(effect, (), errors, (), not ids, ids, reasons, False)
         return self._finish(action, verdict, stage, tool, agent_id, session_id, did, ts)
 
-    def _data(self, action: Action, tool: str, agent_id: str, session_id: str,
-              ts: int) -> dict[str, Any]:
-        agent: Mapping[str, Any] = {"id": agent_id}
-        if self._needs_agent_facts and self._facts is not None:
-            agent = {**self._facts(agent_id), "id": agent_id}
-        session: dict[str, Any] = {"id": session_id, "labels": []}
-        if self._needs_calls:
-            session["calls"] = self._state.count(f"calls:{session_id}", _FOREVER, ts / 1e9)
-        args, context = action.args, action.context
-        data = {"tool": tool, "args": _plain_map(args), "agent": agent, "session": session,
-                "context": _plain_map(context), "result": action.result}
-        if self._needs_now:
+    def _data(self, action: Action, tool: str, agent_id: str, session_id: str, ts: int,
+              names: frozenset[str] = _ALL_NAMES) -> dict[str, Any]:
+        """The CEL variables in ``names`` (only those: each costs time to build and convert)."""
+        data: dict[str, Any] = {}
+        if "args" in names:
+            data["args"] = _plain_map(action.args)
+        if "tool" in names:
+            data["tool"] = tool
+        if "agent" in names:
+            agent: dict[str, Any] = {"id": agent_id}
+            if self._needs_agent_facts and self._facts is not None:
+                agent = {**self._facts(agent_id), "id": agent_id}
+            data["agent"] = agent
+        if "session" in names:
+            session: dict[str, Any] = {"id": session_id, "labels": []}
+            if self._needs_calls:
+                session["calls"] = self._state.count(f"calls:{session_id}", _FOREVER, ts / 1e9)
+            data["session"] = session
+        if "context" in names:
+            data["context"] = _plain_map(action.context)
+        if "result" in names:
+            data["result"] = action.result
+        if "now" in names:
             import datetime as dt
 
             data["now"] = dt.datetime.fromtimestamp(ts / 1e9, dt.UTC)
@@ -448,9 +460,11 @@ class Kernel:
 def _plain_map(value: Any) -> Any:
     """A dict for CEL (which refuses other mapping types); anything else is passed unchanged,
     so a wrong type makes conditions err (and the combiner fail closed) instead of raising."""
-    if type(value) is dict or not isinstance(value, Mapping):
+    if type(value) is dict:
         return value
-    return dict(value)
+    if value is EMPTY:
+        return {}
+    return dict(value) if isinstance(value, Mapping) else value
 
 
 def _ident(holder: Mapping[str, Any]) -> str | None:

@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 from cel_expr_python import cel
 from cel_expr_python.ext import ext_strings
 
-from bastion._canon import strip_format, norm_text
+from bastion._canon import norm_text, strip_format
 
 T = cel.Type
 _ANY_KINDS: dict[str, Any] = {

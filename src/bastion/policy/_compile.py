@@ -76,6 +76,7 @@ class Candidates:
     static: Any = None
     combined: Any = None
     variables: frozenset[str] = frozenset()
+    fast: Any = None  # data -> Verdict | None: the no-error path, specialised for this set
 
 
 class CompiledPolicy:
@@ -142,9 +143,21 @@ class CompiledPolicy:
             return Candidates(tuple(tiers), static=static)
         combined = None
         if len(conditional) > 1 and all(t.agent_any for t in tiers):
-            combined = env.compile("[" + ", ".join(f"({cr.rule.when})" for cr in conditional) + "]")
+            # "\n" ends a trailing "// comment"; a condition at the parser's nesting limit
+            # cannot be nested one level deeper, and then its rules run one by one.
+            source = "[" + ", ".join(f"({cr.rule.when}\n)" for cr in conditional) + "]"
+            try:
+                combined = env.compile(source)
+            except RuntimeError:
+                combined = None
         variables = frozenset().union(*(cr.variables for cr in conditional))
-        return Candidates(tuple(tiers), combined=combined, variables=variables)
+        cands = Candidates(tuple(tiers), combined=combined, variables=variables)
+        if all(t.agent_any for t in tiers):
+            from bastion.policy._eval import specialise
+
+            cands = Candidates(cands.tiers, combined=combined, variables=variables,
+                               fast=specialise(self.policy.default, cands, conditional))
+        return cands
 
 
 def compile_policy(policy: Policy) -> CompiledPolicy:

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
+import orjson
 from cel_expr_python import cel
 
 from bastion.policy._compile import Candidates, CompiledPolicy, CompiledRule, Tier
+from bastion.policy._fastpath import clean, simple
 from bastion.policy._model import Effect, Stage
 
 _INT64 = (-(2**63), 2**63 - 1)
@@ -56,12 +58,12 @@ def evaluate(compiled: CompiledPolicy, stage: Stage, tool: str, agent_id: str,
 def evaluate_tiers(default: Effect, cands: Candidates, agent_id: str,
                    data: Mapping[str, Any]) -> Verdict:
     """Combine the tiers of ``cands`` for one action (see the module docstring)."""
+    if cands.fast is not None:
+        found = cands.fast(data)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
     view = {k: data[k] for k in cands.variables if k in data}
     poison = _NUL_ERROR if _has_nul(view, 0) else None
-    if cands.combined is not None and poison is None:
-        values = _run(cands.combined, view)
-        if type(values) is list:
-            return _from_values(default, cands.tiers, iter(values))
     errors: list[str] = []
     state = _Data(data, poison)
     decided: Effect | None = None
@@ -78,6 +80,66 @@ def evaluate_tiers(default: Effect, cands: Candidates, agent_id: str,
         elif (decided or default) is Effect.ALLOW:
             obligations.extend(_matches(tier, agent_id, state, errors, error_matches=True))
     return _verdict(default, decided, deciding, errors, obligations)
+
+
+def specialise(default: Effect, cands: Candidates, conditional: list[CompiledRule]
+               ) -> Callable[[Mapping[str, Any]], Verdict | None]:
+    """The no-error path for one candidate set, as a closure.
+
+    It answers from the conditions' values, mapping the tuple of booleans to a verdict computed
+    once and cached (the verdict depends on nothing else). The values come from the Python fast
+    path when every condition is in its subset and the data is clean (see ``_fastpath``), else
+    from one CEL program (the single condition, or all of them combined). It returns ``None``
+    (take the general path) when the data holds a NUL byte or any condition errs.
+    """
+    names = tuple(sorted(cands.variables))
+    single = len(conditional) == 1
+    program = conditional[0].program if single else cands.combined
+    if program is None:
+        return lambda data: None
+    pyfns = [simple(cr.program) for cr in conditional]
+    python: list[Any] | None = pyfns if all(f is not None for f in pyfns) else None
+    tiers = cands.tiers
+    cache: dict[Any, Verdict] = {}
+
+    def fast(data: Mapping[str, Any]) -> Verdict | None:
+        view = {n: data[n] for n in names if n in data}
+        key: Any = None
+        if python is not None and clean(view):
+            key = tuple([f(view) for f in python])
+            if None in key:
+                key = None
+        if key is None:
+            if _has_nul_quick(view):
+                return None
+            values = _run(program, view)
+            if single:
+                if type(values) is not bool:
+                    return None
+                key = (values,)
+            elif type(values) is list and all(type(v) is bool for v in values):
+                key = tuple(values)
+            else:
+                return None
+        found = cache.get(key)
+        if found is None:
+            found = _from_values(default, tiers, iter(key))
+            if len(cache) < _VERDICT_CACHE:
+                cache[key] = found
+        return found
+
+    return fast
+
+
+_VERDICT_CACHE = 1024
+
+
+def _has_nul_quick(view: dict[str, Any]) -> bool:
+    try:
+        encoded = orjson.dumps(view, option=orjson.OPT_NON_STR_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        return _has_nul(view, 0)
+    return b"\\u0000" in encoded and _has_nul(view, 0)
 
 
 def _from_values(default: Effect, tiers: tuple[Tier, ...], values: Iterator[Any]) -> Verdict:
@@ -232,13 +294,21 @@ def _has_nul(value: Any, depth: int) -> bool:
 
 
 def _cel_safe(value: Any, depth: int) -> Any:
-    """A copy of ``value`` CEL can hold: big integers as doubles, tuples and sets as lists."""
+    """A copy of ``value`` CEL can hold: tuples and sets as lists, subclasses of str, int and
+    float as their plain values, non-string keys as strings. Integers beyond 64 bits are kept:
+    CEL errs on them (an overflow), so no condition silently sees a rounded amount."""
     if depth > 64:
         raise ValueError("value nested deeper than 64 levels")
-    if isinstance(value, bool) or value is None or isinstance(value, str | float | bytes):
+    if isinstance(value, bool) or value is None or type(value) in (str, float, bytes):
         return value
-    if isinstance(value, int):
-        return value if _INT64[0] <= value <= _INT64[1] else float(value)
+    if isinstance(value, str):  # StrEnum and other subclasses: their string value
+        return value[:]
+    if isinstance(value, float):
+        return float(value)
+    if type(value) is int:
+        return value  # beyond 64 bits CEL errs (an overflow), which the combiner fails closed on
+    if isinstance(value, int):  # IntEnum and other subclasses: their integer value
+        return int(value)
     if isinstance(value, Mapping):
         return {_key(k): _cel_safe(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
