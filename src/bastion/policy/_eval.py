@@ -26,7 +26,7 @@ import orjson
 from cel_expr_python import cel
 
 from bastion.policy._compile import Candidates, CompiledPolicy, CompiledRule, Tier
-from bastion.policy._fastpath import clean, simple
+from bastion.policy._fastpath import clean, values_function
 from bastion.policy._model import Effect, Stage
 
 _INT64 = (-(2**63), 2**63 - 1)
@@ -97,8 +97,7 @@ def specialise(default: Effect, cands: Candidates, conditional: list[CompiledRul
     program = conditional[0].program if single else cands.combined
     if program is None:
         return lambda data: None
-    pyfns = [simple(cr.program) for cr in conditional]
-    python: list[Any] | None = pyfns if all(f is not None for f in pyfns) else None
+    python = values_function([cr.program for cr in conditional])
     tiers = cands.tiers
     cache: dict[Any, Verdict] = {}
 
@@ -106,9 +105,7 @@ def specialise(default: Effect, cands: Candidates, conditional: list[CompiledRul
         view = {n: data[n] for n in names if n in data}
         key: Any = None
         if python is not None and clean(view):
-            key = tuple([f(view) for f in python])
-            if None in key:
-                key = None
+            key = python(view)
         if key is None:
             if _has_nul_quick(view):
                 return None

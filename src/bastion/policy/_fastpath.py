@@ -169,19 +169,15 @@ def _compile(node: tuple[Any, ...]) -> Fn | None:
             return None
         return lambda data: _in(member(data), items)
     if fn in ("_==_", "_!=_") or fn in _CMP:
-        if len(args) != 2:
+        found = _comparison(fn, args)
+        if found is None:
             return None
-        left, right = args
-        if left[0] == "const" and right[0] != "const":
-            left, right, fn = right, left, _FLIP.get(fn, fn)
-        getter = _path(left)
-        if getter is None or right[0] != "const" or right[1] is _UNSUPPORTED:
-            return None
-        const = right[1]
+        fn, getter, const = found
         if fn == "_==_":
-            return lambda data: _eq(getter(data), const)
+            return _equals(getter, const)
         if fn == "_!=_":
-            return lambda data: None if (v := _eq(getter(data), const)) is None else not v
+            eq = _equals(getter, const)
+            return lambda data: None if (v := eq(data)) is None else not v
         if type(const) not in (str, int, float):
             return None
         op = fn
@@ -189,7 +185,92 @@ def _compile(node: tuple[Any, ...]) -> Fn | None:
     return None
 
 
+def _comparison(fn: str, args: list[tuple[Any, ...]]
+                ) -> tuple[str, Callable[[dict[str, Any]], Any], Any] | None:
+    """(operator, path getter, literal) for ``path OP literal`` or ``literal OP path``."""
+    if len(args) != 2:
+        return None
+    left, right = args
+    if left[0] == "const" and right[0] != "const":
+        left, right, fn = right, left, _FLIP.get(fn, fn)
+    getter = _path(left)
+    if getter is None or right[0] != "const" or right[1] is _UNSUPPORTED:
+        return None
+    return fn, getter, right[1]
+
+
+def string_equality(program: Any) -> tuple[tuple[str, ...], str] | None:
+    """``(path, literal)`` when ``program`` is exactly ``path == 'literal'``; rules of this form
+    on one path are answered together with one dictionary look-up."""
+    try:
+        node = checked_expr(program)
+    except (ValueError, KeyError, IndexError, StopIteration, UnicodeDecodeError):
+        return None
+    if node[0] != "call" or node[1] != "_==_":
+        return None
+    found = _comparison("_==_", node[2])
+    if found is None or type(found[2]) is not str:
+        return None
+    path: tuple[str, ...] = getattr(found[1], "path")  # noqa: B009
+    return path, found[2]
+
+
 _MISSING = object()
+
+
+def path_getter(path: tuple[str, ...]) -> Callable[[dict[str, Any]], Any]:
+    """The getter of ``_path`` for a path given as names (``("args", "to")``)."""
+    node: tuple[Any, ...] = ("ident", path[0])
+    for step in path[1:]:
+        node = ("select", node, step, False)
+    getter = _path(node)
+    assert getter is not None
+    return getter
+
+
+Values = Callable[[dict[str, Any]], tuple[bool, ...] | None]
+
+
+def values_function(programs: list[Any]) -> Values | None:
+    """One function giving every program's value on clean data, or ``None`` (not all simple).
+
+    Conditions ``path == 'literal'`` on one path are grouped into a table from literal to
+    positions, so fifty rules on ``args.to`` cost one look-up; the function returns ``None``
+    where CEL would err or convert, and the caller then runs CEL.
+    """
+    groups: dict[tuple[str, ...], dict[str, list[int]]] = {}
+    others: list[tuple[int, Fn]] = []
+    for i, program in enumerate(programs):
+        eq = string_equality(program)
+        if eq is not None:
+            groups.setdefault(eq[0], {}).setdefault(eq[1], []).append(i)
+            continue
+        fn = simple(program)
+        if fn is None:
+            return None
+        others.append((i, fn))
+    tables = [(path_getter(path), table) for path, table in groups.items()]
+    template = [False] * len(programs)
+
+    def values(view: dict[str, Any]) -> tuple[bool, ...] | None:
+        vals = template.copy()
+        for get, table in tables:
+            v = get(view)
+            if type(v) is str:
+                hits = table.get(v)
+                if hits is not None:
+                    for i in hits:
+                        vals[i] = True
+            elif v is _MISSING:
+                return None
+        for i, fn in others:
+            r = fn(view)
+            if r is None:
+                return None
+            vals[i] = r
+        return tuple(vals)
+
+    return values
 
 
 def _path(node: tuple[Any, ...]) -> Callable[[dict[str, Any]], Any] | None:
@@ -202,6 +283,15 @@ def _path(node: tuple[Any, ...]) -> Callable[[dict[str, Any]], Any] | None:
         return None
     root = node[1]
     steps.reverse()
+    if len(steps) == 1:
+        key = steps[0]
+
+        def get1(data: dict[str, Any]) -> Any:
+            parent = data.get(root)
+            return parent.get(key, _MISSING) if type(parent) is dict else _MISSING
+
+        get1.path = (root, key)  # type: ignore[attr-defined]
+        return get1
 
     def get(data: dict[str, Any]) -> Any:
         value = data.get(root, _MISSING)
@@ -211,37 +301,37 @@ def _path(node: tuple[Any, ...]) -> Callable[[dict[str, Any]], Any] | None:
             value = value[step]
         return value
 
+    get.path = (root, *steps)  # type: ignore[attr-defined]
     return get
 
 
-def _kind(v: Any) -> str:
-    t = type(v)
-    if t is bool:
-        return "bool"
-    if t is int:
-        return "int" if _INT64[0] <= v <= _INT64[1] else "wide"
-    if t is float:
-        return "float"
-    if t is str:
-        return "str"
-    if v is None:
-        return "null"
-    return "other"
+def _equals(getter: Callable[[dict[str, Any]], Any], const: Any) -> Fn:
+    """``path == const`` on clean data, specialised by the literal's kind."""
+    kind = type(const)
+    if kind is str or kind is bool:
+        def eq_same(data: dict[str, Any]) -> bool | None:
+            v = getter(data)
+            if type(v) is kind:
+                return bool(v == const)
+            return None if v is _MISSING else False
 
+        return eq_same
+    if const is None:
+        return lambda data: None if (v := getter(data)) is _MISSING else v is None
+    other = float if kind is int else int  # int against double: a conversion; leave it to CEL
 
-def _eq(value: Any, const: Any) -> bool | None:
-    if value is _MISSING:
-        return None
-    vk, ck = _kind(value), _kind(const)
-    if "wide" in (vk, ck) or {vk, ck} == {"int", "float"}:
-        return None  # numeric conversions: leave them to CEL
-    if vk != ck:
-        return False
-    return bool(value == const)
+    def eq_number(data: dict[str, Any]) -> bool | None:
+        v = getter(data)
+        t = type(v)
+        if t is kind:
+            return bool(v == const)
+        return None if v is _MISSING or t is other else False
+
+    return eq_number
 
 
 def _order(value: Any, const: Any, op: str) -> bool | None:
-    if value is _MISSING or _kind(value) != _kind(const) or _kind(value) == "wide":
+    if value is _MISSING or type(value) is not type(const):
         return None
     if op == "_<_":
         return bool(value < const)
@@ -253,12 +343,17 @@ def _order(value: Any, const: Any, op: str) -> bool | None:
 
 
 def _in(value: Any, items: list[Any]) -> bool | None:
+    if value is _MISSING:
+        return None
     unknown = False
+    t = type(value)
     for item in items:
-        r = _eq(value, item)
-        if r:
-            return True
-        unknown |= r is None
+        ti = type(item)
+        if ti is t:
+            if value == item:
+                return True
+        elif {t, ti} == {int, float}:
+            unknown = True
     return None if unknown else False
 
 
