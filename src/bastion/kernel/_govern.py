@@ -30,7 +30,7 @@ from typing import Any, TypeVar, cast
 
 from bastion._errors import GovernanceDenied
 from bastion.kernel._kernel import Kernel
-from bastion.kernel._types import Action, Decision
+from bastion.kernel._types import EMPTY, Action, Decision
 from bastion.policy import Stage
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,13 +58,18 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
         tool = name or fn.__name__
         binder = _Binder(fn)
         post = any(r.stage is Stage.POST_TOOL for r in kernel.policy.rules)
+        fixed = [src if src is not None and not callable(src) else EMPTY
+                 for src in (agent, session, context)]
+        dynamic = any(callable(src) for src in (agent, session, context))
 
         def action(stage: str, args: Mapping[str, Any], result: Any = None) -> Action:
-            return Action(tool=tool, args=args, stage=stage, agent=_get(agent),
-                          session=_get(session), context=_get(context), result=result,
-                          approval=_APPROVAL.get() if stage == "pre_tool" else None)
+            a, s, c = (_get(agent), _get(session), _get(context)) if dynamic else fixed
+            return Action(tool, args, stage, a, s, c, result,
+                          _APPROVAL.get() if stage == "pre_tool" else None)
 
         def after(decision: Decision, result: Any, started: int) -> Any:
+            if not post and kernel.audit is None:
+                return result
             if post:
                 checked = kernel.evaluate(action("post_tool", decision.args or {}, result))
                 if not checked.allowed:
@@ -142,6 +147,7 @@ class _Binder:
         self.names = [p.name for p in params if p.kind is not inspect.Parameter.KEYWORD_ONLY]
         self.defaults = {p.name: p.default for p in params
                          if p.default is not inspect.Parameter.empty and p.name not in _SKIP}
+        self.skip = [n for n in _SKIP if n in self.sig.parameters]
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         if self.plain and len(args) <= len(self.names):
@@ -160,7 +166,7 @@ class _Binder:
                     out[pname] = list(value)
                 else:
                     out[pname] = value
-        for skip in _SKIP:
+        for skip in self.skip:
             out.pop(skip, None)
         return out
 
