@@ -247,6 +247,11 @@ class AuditLog:
         )
 
     @property
+    def durable(self) -> bool:
+        """True when ``append`` commits before it returns (it then does I/O on the caller)."""
+        return self._durable
+
+    @property
     def healthy(self) -> bool:
         """False once a write has failed; the log then refuses every append."""
         return self._error is None

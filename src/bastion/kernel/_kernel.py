@@ -173,6 +173,7 @@ class Kernel:
         self._stateful = self._cedar is not None or self._needs_calls \
             or any(cr.rule.limit for cr in self.compiled.rules) \
             or any(cr.rule.effect is Effect.REQUIRE_APPROVAL for cr in self.compiled.rules)
+        self._durable_audit = bool(getattr(audit, "durable", False))
         self._closed = False
 
     # -- construction -----------------------------------------------------------------------
@@ -224,8 +225,9 @@ class Kernel:
 
     async def aevaluate(self, action: Action) -> Decision:
         """``evaluate`` for event loops: when the decision may touch the state store (limits,
-        budgets, approvals) it runs in a worker thread so the loop never blocks on I/O."""
-        if self._stateful or action.approval is not None:
+        budgets, approvals) or the audit log commits synchronously (``durable=True``), it runs
+        in a worker thread so the loop never blocks on I/O."""
+        if self._stateful or action.approval is not None or self._durable_audit:
             import asyncio
 
             return await asyncio.to_thread(self.evaluate, action)
