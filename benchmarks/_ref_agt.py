@@ -37,6 +37,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 _t0 = time.perf_counter()
 from agentmesh.governance import GovernanceDenied, govern  # noqa: E402
+
 IMPORT_S = time.perf_counter() - _t0
 
 CALL = {"to": "a@example.com", "body": "hi"}
@@ -83,7 +84,7 @@ def sanity_check(policy: str, n_rules: int) -> None:
 
 
 def pct(sorted_vals, q):
-    return sorted_vals[min(len(sorted_vals) - 1, int(round(q * (len(sorted_vals) - 1))))]
+    return sorted_vals[min(len(sorted_vals) - 1, round(q * (len(sorted_vals) - 1)))]
 
 
 def main() -> None:

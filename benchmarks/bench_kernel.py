@@ -144,11 +144,11 @@ def main() -> None:
                         r["speedup_p50"] = float(ref["p50_us"]) / float(r["p50_us"])
                     rows.append(r)
                     ref_txt = f"{ref['p50_us']:8.1f} {r['speedup_p50']:7.1f}x" if ref else ""
-                    print(f"{'bastion':8} {n:5} {str(audit):>5} {via:9} {r['match']:11} "
+                    print(f"{'bastion':8} {n:5} {audit!s:>5} {via:9} {r['match']:11} "
                           f"{r['p50_us']:8.2f} {r['p99_us']:8.2f} {r['per_sec']:9.0f} {ref_txt}")
     imp = import_time_ms()
-    raw = [r for r in rows if r["impl"] == "bastion" and r["via"] == "evaluate"
-           and not r["audit"] and r["rules"] == 50 and r["match"] == "conditional"][0]
+    raw = next(r for r in rows if r["impl"] == "bastion" and r["via"] == "evaluate"
+               and not r["audit"] and r["rules"] == 50 and r["match"] == "conditional")
     print(f"\nimport bastion: {imp:.1f} ms (median of 7 fresh processes)")
     print(f"raw decisions/s on one core (evaluate, 50 rules, audit off): {raw['per_sec']:.0f}")
     out = HERE / "results"

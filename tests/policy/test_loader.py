@@ -52,6 +52,10 @@ def test_valid_policy_loads_into_frozen_typed_values() -> None:
         ("version: 1\nrules:\n  - {id: a, effect: deny, stage: pre}\n", 3, 34, "unknown stage"),
         ("version: 1\nrules:\n  - id: a\n    effect: deny\n    when: args.x >\n", 5, 19,
          "syntax error"),
+        ("version: 1\nrules:\n  - id: a\n    effect: deny\n    when: \"args.a > > 1\"\n", 5, 21,
+         "syntax error"),
+        ("version: 1\nrules:\n  - id: a\n    effect: deny\n    when: |\n      args.a > 1 &&\n"
+         "      args.b > > 1\n", 7, 16, "syntax error"),
         ("version: 1\nrules:\n  - id: a\n    effect: deny\n    when: nosuch == 1\n", 5, 11,
          "undeclared reference to 'nosuch'"),
         ("version: 1\nrules:\n  - id: a\n    effect: deny\n    when: args.x\n", 5, 11,
@@ -102,8 +106,9 @@ def test_missing_file_is_a_policy_error_not_yaml_text(tmp_path: Path) -> None:
 def test_non_utf8_file_is_rejected(tmp_path: Path) -> None:
     f = tmp_path / "p.yaml"
     f.write_bytes(b"version: 1\nname: \xff\n")
-    with pytest.raises(PolicyError, match="not valid utf-8"):
+    with pytest.raises(PolicyError, match="not valid utf-8") as info:
         load_policy(f)
+    assert (info.value.line, info.value.column) == (2, 7)
 
 
 def test_huge_file_is_rejected_before_parsing() -> None:

@@ -56,8 +56,10 @@ def load_policy(path: str | Path) -> Policy:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise PolicyError(f"not valid utf-8 at byte {exc.start}", path=str(p), line=1,
-                          column=1) from None
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise PolicyError(f"not valid utf-8 (byte {exc.start})", path=str(p), line=line,
+                          column=column) from None
     return parse_policy(text, path=str(p))
 
 
@@ -67,7 +69,7 @@ def parse_policy(text: str, *, path: str = "<text>") -> Policy:
     if not isinstance(doc, Located):
         raise PolicyError("a policy must be a mapping with 'version' and 'rules'", path=path,
                           line=1, column=1)
-    ctx = _Ctx(path)
+    ctx = _Ctx(path, text)
     ctx.check_keys(doc, _TOP_KEYS, "policy")
     version = doc.get("version")
     if "version" not in doc:
@@ -117,8 +119,24 @@ def _strip(value: Any) -> Any:
 
 
 class _Ctx:
-    def __init__(self, path: str):
+    def __init__(self, path: str, text: str = ""):
         self.path = path
+        self.lines = text.splitlines()
+
+    def inside(self, value: Pos, line: int, col: int) -> Pos:
+        """The file position of ``line:col`` inside the scalar that starts at ``value``.
+
+        Exact for single-line plain and quoted scalars (without escapes before the position)
+        and for literal blocks (``|``); for folded and multi-line plain scalars, whose line
+        breaks YAML rewrites, it is the scalar's start.
+        """
+        if value.style == "|":
+            row = value.line + line  # the block's text starts on the line after the '|'
+            text = self.lines[row - 1] if 0 < row <= len(self.lines) else ""
+            return Pos(row, len(text) - len(text.lstrip(" ")) + col)
+        if line != 1 or value.style == ">":
+            return value
+        return Pos(value.line, value.column + col - 1 + (value.style in ("'", '"')))
 
     def fail(self, pos: Pos, message: str) -> NoReturn:
         raise PolicyError(message, path=self.path, line=pos.line, column=pos.column)
@@ -191,9 +209,8 @@ def _rule(ctx: _Ctx, node: Located) -> Rule:
         err = check_condition(when)
         if err is not None:
             line, col, msg = err
-            vp = node.value_pos["when"]
-            pos = Pos(vp.line + line - 1, vp.column + col - 1 if line == 1 else col)
-            ctx.fail(pos, f"in 'when' of rule {rid!r}: {msg}")
+            ctx.fail(ctx.inside(node.value_pos["when"], line, col),
+                     f"in 'when' of rule {rid!r}: {msg}")
     limit = _limit(ctx, node)
     redact, pattern = _redaction(ctx, node, effect, stage)
     k = node.key_pos["id"]

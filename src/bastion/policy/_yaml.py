@@ -31,6 +31,7 @@ _PLAIN_TAGS = {
 class Pos:
     line: int
     column: int
+    style: str | None = None  # a scalar's YAML style: None (plain), "'", '"', "|" or ">"
 
 
 class Located(dict[str, Any]):
@@ -47,7 +48,8 @@ class LocatedList(list[Any]):
 
 
 def _pos(node: yaml.Node) -> Pos:
-    return Pos(node.start_mark.line + 1, node.start_mark.column + 1)
+    style = node.style if isinstance(node, yaml.ScalarNode) else None
+    return Pos(node.start_mark.line + 1, node.start_mark.column + 1, style)
 
 
 def read_yaml(text: str, path: str) -> Any:
