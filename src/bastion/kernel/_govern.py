@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import inspect
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar, cast
@@ -55,6 +54,8 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
     """Decorate a sync or async function so every call is decided by ``kernel`` first."""
 
     def wrap(fn: F) -> F:
+        import inspect
+
         tool = name or fn.__name__
         binder = _Binder(fn)
         post = any(r.stage is Stage.POST_TOOL for r in kernel.policy.rules)
@@ -138,15 +139,17 @@ class _Binder:
     """Maps a call's arguments to parameter names, fast for plain signatures."""
 
     def __init__(self, fn: Callable[..., Any]):
+        import inspect
+
+        self.P = inspect.Parameter
         self.sig = inspect.signature(fn)
         params = list(self.sig.parameters.values())
         kinds = {p.kind for p in params}
-        self.plain = not kinds & {inspect.Parameter.POSITIONAL_ONLY,
-                                  inspect.Parameter.VAR_POSITIONAL,
-                                  inspect.Parameter.VAR_KEYWORD}
-        self.names = [p.name for p in params if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+        P = self.P
+        self.plain = not kinds & {P.POSITIONAL_ONLY, P.VAR_POSITIONAL, P.VAR_KEYWORD}
+        self.names = [p.name for p in params if p.kind is not P.KEYWORD_ONLY]
         self.defaults = {p.name: p.default for p in params
-                         if p.default is not inspect.Parameter.empty and p.name not in _SKIP}
+                         if p.default is not P.empty and p.name not in _SKIP}
         self.skip = [n for n in _SKIP if n in self.sig.parameters]
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -160,9 +163,9 @@ class _Binder:
             out = {}
             for pname, value in b.arguments.items():
                 kind = self.sig.parameters[pname].kind
-                if kind is inspect.Parameter.VAR_KEYWORD:
+                if kind is self.P.VAR_KEYWORD:
                     out.update(value)
-                elif kind is inspect.Parameter.VAR_POSITIONAL:
+                elif kind is self.P.VAR_POSITIONAL:
                     out[pname] = list(value)
                 else:
                     out[pname] = value
@@ -176,7 +179,7 @@ class _Binder:
         b = self.sig.bind(*args, **kwargs)
         for pname in list(b.arguments):
             kind = self.sig.parameters[pname].kind
-            if kind is inspect.Parameter.VAR_KEYWORD:
+            if kind is self.P.VAR_KEYWORD:
                 b.arguments[pname] = {k: new.get(k, v) for k, v in b.arguments[pname].items()}
             elif pname in new and pname not in _SKIP:
                 b.arguments[pname] = new[pname]

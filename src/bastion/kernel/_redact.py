@@ -10,13 +10,13 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-import re2
-
 MASK = "[REDACTED]"
 
 
 @lru_cache(maxsize=256)
 def _pattern(source: str) -> Any:
+    import re2  # imported on first use
+
     return re2.compile(source)
 
 

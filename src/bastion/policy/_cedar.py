@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +149,8 @@ def _cedar_value(value: Any, depth: int = 0) -> Any:
             raise ValueError(f"integer {value} is outside cedar's 64-bit range")
         return value
     if isinstance(value, float):
+        from decimal import Decimal, InvalidOperation
+
         try:
             dec = Decimal(repr(value))
         except InvalidOperation:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import re
-import socket
 import unicodedata
 from collections.abc import Callable
 from functools import lru_cache
@@ -84,6 +83,8 @@ def _ipv4(name: str) -> str | None:
     if not name or not _IPV4ISH.fullmatch(name):
         return None
     try:
+        import socket
+
         return socket.inet_ntoa(socket.inet_aton(name))
     except OSError:
         return None

@@ -9,9 +9,11 @@ documents beyond a size limit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
-import yaml
+if TYPE_CHECKING:
+    import yaml
 
 from bastion._errors import PolicyError
 
@@ -48,12 +50,14 @@ class LocatedList(list[Any]):
 
 
 def _pos(node: yaml.Node) -> Pos:
-    style = node.style if isinstance(node, yaml.ScalarNode) else None
+    style = getattr(node, "style", None) if getattr(node, "id", "") == "scalar" else None
     return Pos(node.start_mark.line + 1, node.start_mark.column + 1, style)
 
 
 def read_yaml(text: str, path: str) -> Any:
     """Parse one YAML document into ``Located`` / ``LocatedList`` / scalars."""
+    import yaml  # imported on first use: it is most of the cost of importing bastion
+
     if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
         raise PolicyError(f"file is larger than {MAX_BYTES} bytes", path=path, line=1, column=1)
     try:
@@ -71,17 +75,23 @@ def read_yaml(text: str, path: str) -> Any:
         raise PolicyError(f"invalid yaml: {exc}", path=path, line=1, column=1) from None
     if node is None:
         return None
-    return _convert(node, path, SafeScalars(), set())
+    return _convert(node, path, _scalars()(), set())
 
 
-class SafeScalars(yaml.SafeLoader):
-    """Used only for its scalar constructors (bool, int, float, null resolution)."""
+@lru_cache(maxsize=1)
+def _scalars() -> Any:
+    import yaml
 
-    def __init__(self) -> None:
-        super().__init__("")
+    class SafeScalars(yaml.SafeLoader):
+        """Used only for its scalar constructors (bool, int, float, null resolution)."""
+
+        def __init__(self) -> None:
+            super().__init__("")
+
+    return SafeScalars
 
 
-def _convert(node: yaml.Node, path: str, ctor: SafeScalars, seen: set[int]) -> Any:
+def _convert(node: yaml.Node, path: str, ctor: Any, seen: set[int]) -> Any:
     if id(node) in seen:  # the composer shares a node only for an alias
         p = _pos(node)
         raise PolicyError("aliases are not allowed", path=path, line=p.line, column=p.column)
@@ -91,12 +101,12 @@ def _convert(node: yaml.Node, path: str, ctor: SafeScalars, seen: set[int]) -> A
         raise PolicyError(
             f"tag {node.tag!r} is not allowed", path=path, line=p.line, column=p.column
         )
-    if isinstance(node, yaml.MappingNode):
+    if getattr(node, "id", "") == "mapping":
         out = Located()
         out.pos, out.key_pos, out.value_pos = _pos(node), {}, {}
         for key_node, value_node in node.value:
             kp = _pos(key_node)
-            if not isinstance(key_node, yaml.ScalarNode):
+            if getattr(key_node, "id", "") != "scalar":
                 raise PolicyError(
                     "mapping keys must be plain strings", path=path, line=kp.line, column=kp.column
                 )
@@ -113,7 +123,7 @@ def _convert(node: yaml.Node, path: str, ctor: SafeScalars, seen: set[int]) -> A
             out.key_pos[key] = kp
             out.value_pos[key] = _pos(value_node)
         return out
-    if isinstance(node, yaml.SequenceNode):
+    if getattr(node, "id", "") == "sequence":
         seq = LocatedList()
         seq.pos, seq.item_pos = _pos(node), []
         for item in node.value:
