@@ -48,24 +48,31 @@ def policy(n_rules: int, *, conditional_match: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
-def measure(fn: Callable[[], object], iterations: int, warmup: int) -> dict[str, float]:
+def measure(fn: Callable[[], object], iterations: int, warmup: int,
+            repeat: int) -> dict[str, float]:
+    """Median over ``repeat`` rounds of each round's p50 and p99 (this VM is noisy)."""
     for _ in range(warmup):
         fn()
-    samples = []
     clock = time.perf_counter_ns
-    for _ in range(iterations):
-        t0 = clock()
-        fn()
-        samples.append(clock() - t0)
-    samples.sort()
-    total = sum(samples)
-    return {"p50_us": samples[len(samples) // 2] / 1000,
-            "p99_us": samples[int(len(samples) * 0.99)] / 1000,
-            "per_sec": iterations / (total / 1e9)}
+    rounds = []
+    for _ in range(repeat):
+        samples = []
+        for _ in range(iterations // repeat):
+            t0 = clock()
+            fn()
+            samples.append(clock() - t0)
+        samples.sort()
+        rounds.append((samples[len(samples) // 2], samples[int(len(samples) * 0.99)],
+                       len(samples) / (sum(samples) / 1e9)))
+    p50s = sorted(r[0] for r in rounds)
+    return {"p50_us": statistics.median(p50s) / 1000,
+            "p50_min_us": p50s[0] / 1000, "p50_max_us": p50s[-1] / 1000,
+            "p99_us": statistics.median(r[1] for r in rounds) / 1000,
+            "per_sec": statistics.median(r[2] for r in rounds)}
 
 
 def run_bastion(n_rules: int, audit: bool, via: str, iterations: int, warmup: int,
-                conditional_match: bool = True) -> dict[str, object]:
+                conditional_match: bool = True, repeat: int = 5) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         kernel = Kernel.from_text(policy(n_rules, conditional_match=conditional_match),
                                   audit=str(Path(tmp) / "audit.db") if audit else False)
@@ -86,11 +93,12 @@ def run_bastion(n_rules: int, audit: bool, via: str, iterations: int, warmup: in
                     return send_email(to="a@example.com", body="hi")
 
                 assert call() == "sent"
-            stats = measure(call, iterations, warmup)
+            stats = measure(call, iterations, warmup, repeat)
             if audit:
                 kernel.audit.flush()
                 written = kernel.audit.stats.written
-                expected = (iterations + warmup + 1) * (1 if via == "evaluate" else 2)
+                calls = iterations // repeat * repeat + warmup + 1
+                expected = calls * (1 if via == "evaluate" else 2)
                 assert written == expected, (written, expected)
     return {"impl": "bastion", "rules": n_rules, "audit": audit, "via": via,
             "match": "conditional" if conditional_match else "tool-only", **stats}
@@ -105,6 +113,10 @@ def run_reference(n_rules: int, audit: bool, iterations: int) -> dict[str, objec
                          capture_output=True, text=True, check=True)
     row: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
     return row
+
+
+def _range(r: dict[str, object]) -> str:
+    return f"{float(r['p50_min_us']):.1f}-{float(r['p50_max_us']):.1f}"  # type: ignore[arg-type]
 
 
 def import_time_ms(runs: int = 7) -> float:
@@ -122,13 +134,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iterations", type=int, default=20000)
     ap.add_argument("--warmup", type=int, default=2000)
+    ap.add_argument("--repeat", type=int, default=5, help="rounds per row (median reported)")
     ap.add_argument("--no-reference", action="store_true")
     opts = ap.parse_args()
     rows = []
     print(f"bastion {bastion.__version__}, python {sys.version.split()[0]}, "
           f"{opts.iterations} calls per row (median of per-call times)\n")
     header = f"{'impl':8} {'rules':>5} {'audit':>5} {'via':9} {'match':11} " \
-             f"{'p50 µs':>8} {'p99 µs':>8} {'calls/s':>9} {'ref p50':>8} {'speed-up':>8}"
+             f"{'p50 µs':>8} {'(range)':>13} {'p99 µs':>8} {'calls/s':>9} {'ref p50':>8} " \
+             f"{'speed-up':>8}"
     print(header)
     print("-" * len(header))
     for n in (1, 50):
@@ -138,14 +152,16 @@ def main() -> None:
                 rows.append(ref)
             for via in ("govern", "evaluate"):
                 for cond in (True, False):
-                    r = run_bastion(n, audit, via, opts.iterations, opts.warmup, cond)
+                    r = run_bastion(n, audit, via, opts.iterations, opts.warmup, cond,
+                                    opts.repeat)
                     if ref:
                         r["reference_p50_us"] = ref["p50_us"]
                         r["speedup_p50"] = float(ref["p50_us"]) / float(r["p50_us"])
                     rows.append(r)
                     ref_txt = f"{ref['p50_us']:8.1f} {r['speedup_p50']:7.1f}x" if ref else ""
                     print(f"{'bastion':8} {n:5} {audit!s:>5} {via:9} {r['match']:11} "
-                          f"{r['p50_us']:8.2f} {r['p99_us']:8.2f} {r['per_sec']:9.0f} {ref_txt}")
+                          f"{r['p50_us']:8.2f} {_range(r):>13} {r['p99_us']:8.2f} "
+                          f"{r['per_sec']:9.0f} {ref_txt}")
     imp = import_time_ms()
     raw = next(r for r in rows if r["impl"] == "bastion" and r["via"] == "evaluate"
                and not r["audit"] and r["rules"] == 50 and r["match"] == "conditional")

@@ -42,6 +42,7 @@ from bastion.audit._store import Resumed, create_log, resume_log
 __all__ = ["AuditLog", "AuditStats"]
 
 _IDLE_WAIT = 0.1
+_GATHER_WAIT = 0.005  # a lone event waits at most this long for others to batch with
 _INSERT_ENTRY = "INSERT INTO entries (seq, body, mac, leaf) VALUES (?, ?, ?, ?)"
 _INSERT_CHECKPOINT = "INSERT INTO checkpoints (tree_size, body, signature) VALUES (?, ?, ?)"
 
@@ -100,7 +101,8 @@ class AuditLog:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._room = threading.Condition(self._lock)
-        self._idle = self._dead = self._closed = False
+        self._idle = self._gathering = self._dead = self._closed = False
+        self._wake_at = max(1, batch_max // 4)
         self._blocked = self._markers = 0
         self._error: BaseException | None = None
         self._taken = self._written = self._failed = self._malformed = 0  # counters
@@ -186,8 +188,8 @@ class AuditLog:
         if len(queue) >= self._queue_max:
             self._wait_for_room()
         queue.append(body)
-        if self._idle:
-            with self._lock:
+        if self._idle or (self._gathering and len(queue) >= self._wake_at):
+            with self._lock:  # woken once per batch, not per event: fewer GIL hand-overs
                 self._work.notify()
         if self._dead:  # closed or failed while we appended: the event may not be written
             self._raise_dead()
@@ -332,6 +334,11 @@ class AuditLog:
                     while not queue:
                         self._work.wait(_IDLE_WAIT)
                     self._idle = False
+            if len(queue) < self._wake_at and not self._markers:
+                with self._lock:  # let a batch gather (a marker or a full batch wakes us)
+                    self._gathering = True
+                    self._work.wait(_GATHER_WAIT)
+                    self._gathering = False
             batch: list[Any] = []
             marker: _Marker | None = None
             while queue and len(batch) < batch_max:

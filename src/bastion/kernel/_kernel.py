@@ -52,7 +52,7 @@ _CODE = {True: "default", False: "policy"}
 _ALLOW = Effect.ALLOW
 _ALL_NAMES = frozenset(("tool", "args", "agent", "session", "context", "result", "now"))
 _FOREVER = 1 << 40  # a window no counter outlives: budgets count for the session's lifetime
-_FLAT = (str, int, float, bool, type(None))
+_FLAT = frozenset((str, int, float, bool, type(None)))
 _TOOL_STAGES = (Stage.PRE_TOOL, Stage.POST_TOOL)
 
 
@@ -80,11 +80,16 @@ class _Event(Mapping[str, Any]):
 
     def __init__(self, decision: Decision, action: Action):
         args = decision.args if decision.args is not None else action.args
-        try:
-            flat = all(type(v) in _FLAT for v in args.values())
-        except AttributeError:
-            flat = False
-        self._args = dict(args) if flat else snapshot(args)
+        if type(args) is dict:
+            for v in args.values():
+                if type(v) not in _FLAT:
+                    args = snapshot(args)
+                    break
+            else:
+                args = args.copy()
+        else:
+            args = snapshot(args)
+        self._args = args
         self._decision = decision
         self._action = action
         self._body: dict[str, Any] | None = None
@@ -93,6 +98,39 @@ class _Event(Mapping[str, Any]):
         body = self._body
         if body is None:
             body = self._body = decision_event(self._decision, self._action, self._args)
+        return body
+
+    def __getitem__(self, key: str) -> Any:
+        return self._build()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._build())
+
+    def __len__(self) -> int:
+        return len(self._build())
+
+
+class _Outcome(Mapping[str, Any]):
+    """The audit event of a governed call's outcome, built on the audit writer's thread."""
+
+    __slots__ = ("_body", "_parts")
+
+    def __init__(self, decision: Decision, status: str, error: str | None,
+                 duration_ns: int | None, ts: int):
+        self._parts = (decision.id, decision.tool, status, error, duration_ns, ts)
+        self._body: dict[str, Any] | None = None
+
+    def _build(self) -> dict[str, Any]:
+        body = self._body
+        if body is None:
+            did, tool, status, error, duration_ns, ts = self._parts
+            body = {"kind": "outcome", "id": f"{did}:outcome", "decision_id": did, "ts": ts,
+                    "tool": tool, "status": status}
+            if error is not None:
+                body["error"] = error[:2000]
+            if duration_ns is not None:
+                body["duration_ns"] = duration_ns
+            self._body = body
         return body
 
     def __getitem__(self, key: str) -> Any:
@@ -424,16 +462,8 @@ class Kernel:
         """Record what happened to an allowed call (succeeded | failed | exception)."""
         if status not in ("succeeded", "failed", "exception"):
             raise ConfigError(f"unknown outcome status {status!r}")
-        if self._audit is None:
-            return
-        event: dict[str, Any] = {"kind": "outcome", "id": f"{decision.id}:outcome",
-                                 "decision_id": decision.id, "ts": self._clock(),
-                                 "tool": decision.tool, "status": status}
-        if error is not None:
-            event["error"] = error[:2000]
-        if duration_ns is not None:
-            event["duration_ns"] = duration_ns
-        self._audit.append(event)
+        if self._audit is not None:
+            self._audit.append(_Outcome(decision, status, error, duration_ns, self._clock()))
 
     @property
     def audit(self) -> Any:
