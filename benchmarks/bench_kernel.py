@@ -170,6 +170,35 @@ def main() -> None:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "kernel.json").write_text(json.dumps({"rows": rows, "import_ms": imp}, indent=2))
+    (out / "kernel.html").write_text(html_report(rows, imp))
+    print(f"report: {out / 'kernel.html'}")
+
+
+def html_report(rows: list[dict[str, object]], imp: float) -> str:
+    """A self-contained page: p50 per configuration as horizontal bars, bastion beside the
+    reference, on a log scale (the two differ by more than an order of magnitude)."""
+    import html
+    import math
+
+    bars, y = [], 30
+    top = max(float(r["p50_us"]) for r in rows)  # type: ignore[arg-type]
+    for r in rows:
+        p50 = float(r["p50_us"])  # type: ignore[arg-type]
+        width = 40 + 600 * math.log10(1 + p50) / math.log10(1 + top)
+        ours = r["impl"] == "bastion"
+        label = (f"{r['impl']} · {r['rules']} rules · audit {'on' if r['audit'] else 'off'}"
+                 + (f" · {r['via']} · {r['match']}" if ours else " · govern"))
+        color = "#2b6cb0" if ours else "#c05621"
+        bars.append(f'<text x="0" y="{y + 12}" font-size="12">{html.escape(label)}</text>'
+                    f'<rect x="330" y="{y}" width="{width:.0f}" height="16" fill="{color}"/>'
+                    f'<text x="{336 + width:.0f}" y="{y + 12}" font-size="12">{p50:.1f} µs'
+                    "</text>")
+        y += 22
+    return ("<!doctype html><meta charset=utf-8><title>bastion kernel benchmark</title>"
+            "<body style='font-family:sans-serif'><h1>One decision: p50 latency</h1>"
+            f"<p>Lower is better; log scale. import bastion: {imp:.0f} ms. "
+            "Blue: bastion; orange: the reference (agent-governance-toolkit-core 5.0.0).</p>"
+            f"<svg width='1100' height='{y + 10}'>{''.join(bars)}</svg></body>")
 
 
 if __name__ == "__main__":
