@@ -110,16 +110,31 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
 
             wrapper: Callable[..., Any] = run_async
         else:
+            evaluate, bind, clock = kernel.evaluate, binder.bind, time.perf_counter_ns
+
             @functools.wraps(fn)
             def run(*args: Any, **kwargs: Any) -> Any:
-                decision, args, kwargs = before(args, kwargs)
-                started = time.perf_counter_ns()
+                # before() and action() inlined: this is the hot path of every governed call
+                if dynamic:
+                    a0, s0, c0 = _get(agent), _get(session), _get(context)
+                else:
+                    a0, s0, c0 = fixed
+                decision = evaluate(Action(tool, bind(args, kwargs), "pre_tool", a0, s0, c0,
+                                           None, _APPROVAL.get()))
+                if decision.effect != "allow":
+                    raise GovernanceDenied(decision)
+                if decision.redacted and decision.args is not None:
+                    args, kwargs = binder.rebuild(args, kwargs, decision.args)
+                started = clock()
                 try:
                     result = fn(*args, **kwargs)
                 except BaseException as exc:
                     failed(decision, exc, started)
                     raise
-                return after(decision, result, started)
+                if post:
+                    return after(decision, result, started)
+                kernel.record_outcome(decision, "succeeded", duration_ns=clock() - started)
+                return result
 
             wrapper = run
         wrapper.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]

@@ -212,6 +212,8 @@ class Kernel:
             or any(cr.rule.limit for cr in self.compiled.rules) \
             or any(cr.rule.effect is Effect.REQUIRE_APPROVAL for cr in self.compiled.rules)
         self._durable_audit = bool(getattr(audit, "durable", False))
+        self._flags = self._state.flags
+        self._candidates = self.compiled.cache  # read-only here; the compiler fills it
         self._closed = False
 
     # -- construction -----------------------------------------------------------------------
@@ -288,12 +290,13 @@ class Kernel:
                 return _deny(did, ts, action, self.compiled.digest, "invalid_tool",
                              errors=(f"invalid tool name {raw!r}",))
             tool = canon
-        agent_id = _ident(action.agent)
-        session_id = _ident(action.session)
-        if agent_id is None or session_id is None:
+        agent, session = action.agent, action.session
+        agent_id = agent.get("id", "") if agent else ""
+        session_id = session.get("id", "") if session else ""
+        if type(agent_id) is not str or type(session_id) is not str:
             return _deny(did, ts, action, self.compiled.digest, "invalid_identity",
                          errors=("agent and session ids must be strings",))
-        flags = self._state.flags()  # step 3
+        flags = self._flags()  # step 3
         if flags:
             hit = _kill_hit(flags, agent_id, session_id, tool)
             if hit is not None:
@@ -301,7 +304,7 @@ class Kernel:
                              reasons=(f"kill switch engaged ({hit})",))
         if self._cedar is not None:
             return self._decide_cedar(action, stage, tool, agent_id, session_id, did, ts)
-        cands = self.compiled.candidates(stage, tool)  # step 4
+        cands = self._candidates.get((stage, tool)) or self.compiled.candidates(stage, tool)
         verdict = cands.static
         if verdict is None:
             data = self._data(action, tool, agent_id, session_id, ts, cands.variables)

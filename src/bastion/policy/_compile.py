@@ -100,7 +100,7 @@ class CompiledPolicy:
         self._tool_res = [
             [re.compile(fnmatch.translate(t), re.DOTALL) for t in r.tools] for r in policy.rules
         ]
-        self._cache: dict[tuple[Stage, str], Candidates] = {}
+        self.cache: dict[tuple[Stage, str], Candidates] = {}
         self._lock = threading.Lock()
 
     @property
@@ -110,14 +110,14 @@ class CompiledPolicy:
     def candidates(self, stage: Stage, tool: str) -> Candidates:
         """Rules that can apply to ``tool`` (canonical) at ``stage``, grouped in effect tiers."""
         key = (stage, tool)
-        found = self._cache.get(key)
+        found = self.cache.get(key)
         if found is not None:
             return found
         built = self._build(stage, tool)
         with self._lock:
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            self._cache[key] = built
+            if len(self.cache) >= _CACHE_MAX:
+                self.cache.clear()
+            self.cache[key] = built
         return built
 
     def _build(self, stage: Stage, tool: str) -> Candidates:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import orjson
@@ -86,11 +86,12 @@ def specialise(default: Effect, cands: Candidates, conditional: list[CompiledRul
                ) -> Callable[[Mapping[str, Any]], Verdict | None]:
     """The no-error path for one candidate set, as a closure.
 
-    It answers from the conditions' values, mapping the tuple of booleans to a verdict computed
-    once and cached (the verdict depends on nothing else). The values come from the Python fast
-    path when every condition is in its subset and the data is clean (see ``_fastpath``), else
-    from one CEL program (the single condition, or all of them combined). It returns ``None``
-    (take the general path) when the data holds a NUL byte or any condition errs.
+    It answers from the positions of the conditions that are true, mapping them to a verdict
+    computed once and cached (the verdict depends on nothing else). The positions come from
+    the Python fast path when every condition is in its subset and the data is clean (see
+    ``_fastpath``), else from one CEL program (the single condition, or all of them combined).
+    It returns ``None`` (take the general path) when the data holds a NUL byte or any condition
+    errs.
     """
     names = tuple(sorted(cands.variables))
     single = len(conditional) == 1
@@ -102,7 +103,8 @@ def specialise(default: Effect, cands: Candidates, conditional: list[CompiledRul
     cache: dict[Any, Verdict] = {}
 
     def fast(data: Mapping[str, Any]) -> Verdict | None:
-        view = {n: data[n] for n in names if n in data}
+        view: dict[str, Any] = (data if type(data) is dict and len(data) == len(names)
+                                else {n: data[n] for n in names if n in data})
         key: Any = None
         if python is not None and clean(view):
             key = python(view)
@@ -113,14 +115,14 @@ def specialise(default: Effect, cands: Candidates, conditional: list[CompiledRul
             if single:
                 if type(values) is not bool:
                     return None
-                key = (values,)
+                key = (0,) if values else ()
             elif type(values) is list and all(type(v) is bool for v in values):
-                key = tuple(values)
+                key = tuple([i for i, v in enumerate(values) if v])
             else:
                 return None
         found = cache.get(key)
         if found is None:
-            found = _from_values(default, tiers, iter(key))
+            found = _from_values(default, tiers, frozenset(key))
             if len(cache) < _VERDICT_CACHE:
                 cache[key] = found
         return found
@@ -139,16 +141,19 @@ def _has_nul_quick(view: dict[str, Any]) -> bool:
     return b"\\u0000" in encoded and _has_nul(view, 0)
 
 
-def _from_values(default: Effect, tiers: tuple[Tier, ...], values: Iterator[Any]) -> Verdict:
-    """The verdict from every condition's value at once (none erred, every rule applies)."""
+def _from_values(default: Effect, tiers: tuple[Tier, ...], trues: frozenset[int]) -> Verdict:
+    """The verdict from which conditions are true (none erred, every rule applies); conditions
+    are numbered across the tiers in order."""
     decided: Effect | None = None
     deciding: list[CompiledRule] = []
     obligations: list[CompiledRule] = []
+    position = 0
     for tier in tiers:
         matched = list(tier.unconditional)
         for cr in tier.conditional:
-            if next(values) is True:
+            if position in trues:
                 matched.append(cr)
+            position += 1
         if len(matched) > 1:
             matched.sort(key=_index)
         if tier.effect in _DECIDING:

@@ -228,11 +228,12 @@ def path_getter(path: tuple[str, ...]) -> Callable[[dict[str, Any]], Any]:
     return getter
 
 
-Values = Callable[[dict[str, Any]], tuple[bool, ...] | None]
+Values = Callable[[dict[str, Any]], tuple[int, ...] | None]
 
 
 def values_function(programs: list[Any]) -> Values | None:
-    """One function giving every program's value on clean data, or ``None`` (not all simple).
+    """One function giving the positions of the programs that are true on clean data, or
+    ``None`` when not every program is in the subset.
 
     Conditions ``path == 'literal'`` on one path are grouped into a table from literal to
     positions, so fifty rules on ``args.to`` cost one look-up; the function returns ``None``
@@ -249,26 +250,29 @@ def values_function(programs: list[Any]) -> Values | None:
         if fn is None:
             return None
         others.append((i, fn))
-    tables = [(path_getter(path), table) for path, table in groups.items()]
-    template = [False] * len(programs)
+    tables = [(path_getter(path), {k: tuple(v) for k, v in table.items()})
+              for path, table in groups.items()]
+    sort = len(tables) + len(others) > 1
 
-    def values(view: dict[str, Any]) -> tuple[bool, ...] | None:
-        vals = template.copy()
+    def values(view: dict[str, Any]) -> tuple[int, ...] | None:
+        trues: list[int] = []
         for get, table in tables:
             v = get(view)
             if type(v) is str:
                 hits = table.get(v)
                 if hits is not None:
-                    for i in hits:
-                        vals[i] = True
+                    trues.extend(hits)
             elif v is _MISSING:
                 return None
         for i, fn in others:
             r = fn(view)
             if r is None:
                 return None
-            vals[i] = r
-        return tuple(vals)
+            if r:
+                trues.append(i)
+        if sort:
+            trues.sort()
+        return tuple(trues)
 
     return values
 
