@@ -322,3 +322,23 @@ def test_catalog_is_refused_until_flow_exists() -> None:
 
     with pytest.raises(ConfigError, match="catalog"):
         Kernel.from_text(POLICY, catalog="tools: {}")
+
+
+def test_guards_run_before_the_policy_and_fail_closed() -> None:
+    seen: list[tuple[str, str]] = []
+
+    def only_agent_a(action: Action, tool: str, agent_id: str) -> str | None:
+        seen.append((tool, agent_id))
+        return None if agent_id == "a" else "token does not cover this agent"
+
+    def broken(action: Action, tool: str, agent_id: str) -> str | None:
+        raise RuntimeError("verifier down")
+
+    with Kernel.from_text(POLICY, audit=False, guards=[only_agent_a]) as k:
+        assert k.evaluate(Action(tool="Transfer", args={"amount": 1}, agent={"id": "a"})).allowed
+        d = k.evaluate(Action(tool="transfer", args={"amount": 1}, agent={"id": "b"}))
+        assert d.code == "guard" and "does not cover" in d.reasons[0]
+        assert seen == [("transfer", "a"), ("transfer", "b")]
+    with Kernel.from_text(POLICY, audit=False, guards=[broken]) as k:
+        d = k.evaluate(Action(tool="transfer", args={"amount": 1}))
+        assert d.code == "guard" and "verifier down" in d.errors[0]

@@ -6,7 +6,8 @@
 2. Validate the stage and canonicalise the tool name; an invalid one is denied.
 3. Check the kill switch (flags in the state store) for the fleet, the agent, the session and the
    tool; an engaged switch denies with reason ``kill_switch``.
-4. Evaluate the compiled policy (pure; see ``bastion.policy``).
+4. Run the registered guards (capability tokens, rings: facts from the layers above); then
+   evaluate the compiled policy (pure; see ``bastion.policy``).
 5. Resolve ``require_approval``: a presented, granted approval for this exact action's digest is
    consumed and allows; a registered approver callback decides now; otherwise a pending approval is
    created and its id returned.
@@ -60,6 +61,14 @@ class AgentFacts(Protocol):
     """Supplies what the kernel must not take from the caller: trust, ring, roles, scopes."""
 
     def __call__(self, agent_id: str) -> Mapping[str, Any]: ...
+
+
+class Guard(Protocol):
+    """A check the kernel runs on every action before the policy, supplied by the layers above
+    (a capability-token check, a ring check). ``None`` lets the action go on to the policy; a
+    string denies it with that reason (``code: guard``); an exception denies it too."""
+
+    def __call__(self, action: Action, tool: str, agent_id: str) -> str | None: ...
 
 
 class Approver(Protocol):
@@ -185,6 +194,7 @@ class Kernel:
         state: StateStore | None = None,
         agent_facts: AgentFacts | None = None,
         approver: Approver | None = None,
+        guards: tuple[Guard, ...] | list[Guard] = (),
         approval_ttl_s: float = 900.0,
         clock: Callable[[], int] = time.time_ns,
         id_prefix: str | None = None,
@@ -198,6 +208,7 @@ class Kernel:
         self._state = state if state is not None else open_store(None)
         self._facts = agent_facts
         self._approver = approver
+        self._guards = tuple(guards)
         self._approval_ttl = approval_ttl_s
         self._clock = clock
         self._prefix = id_prefix if id_prefix is not None else os.urandom(6).hex()
@@ -302,6 +313,16 @@ class Kernel:
             if hit is not None:
                 return _deny(did, ts, action, self.compiled.digest, "kill_switch",
                              reasons=(f"kill switch engaged ({hit})",))
+        for guard in self._guards:
+            try:
+                refusal = guard(action, tool, agent_id)
+            except Exception as exc:
+                return _deny(did, ts, action, self.compiled.digest, "guard",
+                             errors=(f"guard {_name(guard)} failed: {type(exc).__name__}: "
+                                     f"{exc}",))
+            if refusal is not None:
+                return _deny(did, ts, action, self.compiled.digest, "guard",
+                             reasons=(f"{_name(guard)}: {refusal}",))
         if self._cedar is not None:
             return self._decide_cedar(action, stage, tool, agent_id, session_id, did, ts)
         cands = self._candidates.get((stage, tool)) or self.compiled.candidates(stage, tool)
@@ -490,6 +511,10 @@ class Kernel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _name(obj: object) -> str:
+    return str(getattr(obj, "name", None) or getattr(obj, "__name__", type(obj).__name__))
 
 
 def _plain_map(value: Any) -> Any:
