@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bastion import Action, ApprovalError, Kernel
+from bastion import Action, ApprovalError, ConfigError, Kernel
 from bastion.audit import read_events, verify
 from bastion.state import open_store
 
@@ -342,3 +342,51 @@ def test_guards_run_before_the_policy_and_fail_closed() -> None:
     with Kernel.from_text(POLICY, audit=False, guards=[broken]) as k:
         d = k.evaluate(Action(tool="transfer", args={"amount": 1}))
         assert d.code == "guard" and "verifier down" in d.errors[0]
+
+
+BUDGETS = """\
+version: 1
+budgets: {session_cost: 1.5, session_tokens: 1000, max_repeats: 3, max_failures: 2}
+rules:
+  - {id: all, effect: allow}
+"""
+
+
+def test_cost_and_token_budgets() -> None:
+    with Kernel.from_text(BUDGETS, audit=False) as k:
+        call = Action(tool="ask_model", args={"q": 1}, session={"id": "s"})
+        assert k.evaluate(call).allowed
+        k.report_usage("s", cost=1.0, tokens=400)
+        assert k.evaluate(call._replace(args={"q": 2})).allowed
+        k.report_usage("s", cost=0.6)
+        d = k.evaluate(call._replace(args={"q": 3}))
+        assert d.code == "budget" and "cost" in d.reasons[0]
+        assert k.evaluate(call._replace(session={"id": "other"})).allowed
+        k.report_usage("t", tokens=1000)
+        d = k.evaluate(call._replace(session={"id": "t"}))
+        assert d.code == "budget" and "token" in d.reasons[0]
+        with pytest.raises(ConfigError):
+            k.report_usage("s", cost=-1)
+
+
+def test_loop_breaker_on_repeats_and_failures() -> None:
+    with Kernel.from_text(BUDGETS, audit=False) as k:
+        same = Action(tool="search", args={"q": "cats"}, session={"id": "s"})
+        assert [k.evaluate(same).allowed for _ in range(4)] == [True, True, True, False]
+        assert k.evaluate(same).code == "loop"
+        assert k.evaluate(same._replace(args={"q": "dogs"})).allowed  # another call is fine
+        flaky = Action(tool="fetch", args={"url": "u"}, session={"id": "s2"})
+        for _ in range(2):
+            d = k.evaluate(flaky)
+            assert d.allowed
+            k.record_outcome(d, "exception", error="timeout")
+        d = k.evaluate(flaky)
+        assert d.code == "loop" and "retry budget 2" in d.reasons[0]
+
+
+def test_budget_keys_are_validated() -> None:
+    from bastion import PolicyError
+
+    for bad in ("{session_cost: -1}", "{max_repeats: 0}", "{max_repeats: 1.5}", "{loops: 3}"):
+        with pytest.raises(PolicyError):
+            Kernel.from_text(f"version: 1\nbudgets: {bad}\n")

@@ -53,6 +53,7 @@ _CODE = {True: "default", False: "policy"}
 _ALLOW = Effect.ALLOW
 _ALL_NAMES = frozenset(("tool", "args", "agent", "session", "context", "result", "now"))
 _FOREVER = 1 << 40  # a window no counter outlives: budgets count for the session's lifetime
+_MICRO = 1_000_000  # cost is counted in millionths
 _FLAT = frozenset((str, int, float, bool, type(None)))
 _TOOL_STAGES = (Stage.PRE_TOOL, Stage.POST_TOOL)
 
@@ -217,9 +218,9 @@ class Kernel:
         self._needs_agent_facts = "agent" in used
         self._needs_calls = "session" in used or self.policy.budgets.session_calls is not None
         self._needs_now = "now" in used
-        self._budgeted = self._needs_calls
+        self._budgeted = self._needs_calls or self.policy.budgets.any
         self._needs_agent_facts |= self._cedar is not None
-        self._stateful = self._cedar is not None or self._needs_calls \
+        self._stateful = self._cedar is not None or self._budgeted \
             or any(cr.rule.limit for cr in self.compiled.rules) \
             or any(cr.rule.effect is Effect.REQUIRE_APPROVAL for cr in self.compiled.rules)
         self._durable_audit = bool(getattr(audit, "durable", False))
@@ -335,7 +336,8 @@ class Kernel:
                 and not (self._budgeted and stage is Stage.PRE_TOOL)):
             return Decision(did, "allow", _STAGE[stage], tool, verdict.rule_ids, verdict.errors,
                             verdict.reasons, (), self.compiled.digest, None, action.args,
-                            action.result, False, ts, _CODE[verdict.default_applied])
+                            action.result, False, ts, _CODE[verdict.default_applied], agent_id,
+                            session_id)
         return self._finish(action, verdict, stage, tool, agent_id, session_id, did, ts)
 
     def _decide_cedar(self, action: Action, stage: Stage, tool: str, agent_id: str,
@@ -387,7 +389,7 @@ class Kernel:
                                                        session_id, did, ts)
             reasons.append(note)
         if effect is Effect.ALLOW:  # step 6
-            limited = self._limits(verdict, stage, tool, agent_id, session_id, ts / 1e9)
+            limited = self._limits(action, verdict, stage, tool, agent_id, session_id, ts / 1e9)
             if limited is not None:
                 effect, code = Effect.DENY, limited[0]
                 reasons.insert(0, limited[1])
@@ -403,7 +405,8 @@ class Kernel:
                         args = redact(dict(args), cr.rule.redact, cr.rule.redact_pattern)
         return Decision(did, _EFFECT[effect], _STAGE[stage], tool, verdict.rule_ids,
                         verdict.errors, tuple(reasons), tuple(obligations),
-                        self.compiled.digest, approval_id, args, result, redacted, ts, code)
+                        self.compiled.digest, approval_id, args, result, redacted, ts, code,
+                        agent_id, session_id)
 
     # -- approvals ---------------------------------------------------------------------------
     def action_digest(self, action: Action) -> str:
@@ -461,7 +464,7 @@ class Kernel:
         return self._state.list_approvals("pending")
 
     # -- limits and budgets --------------------------------------------------------------------
-    def _limits(self, verdict: Verdict, stage: Stage, tool: str, agent_id: str,
+    def _limits(self, action: Action, verdict: Verdict, stage: Stage, tool: str, agent_id: str,
                 session_id: str, ts: float) -> tuple[str, str] | None:
         for cr in verdict.rules:
             lim = cr.rule.limit
@@ -473,12 +476,49 @@ class Kernel:
             if not ok:
                 return "rate_limit", (f"rate limit of rule {cr.rule.id!r} exceeded "
                                       f"({lim.text} per {lim.per.value})")
-        budget = self.policy.budgets.session_calls
-        if stage is Stage.PRE_TOOL and (budget is not None or self._needs_calls):
-            ok, _ = self._state.take(f"calls:{session_id}", budget or (1 << 62), 1 << 40, ts)
-            if not ok:
-                return "budget", f"session call budget exhausted ({budget} calls)"
+        if stage is Stage.PRE_TOOL and self._budgeted:
+            return self._budgets(action, tool, session_id, ts)
         return None
+
+    def _budgets(self, action: Action, tool: str, session_id: str,
+                 ts: float) -> tuple[str, str] | None:
+        """Per-session budgets and the loop breaker (see ``bastion.policy.Budgets``)."""
+        b, state = self.policy.budgets, self._state
+        if b.session_cost is not None:
+            spent = state.count(f"cost:{session_id}", _FOREVER, ts) / _MICRO
+            if spent >= b.session_cost:
+                return "budget", f"session cost budget exhausted ({spent:g} of {b.session_cost:g})"
+        if b.session_tokens is not None:
+            used = state.count(f"tokens:{session_id}", _FOREVER, ts)
+            if used >= b.session_tokens:
+                return "budget", f"session token budget exhausted ({used} of {b.session_tokens})"
+        if b.max_repeats is not None or b.max_failures is not None:
+            call = _call_key(tool, action.args)
+            if b.max_failures is not None:
+                failed = state.count(f"fail:{session_id}:{call}", _FOREVER, ts)
+                if failed >= b.max_failures:
+                    return "loop", (f"this call failed {failed} times in the session "
+                                    f"(retry budget {b.max_failures})")
+            if b.max_repeats is not None:
+                ok, _ = state.take(f"repeat:{session_id}:{call}", b.max_repeats, _FOREVER, ts)
+                if not ok:
+                    return "loop", (f"the same call was made {b.max_repeats} times in the "
+                                    "session (loop breaker)")
+        budget = b.session_calls
+        ok, _ = state.take(f"calls:{session_id}", budget or (1 << 62), _FOREVER, ts)
+        if not ok:
+            return "budget", f"session call budget exhausted ({budget} calls)"
+        return None
+
+    def report_usage(self, session_id: str, *, cost: float = 0.0, tokens: int = 0) -> None:
+        """Add usage the caller measured (model cost, tokens) to the session's budgets."""
+        if cost < 0 or tokens < 0 or cost != cost:
+            raise ConfigError("usage must be non-negative numbers")
+        now = self._clock() / 1e9
+        if cost:
+            self._state.add(f"cost:{session_id}", round(cost * _MICRO), _FOREVER, now)
+        if tokens:
+            self._state.add(f"tokens:{session_id}", int(tokens), _FOREVER, now)
 
     # -- audit --------------------------------------------------------------------------------
     def record_outcome(self, decision: Decision, status: str, *, error: str | None = None,
@@ -486,6 +526,9 @@ class Kernel:
         """Record what happened to an allowed call (succeeded | failed | exception)."""
         if status not in ("succeeded", "failed", "exception"):
             raise ConfigError(f"unknown outcome status {status!r}")
+        if status != "succeeded" and self.policy.budgets.max_failures is not None:
+            self._state.add(f"fail:{decision.session}:{_call_key(decision.tool, decision.args)}",
+                            1, _FOREVER, self._clock() / 1e9)
         if self._audit is not None:
             self._audit.append(_Outcome(decision, status, error, duration_ns, self._clock()))
 
@@ -511,6 +554,11 @@ class Kernel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _call_key(tool: str, args: Any) -> str:
+    """What makes two calls "the same call" for the loop breaker: tool and arguments."""
+    return digest({"tool": tool, "args": snapshot(args if args is not None else {})})[7:39]
 
 
 def _name(obj: object) -> str:
@@ -548,7 +596,8 @@ def _deny(did: str, ts: int, action: Action, policy: str, code: str, *,
     tool = action.tool if isinstance(action.tool, str) else repr(action.tool)
     return Decision(id=did, effect="deny", stage=str(action.stage), tool=tool, errors=errors,
                     reasons=reasons or errors[:1] or (code.replace("_", " "),), policy=policy,
-                    args=action.args, ts_ns=ts, code=code)
+                    args=action.args, ts_ns=ts, code=code, agent=_ident(action.agent) or "",
+                    session=_ident(action.session) or "")
 
 
 def _open_audit(audit: Any, durable: bool) -> Any:

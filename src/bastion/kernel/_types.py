@@ -60,6 +60,8 @@ class Decision(NamedTuple):
     redacted: bool = False
     ts_ns: int = 0
     code: str = "policy"
+    agent: str = ""
+    session: str = ""
 
     @property
     def allowed(self) -> bool:

@@ -32,7 +32,8 @@ _RULE_KEYS = (
     "id", "description", "stage", "tools", "agents", "when", "effect", "message",
     "limit", "per", "redact", "redact_pattern",
 )
-_BUDGET_KEYS = ("session_calls",)
+_BUDGET_KEYS = ("session_calls", "session_cost", "session_tokens", "max_repeats",
+                "max_failures")
 _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}")
 _GLOB_CHARS = re.compile(r"[a-z0-9_\-.:/*?\[\]!]+")
 _AGENT_GLOB = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
@@ -313,7 +314,16 @@ def _budgets(ctx: _Ctx, doc: Located) -> Budgets:
     if not isinstance(node, Located):
         ctx.fail(doc.value_pos["budgets"], "'budgets' must be a mapping")
     ctx.check_keys(node, _BUDGET_KEYS, "budgets")
-    calls = node.get("session_calls")
-    if calls is not None and (not isinstance(calls, int) or isinstance(calls, bool) or calls < 1):
-        ctx.fail(node.value_pos["session_calls"], "'session_calls' must be a positive integer")
-    return Budgets(session_calls=calls)
+    values: dict[str, Any] = {}
+    for key in _BUDGET_KEYS:
+        value = node.get(key)
+        if value is None:
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if key == "session_cost":
+            if not number or not 0 < value < 1e12:
+                ctx.fail(node.value_pos[key], "'session_cost' must be a positive number")
+        elif not number or not isinstance(value, int) or value < 1:
+            ctx.fail(node.value_pos[key], f"{key!r} must be a positive integer")
+        values[key] = value
+    return Budgets(**values)

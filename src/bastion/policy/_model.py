@@ -70,9 +70,26 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class Budgets:
-    """Per-session ceilings the kernel enforces from the state store (``None``: no ceiling)."""
+    """Per-session ceilings the kernel enforces from the state store (``None``: no ceiling).
+
+    ``session_calls``: pre_tool calls allowed per session. ``session_cost`` and
+    ``session_tokens``: usage the caller reports (``Kernel.report_usage``); once reached, further
+    calls are denied. ``max_repeats``: the same call (tool and arguments) allowed this many times
+    per session — a loop breaker. ``max_failures``: a call that failed (an outcome of ``failed``
+    or ``exception``) this many times in a session is not allowed again.
+    """
 
     session_calls: int | None = None
+    session_cost: float | None = None
+    session_tokens: int | None = None
+    max_repeats: int | None = None
+    max_failures: int | None = None
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in (self.session_calls, self.session_cost,
+                                            self.session_tokens, self.max_repeats,
+                                            self.max_failures))
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,9 @@ class StateStore(Protocol):
 
     def count(self, key: str, window_s: int, now: float) -> int: ...
 
+    def add(self, key: str, amount: int, window_s: int, now: float) -> int:
+        """Add ``amount`` to ``key``'s counter in the current window; the new total."""
+
     def flags(self) -> dict[str, str]:
         """All set flags (cached; cheap to call on every decision)."""
 
@@ -180,6 +183,15 @@ class SQLiteStore:
             db.execute("insert into counters(key, window, n) values(?,?,?) on conflict(key) do "
                        "update set window=excluded.window, n=excluded.n", (key, window, n + 1))
             return True, n + 1
+
+    def add(self, key: str, amount: int, window_s: int, now: float) -> int:
+        window = int(now // window_s)
+        with self._tx() as db:
+            row = db.execute("select window, n from counters where key=?", (key,)).fetchone()
+            n = (row[1] if row and row[0] == window else 0) + amount
+            db.execute("insert into counters(key, window, n) values(?,?,?) on conflict(key) do "
+                       "update set window=excluded.window, n=excluded.n", (key, window, n))
+            return int(n)
 
     def count(self, key: str, window_s: int, now: float) -> int:
         window = int(now // window_s)
