@@ -160,6 +160,72 @@ def approvals(state: Annotated[str, typer.Option("--state")],
         store.close()
 
 
+ScopeAgent = Annotated[str | None, typer.Option("--agent", help="One agent id.")]
+ScopeSession = Annotated[str | None, typer.Option("--session", help="One session id.")]
+ScopeTool = Annotated[str | None, typer.Option("--tool", help="One tool name.")]
+ScopeAll = Annotated[bool, typer.Option("--all", help="The whole fleet.")]
+
+
+def _kill_switch(state: str, audit: str | None) -> Any:
+    from bastion.runtime._kill import KillSwitch
+    from bastion.state import open_store
+
+    log = None
+    if audit:
+        from bastion.audit import AuditLog
+
+        log = AuditLog.open(audit, durable=True)
+    return KillSwitch(open_store(state), audit=log), log
+
+
+@app.command()
+def kill(state: Annotated[str, typer.Option("--state", help="The fleet's state store.")],
+         by: Annotated[str, typer.Option("--by", help="Who engages it.")],
+         agent: ScopeAgent = None, session: ScopeSession = None, tool: ScopeTool = None,
+         all_: ScopeAll = False, reason: Annotated[str, typer.Option("--reason")] = "",
+         audit: Annotated[str | None, typer.Option("--audit", help="Audit log to record in.")]
+         = None) -> None:
+    """Engage the kill switch: every matching decision is denied until released."""
+    switch, log = _kill_switch(state, audit)
+    try:
+        key, cancelled = switch.engage(by=by, reason=reason, agent=agent, session=session,
+                                       tool=tool, everything=all_)
+    except BastionError as exc:
+        _fail(f"error: {exc}")
+    finally:
+        if log is not None:
+            log.close()
+    typer.echo(f"engaged {key} (by {by}); {cancelled} running call(s) cancelled here")
+
+
+@app.command()
+def release(state: Annotated[str, typer.Option("--state")],
+            by: Annotated[str, typer.Option("--by", help="Who releases it.")],
+            agent: ScopeAgent = None, session: ScopeSession = None, tool: ScopeTool = None,
+            all_: ScopeAll = False, reason: Annotated[str, typer.Option("--reason")] = "",
+            audit: Annotated[str | None, typer.Option("--audit")] = None) -> None:
+    """Release one kill-switch scope (exit 1 if it was not engaged)."""
+    switch, log = _kill_switch(state, audit)
+    try:
+        released = switch.release(by=by, reason=reason, agent=agent, session=session,
+                                  tool=tool, everything=all_)
+    except BastionError as exc:
+        _fail(f"error: {exc}")
+    finally:
+        if log is not None:
+            log.close()
+    typer.echo("released" if released else "was not engaged")
+    raise typer.Exit(0 if released else 1)
+
+
+@app.command()
+def kills(state: Annotated[str, typer.Option("--state")]) -> None:
+    """List the engaged kill-switch flags as JSON lines."""
+    switch, _ = _kill_switch(state, None)
+    for key, record in sorted(switch.engaged().items()):
+        typer.echo(json.dumps({"flag": key, **record}))
+
+
 @audit_app.command("verify")
 def audit_verify(path: Path, key: Annotated[Path | None, typer.Option("--key")] = None) -> None:
     """Verify the chain, MACs and signed checkpoints: exit 0 intact, 1 tampered, 2 error."""

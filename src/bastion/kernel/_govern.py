@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 
 from bastion._errors import GovernanceDenied
+from bastion.kernel._inflight import IN_FLIGHT, Call
 from bastion.kernel._kernel import Kernel
 from bastion.kernel._types import EMPTY, Action, Decision
 from bastion.policy import Stage
@@ -99,13 +100,31 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
+                import asyncio  # already loaded by the running loop; not at import time
+
                 decision, args, kwargs = before(args, kwargs)
                 started = time.perf_counter_ns()
+                task = asyncio.current_task()
+                key = None if task is None else IN_FLIGHT.add(Call(
+                    task, asyncio.get_running_loop(), decision.tool, decision.agent,
+                    decision.session))
                 try:
                     result = await fn(*args, **kwargs)
+                except asyncio.CancelledError as exc:
+                    call = IN_FLIGHT.remove(key) if key is not None else None
+                    key = None
+                    failed(decision, exc, started)
+                    if call is not None and call.killed is not None:
+                        raise GovernanceDenied(decision._replace(
+                            effect="deny", code="kill_switch",
+                            reasons=(f"cancelled by the kill switch ({call.killed})",))) from exc
+                    raise
                 except BaseException as exc:
                     failed(decision, exc, started)
                     raise
+                finally:
+                    if key is not None:
+                        IN_FLIGHT.remove(key)
                 return after(decision, result, started)
 
             wrapper: Callable[..., Any] = run_async

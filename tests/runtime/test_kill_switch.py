@@ -1,0 +1,125 @@
+"""The kill switch stops running async calls, denies later ones, across processes, audited."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from bastion import Action, ConfigError, GovernanceDenied, Kernel, govern
+from bastion.audit import read_events
+from bastion.runtime._kill import KillSwitch, flag_key
+
+POLICY = "version: 1\nrules:\n  - {id: all, effect: allow}\n"
+BASTION = Path(sys.executable).with_name("bastion")
+
+
+def test_flag_keys() -> None:
+    assert flag_key(everything=True) == "kill:all"
+    assert flag_key(agent="a-1") == "kill:agent:a-1"
+    assert flag_key(tool="Send\u200b_Email") == "kill:tool:send_email"
+    for bad in ({}, {"agent": "a", "session": "s"}, {"tool": "sеnd"}):
+        with pytest.raises(ConfigError):
+            flag_key(**bad)  # type: ignore[arg-type]
+
+
+def test_engage_cancels_a_running_call_and_denies_the_next(tmp_path: Path) -> None:
+    with Kernel.from_text(POLICY, audit=tmp_path / "audit.db",
+                          state=tmp_path / "state.db") as kernel:
+        switch = KillSwitch.for_kernel(kernel)
+        stopped: list[str] = []
+        switch.on_engage(stopped.append)
+
+        @govern(kernel, agent={"id": "agent-7"}, session={"id": "s1"})
+        async def crawl(url: str) -> str:
+            await asyncio.sleep(30)
+            return "done"
+
+        async def main() -> tuple[float, str]:
+            task = asyncio.create_task(crawl("u"))
+            await asyncio.sleep(0.05)
+            t0 = time.perf_counter()
+            key, cancelled = switch.engage(by="oncall", reason="runaway", agent="agent-7")
+            assert (key, cancelled) == ("kill:agent:agent-7", 1)
+            with pytest.raises(GovernanceDenied) as info:
+                await task
+            return time.perf_counter() - t0, info.value.decision.code
+
+        elapsed, code = asyncio.run(main())
+        assert code == "kill_switch" and elapsed < 1.0 and stopped == ["kill:agent:agent-7"]
+        d = kernel.evaluate(Action(tool="crawl", agent={"id": "agent-7"}))
+        assert d.code == "kill_switch"
+        assert kernel.evaluate(Action(tool="crawl", agent={"id": "other"})).allowed
+        assert switch.engaged()["kill:agent:agent-7"]["by"] == "oncall"
+        with pytest.raises(ConfigError):
+            switch.release(by="", agent="agent-7")
+        assert switch.release(by="lead", reason="fixed", agent="agent-7")
+        assert not switch.release(by="lead", agent="agent-7")
+        assert kernel.evaluate(Action(tool="crawl", agent={"id": "agent-7"})).allowed
+        kernel.audit.flush()
+        kinds = [e["kind"] for e in read_events(tmp_path / "audit.db")]
+        assert "kill.engage" in kinds and "kill.release" in kinds
+
+
+WORKER = """
+import asyncio, sys, time
+from bastion import Action, GovernanceDenied, Kernel, govern
+from bastion.runtime._kill import KillSwitch
+
+state = sys.argv[1]
+with Kernel.from_text("version: 1\\nrules:\\n  - {id: all, effect: allow}\\n", audit=False,
+                      state=state) as kernel:
+    stop = KillSwitch.for_kernel(kernel).watch(interval_s=0.02)
+
+    @govern(kernel, agent={"id": "worker"})
+    async def long_job() -> str:
+        await asyncio.sleep(30)
+        return "finished"
+
+    async def main() -> None:
+        print("started", flush=True)
+        t0 = time.monotonic()
+        try:
+            print(await long_job(), flush=True)
+        except GovernanceDenied as denied:
+            print("killed", denied.decision.code, round(time.monotonic() - t0, 3), flush=True)
+        d = kernel.evaluate(Action(tool="long_job", agent={"id": "worker"}))
+        print("next", d.effect, d.code, flush=True)
+
+    asyncio.run(main())
+    stop()
+"""
+
+
+def test_kill_from_another_process_cancels_and_denies(tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    Kernel.from_text(POLICY, audit=False, state=state).close()  # create the store
+    worker = subprocess.Popen([sys.executable, "-c", textwrap.dedent(WORKER), str(state)],
+                              stdout=subprocess.PIPE, text=True)
+    assert worker.stdout is not None
+    assert worker.stdout.readline().strip() == "started"
+    time.sleep(0.2)
+    t0 = time.perf_counter()
+    run = subprocess.run([str(BASTION), "kill", "--all", "--state", str(state), "--by", "ops",
+                          "--reason", "incident 42"], capture_output=True, text=True,
+                         check=False)
+    assert run.returncode == 0, run.stderr
+    out, _ = worker.communicate(timeout=20)
+    elapsed = time.perf_counter() - t0
+    killed, nxt = out.strip().splitlines()
+    assert killed.startswith("killed kill_switch")
+    assert nxt == "next deny kill_switch"
+    assert elapsed < 10
+    listed = subprocess.run([str(BASTION), "kills", "--state", str(state)],
+                            capture_output=True, text=True, check=True).stdout
+    assert '"flag": "kill:all"' in listed and "incident 42" in listed
+    rel = subprocess.run([str(BASTION), "release", "--all", "--state", str(state), "--by",
+                          "lead"], capture_output=True, text=True, check=False)
+    assert rel.returncode == 0 and "released" in rel.stdout
+    with Kernel.from_text(POLICY, audit=False, state=state) as k:
+        assert k.evaluate(Action(tool="long_job")).allowed
