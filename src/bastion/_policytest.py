@@ -7,7 +7,13 @@ A file (YAML)::
     policy_text: |                 # the policy inline
       version: 1 ...
     agents:                        # optional facts for agent ids (trust, ring, roles)
-      agent-1: {trust: 700, roles: [payments]}
+      agent-1: {trust: 700, roles: [payments], ring: 2}
+    catalog_text: |                # optional tool catalog (or catalog: a path)
+      version: 1
+      tools: {send_email: {class: egress}}
+    rings: true                    # enforce execution rings (ring from the agents' facts)
+    elevations:                    # optional time-boxed ring grants (expired: true = lapsed)
+      agent-1: {ring: 1, expired: false}
     cases:
       - name: large transfers need approval
         action: {tool: transfer, args: {amount: 5000}, agent: {id: agent-1}}
@@ -32,7 +38,8 @@ from bastion.kernel import Action, Decision, Kernel
 from bastion.policy import load_policy, parse_policy
 from bastion.policy._yaml import Located, LocatedList, read_yaml
 
-_FILE_KEYS = {"policy", "policy_text", "agents", "cases", "description"}
+_FILE_KEYS = {"policy", "policy_text", "agents", "cases", "description", "catalog",
+              "catalog_text", "rings", "elevations"}
 _CASE_KEYS = {"name", "action", "expect", "repeat", "description"}
 _ACTION_KEYS = {"tool", "stage", "args", "agent", "session", "context", "result"}
 _EXPECT_KEYS = {"effect", "rule_ids", "errors", "code", "reason", "args", "result"}
@@ -81,18 +88,41 @@ def run_file(path: str | Path) -> list[CaseResult]:
             raise PolicyError(exc.message, path=where, line=vp.line + exc.line,
                               column=exc.column) from None
     facts = _StaticFacts(dict(doc.get("agents") or {}))
+    catalog = None
+    if "catalog" in doc or "catalog_text" in doc:
+        from bastion.flow import load_catalog, parse_catalog
+
+        catalog = (load_catalog(p.parent / str(doc["catalog"])) if "catalog" in doc
+                   else parse_catalog(str(doc["catalog_text"]), path=f"{where}#catalog_text"))
     cases = doc.get("cases")
     if not isinstance(cases, LocatedList) or not cases:
         raise PolicyError("'cases' must be a non-empty list", path=where, line=doc.pos.line,
                           column=doc.pos.column)
     results = []
-    with Kernel(policy, audit=None, agent_facts=facts) as kernel:
+    with Kernel(policy, audit=None, agent_facts=facts, catalog=catalog) as kernel:
+        if doc.get("rings"):
+            _rings(kernel, facts, doc)
         for case, pos in zip(cases, cases.item_pos, strict=True):
             if not isinstance(case, Located):
                 raise PolicyError("a case must be a mapping", path=where, line=pos.line,
                                   column=pos.column)
             results.append(_run_case(kernel, case, where))
     return results
+
+
+def _rings(kernel: Kernel, facts: _StaticFacts, doc: Located) -> None:
+    import json
+    import time
+
+    from bastion.runtime._rings import RingGuard
+
+    guard = RingGuard(kernel.catalog, ring_of=lambda a: facts(a).get("ring"), state=kernel.state)
+    kernel._guards = (*kernel._guards, guard)
+    for agent, grant in dict(doc.get("elevations") or {}).items():
+        expires = time.time() + (-60 if grant.get("expired") else 3600)
+        kernel.state.set_flag(f"elevation:{agent}", json.dumps(
+            {"agent": agent, "ring": grant["ring"], "expires": expires,
+             "approved_by": "conformance", "reason": "test"}))
 
 
 def _check_keys(node: Located, allowed: set[str], what: str, where: str) -> None:

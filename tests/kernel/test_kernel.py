@@ -317,11 +317,35 @@ def test_async_evaluate(kernel: Kernel) -> None:
     assert asyncio.run(main()) == ["allow", "require_approval"]
 
 
-def test_catalog_is_refused_until_flow_exists() -> None:
-    from bastion import ConfigError
+CATALOG = """\
+version: 1
+tools:
+  send_email: {class: egress, sinks: [to, body]}
+  read_inbox: {class: read, result: {integrity: untrusted, confidentiality: internal}}
+"""
 
-    with pytest.raises(ConfigError, match="catalog"):
-        Kernel.from_text(POLICY, catalog="tools: {}")
+
+def test_catalog_facts_reach_conditions(tmp_path: Path) -> None:
+    policy = """\
+version: 1
+rules:
+  - {id: no-egress, when: "tool_info['class'] == 'egress'", effect: require_approval}
+  - {id: undeclared, when: "!tool_info.declared", effect: deny}
+  - {id: all, effect: allow}
+"""
+    (tmp_path / "tools.yaml").write_text(CATALOG)
+    for catalog in (CATALOG, tmp_path / "tools.yaml", str(tmp_path / "tools.yaml")):
+        with Kernel.from_text(policy, audit=False, catalog=catalog) as k:
+            assert k.evaluate(Action(tool="Read_Inbox")).allowed
+            assert k.evaluate(Action(tool="send_email")).effect == "require_approval"
+            assert k.evaluate(Action(tool="format_disk")).rule_ids == ("undeclared",)
+
+
+def test_missing_catalog_file_is_an_error(tmp_path: Path) -> None:
+    from bastion import PolicyError
+
+    with pytest.raises(PolicyError, match="file not found"):
+        Kernel.from_text(POLICY, catalog=tmp_path / "missing.yaml")
 
 
 def test_guards_run_before_the_policy_and_fail_closed() -> None:

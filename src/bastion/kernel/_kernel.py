@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from bastion._canon import canonical_tool, digest, snapshot
 from bastion._errors import ApprovalError, ConfigError
+from bastion.flow import EMPTY_CATALOG, ToolCatalog, load_catalog
 from bastion.kernel._redact import redact
 from bastion.kernel._types import EMPTY, Action, Decision
 from bastion.policy import (
@@ -51,7 +52,8 @@ _STAGE = {s: s.value for s in Stage}
 _EFFECT: dict[Effect, Any] = {e: e.value for e in Effect}
 _CODE = {True: "default", False: "policy"}
 _ALLOW = Effect.ALLOW
-_ALL_NAMES = frozenset(("tool", "args", "agent", "session", "context", "result", "now"))
+_ALL_NAMES = frozenset(("tool", "args", "agent", "session", "context", "result", "now",
+                        "tool_info"))
 _FOREVER = 1 << 40  # a window no counter outlives: budgets count for the session's lifetime
 _MICRO = 1_000_000  # cost is counted in millionths
 _FLAT = frozenset((str, int, float, bool, type(None)))
@@ -196,6 +198,7 @@ class Kernel:
         agent_facts: AgentFacts | None = None,
         approver: Approver | None = None,
         guards: tuple[Guard, ...] | list[Guard] = (),
+        catalog: ToolCatalog | None = None,
         approval_ttl_s: float = 900.0,
         clock: Callable[[], int] = time.time_ns,
         id_prefix: str | None = None,
@@ -210,6 +213,7 @@ class Kernel:
         self._facts = agent_facts
         self._approver = approver
         self._guards = tuple(guards)
+        self.catalog = catalog if catalog is not None else EMPTY_CATALOG
         self._approval_ttl = approval_ttl_s
         self._clock = clock
         self._prefix = id_prefix if id_prefix is not None else os.urandom(6).hex()
@@ -250,11 +254,11 @@ class Kernel:
     @classmethod
     def _build(cls, policy: Policy | CedarPolicy, *, audit: Any = None, state: Any = None,
                catalog: Any = None, durable: bool = False, **options: Any) -> Kernel:
-        if catalog is not None:
-            raise ConfigError("tool catalogs arrive with information-flow control (bastion.flow); "
-                              "'catalog=' is not supported yet")
+        tools = catalog if isinstance(catalog, ToolCatalog) or catalog is None \
+            else load_catalog(catalog)
         store = state if hasattr(state, "flags") else open_store(state)
-        return cls(policy, audit=_open_audit(audit, durable), state=store, **options)
+        return cls(policy, audit=_open_audit(audit, durable), state=store, catalog=tools,
+                   **options)
 
     # -- the decision -----------------------------------------------------------------------
     def evaluate(self, action: Action) -> Decision:
@@ -371,6 +375,10 @@ class Kernel:
             data["context"] = _plain_map(action.context)
         if "result" in names:
             data["result"] = action.result
+        if "tool_info" in names:
+            info = self.catalog.get(tool)
+            data["tool_info"] = {"class": info.tool_class, "side_effects": info.side_effects,
+                                 "sinks": list(info.sinks), "declared": info.declared}
         if "now" in names:
             import datetime as dt
 

@@ -1,7 +1,8 @@
 """The CEL environment policies are written against, and its extra functions.
 
 Variables: ``tool`` (string), ``args``, ``agent``, ``session``, ``context`` (maps), ``result`` (any,
-post_tool), ``now`` (timestamp). Functions beyond standard CEL and its string extension:
+post_tool), ``now`` (timestamp), ``tool_info`` (the tool's catalog entry: ``class``,
+``side_effects``, ``sinks``, ``declared``). Functions beyond standard CEL and its string extension:
 
 * ``norm(s)`` — NFKC, casefold, zero-width and bidi characters stripped, trimmed.
 * ``host(s)`` — the lower-cased host of a URL, ``user@host`` or bare host string ("" if none).
@@ -57,6 +58,7 @@ VARIABLES: dict[str, Any] = {
     "context": T.Map(T.STRING, T.DYN),
     "result": T.DYN,
     "now": T.TIMESTAMP,
+    "tool_info": T.Map(T.STRING, T.DYN),
 }
 
 
