@@ -29,7 +29,7 @@ from typing import Any, TypeVar, cast
 
 from bastion._errors import GovernanceDenied
 from bastion.kernel._inflight import IN_FLIGHT, Call
-from bastion.kernel._kernel import Kernel
+from bastion.kernel._kernel import Kernel, _Outcome
 from bastion.kernel._types import EMPTY, Action, Decision
 from bastion.policy import Stage
 
@@ -130,6 +130,7 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
             wrapper: Callable[..., Any] = run_async
         else:
             evaluate, bind, clock = kernel.evaluate, binder.bind, time.perf_counter_ns
+            now = kernel.clock
 
             @functools.wraps(fn)
             def run(*args: Any, **kwargs: Any) -> Any:
@@ -152,7 +153,10 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
                     raise
                 if post:
                     return after(decision, result, started)
-                kernel.record_outcome(decision, "succeeded", duration_ns=clock() - started)
+                audit = kernel.audit  # record_outcome(decision, "succeeded"), inlined
+                if audit is not None:
+                    audit.append(_Outcome(decision, "succeeded", None, clock() - started,
+                                          now()))
                 return result
 
             wrapper = run

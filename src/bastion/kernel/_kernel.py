@@ -545,6 +545,11 @@ class Kernel:
         return self._audit
 
     @property
+    def clock(self) -> Callable[[], int]:
+        """The kernel's clock (ns since the epoch), as injected."""
+        return self._clock
+
+    @property
     def state(self) -> StateStore:
         return self._state
 
