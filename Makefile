@@ -6,7 +6,7 @@ STAMP    := $(VENV)/.installed
 # Lanes (framework adapters, heavy extras) keep their venvs outside the clone so reruns are quick.
 LANE_CACHE ?= $(HOME)/.cache/bastion-lanes
 
-.PHONY: demo test test-core test-lanes bench lint clean
+.PHONY: demo test test-core test-lanes bench lint clean sys-deps
 
 $(STAMP): pyproject.toml requirements-dev.lock
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,7 +20,14 @@ demo: $(STAMP)
 
 test: test-core test-lanes
 
-test-core: $(STAMP)
+# The sandbox's strongest isolation uses bubblewrap. Installed here when we may (root with apt);
+# elsewhere its tests skip and say why.
+sys-deps:
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) \
+	  || echo "note: bubblewrap not installed; BWRAP sandbox tests will skip"; }
+
+test-core: $(STAMP) sys-deps
 	$(BIN)/python -m pytest
 
 # Each lane is a directory under lanes/ with its own requirements and tests; none exist yet

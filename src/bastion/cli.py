@@ -12,11 +12,15 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from bastion._errors import BastionError, PolicyError
+from bastion.mesh._cli import id_app, token_app, trust_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Runtime governance for autonomous AI agents.")
 audit_app = typer.Typer(no_args_is_help=True, help="Read, verify and prove the audit log.")
 app.add_typer(audit_app, name="audit")
+app.add_typer(id_app, name="id")
+app.add_typer(token_app, name="token")
+app.add_typer(trust_app, name="trust")
 
 PolicyOpt = Annotated[Path, typer.Option("--policy", "-p", help="Policy file (YAML).")]
 StateOpt = Annotated[str | None, typer.Option("--state", help="State store path or URL.")]

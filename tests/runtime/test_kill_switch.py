@@ -123,3 +123,22 @@ def test_kill_from_another_process_cancels_and_denies(tmp_path: Path) -> None:
     assert rel.returncode == 0 and "released" in rel.stdout
     with Kernel.from_text(POLICY, audit=False, state=state) as k:
         assert k.evaluate(Action(tool="long_job")).allowed
+
+
+def test_killing_the_fleet_stops_running_sandboxes(tmp_path: Path) -> None:
+    import threading
+
+    from bastion.runtime import IsolationLevel, Sandbox, SandboxPolicy
+
+    results = []
+    sandbox = Sandbox(SandboxPolicy(required_level=IsolationLevel.NONE, timeout_s=20))
+    runner = threading.Thread(target=lambda: results.append(
+        sandbox.run(["sleep", "15"])))
+    with Kernel.from_text(POLICY, audit=False, state=tmp_path / "s.db") as kernel:
+        runner.start()
+        time.sleep(0.5)
+        t0 = time.perf_counter()
+        KillSwitch.for_kernel(kernel).engage(by="oncall", everything=True)
+        runner.join(timeout=10)
+        assert not runner.is_alive() and time.perf_counter() - t0 < 5
+    assert results[0].killed_reason == "kill_switch"

@@ -25,6 +25,7 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,7 @@ def did_from_public(key: Ed25519PublicKey | bytes) -> str:
     return DID_PREFIX + b58encode(_ED25519_PUB + raw)
 
 
+@lru_cache(maxsize=4096)  # a DID always names the same key; decoding it is the slow part
 def public_from_did(did: str) -> Ed25519PublicKey:
     """The public key a ``did:key`` names. ``VerificationError('unknown_key')`` when ``did`` is
     not an Ed25519 ``did:key`` (other multicodecs, bad base58, wrong length)."""

@@ -103,7 +103,7 @@ def _tighter(op: str, parent: Any, child: Any) -> bool:
 
 
 def _same(a: Any, b: Any) -> bool:
-    return type(a) is type(b) and a == b or (_number(a) and _number(b) and a == b)
+    return (type(a) is type(b) and a == b) or (_number(a) and _number(b) and a == b)
 
 
 def check_narrowing(parent_scopes: Iterable[str], parent_cons: Constraints,

@@ -50,6 +50,9 @@ class AgentRegistry(Protocol):
 
     def rotate(self, agent_id: str, statement: dict[str, Any], *, now: float) -> AgentRecord: ...
 
+    def is_current_key(self, did: str) -> bool:
+        """True when ``did`` is the current key of an active agent."""
+
     def revoke_agent(self, agent_id: str) -> None: ...
 
     def agents(self) -> list[AgentRecord]: ...

@@ -27,6 +27,7 @@ cgroup and runs ``true`` under each wrapper — so a level is reported only if i
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import os
@@ -133,10 +134,8 @@ class PidsCgroup:
             if not pids:
                 return
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
     def remove(self) -> None:
         os.close(self.join_fd)
@@ -165,7 +164,7 @@ def wrap(level: IsolationLevel, caps: Capabilities, argv: list[str], workdir: st
                 caps.setpriv, "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--",
                 *argv]
     assert caps.bwrap
-    return [caps.bwrap, "--unshare-all", "--die-with-parent", "--new-session",
+    return [caps.bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
             "--disable-userns", "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534",
             "--hostname", "sandbox", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
             "--tmpfs", "/tmp", "--bind", workdir, SANDBOX_DIR, "--chdir", SANDBOX_DIR, "--",
@@ -180,9 +179,8 @@ def _probe(argv: list[str]) -> str | None:
     except (OSError, subprocess.SubprocessError) as exc:
         return str(exc)
     if done.returncode != 0:
-        return done.stderr.decode(errors="replace").strip().splitlines()[-1:][0:1] and \
-            done.stderr.decode(errors="replace").strip().splitlines()[-1] or \
-            f"exit {done.returncode}"
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"exit {done.returncode}"
     return None
 
 

@@ -60,6 +60,13 @@ def _matcher(flags: dict[str, str]) -> Callable[[Call], str | None]:
     return match
 
 
+def _stop_sandboxes(flag: str) -> None:
+    if flag == "kill:all":
+        from bastion.runtime._sandbox import kill_all_sandboxes
+
+        kill_all_sandboxes("kill_switch")
+
+
 class KillSwitch:
     """Engage and release kill flags; stop what is running (module docstring, steps 1-4)."""
 
@@ -72,8 +79,11 @@ class KillSwitch:
 
     @classmethod
     def for_kernel(cls, kernel: Any) -> KillSwitch:
-        """The kill switch over a kernel's own state store and audit log."""
-        return cls(kernel.state, audit=kernel.audit)
+        """The kill switch over a kernel's own state store and audit log; engaging ``--all``
+        also kills this process's running sandboxes (a sandbox does not know its agent)."""
+        switch = cls(kernel.state, audit=kernel.audit)
+        switch.on_engage(_stop_sandboxes)
+        return switch
 
     def on_engage(self, hook: Callable[[str], object]) -> None:
         """Run ``hook(flag)`` whenever a flag is engaged (step 3)."""

@@ -1,0 +1,320 @@
+"""Run a code-execution tool in a separate, limited, isolated process.
+
+``Sandbox(policy).run(argv)`` / ``.run_python(code)`` returns a typed ``SandboxResult`` or raises
+``IsolationUnavailable`` *before anything runs* when the machine cannot give the isolation the
+policy requires. It never falls back to a weaker level. Levels are described in
+``bastion.runtime._isolation``.
+
+Every live sandbox is in a process-wide registry so that ``kill_all_sandboxes`` (called by the
+kill switch) can stop them all; a killed run returns with ``killed_reason`` set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from bastion._errors import ConfigError
+from bastion.runtime._errors import IsolationUnavailable, SandboxError
+from bastion.runtime._isolation import (
+    Capabilities,
+    IsolationLevel,
+    PidsCgroup,
+    detect_isolation,
+    wrap,
+)
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SandboxPolicy:
+    """Limits for one sandboxed run. Parsed once; invalid values raise ``ConfigError``.
+
+    ``required_level`` is a floor: the run uses the weakest available level at or above it.
+    """
+
+    required_level: IsolationLevel = IsolationLevel.NAMESPACES
+    timeout_s: float = 10.0
+    cpu_seconds: int = 5
+    memory_bytes: int = 512 * MiB
+    max_file_bytes: int = 16 * MiB
+    max_processes: int = 32
+    max_open_files: int = 256
+    max_output_bytes: int = 64 * 1024
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("timeout_s", "cpu_seconds", "memory_bytes", "max_file_bytes",
+                     "max_processes", "max_open_files", "max_output_bytes"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"sandbox policy: {name!r} must be positive")
+        if not isinstance(self.required_level, IsolationLevel):
+            raise ConfigError("sandbox policy: 'required_level' must be an IsolationLevel")
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceUsage:
+    """What the run used, from ``wait4`` (CPU includes waited-for descendants)."""
+
+    cpu_user_s: float
+    cpu_system_s: float
+    max_rss_kib: int
+    wall_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxResult:
+    """The outcome of one run. ``signal`` is set when the process was ended by a signal.
+
+    ``killed_reason`` is ``"timeout"``, ``"cpu_limit"``, ``"file_size_limit"``, the reason given
+    to ``kill_all_sandboxes`` (e.g. ``"kill_switch"``), or ``None``.
+    """
+
+    exit_code: int | None
+    signal: int | None
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    timed_out: bool
+    killed_reason: str | None
+    level: IsolationLevel
+    usage: ResourceUsage
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and self.killed_reason is None
+
+
+class _Live:
+    """A running sandbox: its process group and cgroup, killable from any thread."""
+
+    def __init__(self, pid: int, cgroup: PidsCgroup | None):
+        self.pid = pid
+        self.cgroup = cgroup
+        self.reason: str | None = None
+        self._lock = threading.Lock()
+
+    def kill(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+            if self.cgroup is not None:
+                self.cgroup.kill()
+
+
+_LIVE: dict[int, _Live] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def kill_all_sandboxes(reason: str = "kill_switch") -> int:
+    """SIGKILL every running sandbox of this process (group and cgroup); return how many."""
+    with _LIVE_LOCK:
+        live = list(_LIVE.values())
+    for run in live:
+        run.kill(reason)
+    return len(live)
+
+
+def running_sandboxes() -> int:
+    with _LIVE_LOCK:
+        return len(_LIVE)
+
+
+def _reader(stream: IO[bytes], limit: int, out: list[bytes], flags: list[bool]) -> None:
+    """Keep the first ``limit`` bytes of ``stream`` and drain (and count as truncated) the rest."""
+    kept = 0
+    while chunk := stream.read1(65536):  # type: ignore[attr-defined]
+        if kept < limit:
+            out.append(chunk[: limit - kept])
+        if kept + len(chunk) > limit:
+            flags.append(True)
+        kept += len(chunk)
+    stream.close()
+
+
+def _uid_process_count(uid: int) -> int:
+    n = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    n += 1
+            except OSError:
+                continue
+    return n
+
+
+class Sandbox:
+    """Runs commands under one ``SandboxPolicy``; thread-safe, one process per run."""
+
+    def __init__(self, policy: SandboxPolicy | None = None, *,
+                 capabilities: Capabilities | None = None,
+                 clock: Callable[[], float] = time.monotonic, python: str = sys.executable):
+        self.policy = policy or SandboxPolicy()
+        self.caps = capabilities if capabilities is not None else detect_isolation()
+        self._clock = clock
+        self.python = python
+
+    def level(self) -> IsolationLevel:
+        """The level a run will use; raises ``IsolationUnavailable`` when none fits."""
+        chosen = self.caps.pick(self.policy.required_level)
+        if chosen is None:
+            raise IsolationUnavailable(self.policy.required_level.name.lower(),
+                                       self.caps.best.name.lower(),
+                                       "; ".join(self.caps.notes) or "not supported here")
+        return chosen
+
+    def run_python(self, code: str, *, stdin: bytes | None = None) -> SandboxResult:
+        """Run a Python snippet (``python -I main.py`` in the work directory)."""
+        return self.run([self.python, "-I", "-B", "main.py"], stdin=stdin,
+                        files={"main.py": code.encode()})
+
+    def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
+            files: Mapping[str, bytes] | None = None) -> SandboxResult:
+        """Run ``argv`` in a fresh sandbox.
+
+        Steps:
+        1. Choose the level (``level()``); if none fits, raise ``IsolationUnavailable`` before
+           creating anything.
+        2. Create a private work directory (mode 0700) and write ``files`` into it.
+        3. At ``RLIMITS`` and above, create the pids cgroup (when that is the mechanism).
+        4. Fork; in the child, before exec: join the cgroup, set every rlimit, start a new
+           session (so the process group id is the child's pid).
+        5. Register the run in the live registry and arm the wall-clock timer.
+        6. Read stdout/stderr on threads, keeping at most ``max_output_bytes`` of each.
+        7. Wait for the child without reaping it, then SIGKILL its process group and cgroup so
+           no descendant outlives the run; then reap it with ``wait4`` for resource usage.
+        8. Deregister; remove the cgroup and the work directory.
+        """
+        if not argv:
+            raise ConfigError("sandbox: empty argv")
+        level = self.level()
+        pol = self.policy
+        workdir = tempfile.mkdtemp(prefix="bastion-sbx-")
+        cgroup: PidsCgroup | None = None
+        try:
+            for name, data in (files or {}).items():
+                target = Path(workdir, name)
+                if target.parent != Path(workdir):
+                    raise ConfigError(f"sandbox: file name {name!r} must be a plain name")
+                target.write_bytes(data)
+            limits: list[tuple[int, int, int]] = []
+            if level >= IsolationLevel.RLIMITS:
+                limits = self._rlimits()
+                if self.caps.pids and self.caps.pids.startswith("cgroup"):
+                    assert self.caps.cgroup_root
+                    cgroup = PidsCgroup(self.caps.cgroup_root, self.caps.pids,
+                                        f"{os.getpid()}-{threading.get_ident()}-"
+                                        f"{time.monotonic_ns()}", pol.max_processes)
+            return self._spawn(level, wrap(level, self.caps, list(argv), workdir), workdir,
+                               limits, cgroup, stdin)
+        except OSError as exc:
+            raise SandboxError(f"sandbox: cannot run {argv[0]!r}: {exc}") from exc
+        finally:
+            if cgroup is not None:
+                cgroup.remove()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _rlimits(self) -> list[tuple[int, int, int]]:
+        pol = self.policy
+        limits = [(resource.RLIMIT_CPU, pol.cpu_seconds, pol.cpu_seconds + 1),
+                  (resource.RLIMIT_AS, pol.memory_bytes, pol.memory_bytes),
+                  (resource.RLIMIT_FSIZE, pol.max_file_bytes, pol.max_file_bytes),
+                  (resource.RLIMIT_NOFILE, pol.max_open_files, pol.max_open_files),
+                  (resource.RLIMIT_CORE, 0, 0)]
+        if self.caps.pids == "rlimit":
+            n = _uid_process_count(os.getuid()) + pol.max_processes
+            limits.append((resource.RLIMIT_NPROC, n, n))
+        return limits
+
+    def _spawn(self, level: IsolationLevel, argv: list[str], workdir: str,
+               limits: list[tuple[int, int, int]], cgroup: PidsCgroup | None,
+               stdin: bytes | None) -> SandboxResult:
+        import subprocess
+
+        pol = self.policy
+        home = "/tmp/sandbox" if level == IsolationLevel.BWRAP else workdir
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home,
+               "LANG": "C.UTF-8", **pol.env}
+        join_fd = cgroup.join_fd if cgroup is not None else -1
+
+        def in_child() -> None:  # runs between fork and exec: no locks, no allocation-heavy work
+            if join_fd >= 0:
+                os.write(join_fd, b"0")
+            for which, soft, hard in limits:
+                resource.setrlimit(which, (soft, hard))
+
+        started = self._clock()
+        proc = subprocess.Popen(argv, cwd=workdir, env=env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True, preexec_fn=in_child, close_fds=True)
+        live = _Live(proc.pid, cgroup)
+        with _LIVE_LOCK:
+            _LIVE[proc.pid] = live
+        timer = threading.Timer(pol.timeout_s, live.kill, ("timeout",))
+        timer.daemon = True
+        timer.start()
+        outs: tuple[list[bytes], list[bytes]] = ([], [])
+        flags: tuple[list[bool], list[bool]] = ([], [])
+        assert proc.stdin and proc.stdout and proc.stderr
+        readers = [threading.Thread(target=_reader, daemon=True,
+                                    args=(s, pol.max_output_bytes, o, f))
+                   for s, o, f in zip((proc.stdout, proc.stderr), outs, flags, strict=True)]
+        for t in readers:
+            t.start()
+        try:
+            if stdin:
+                proc.stdin.write(stdin)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            timer.cancel()
+            live.kill(live.reason or "cleanup")  # the leader is a zombie: its pgid is still ours
+            with _LIVE_LOCK:  # deregister before reaping, so no kill can hit a reused pgid
+                _LIVE.pop(proc.pid, None)
+            _, status, ru = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            timer.cancel()
+            with _LIVE_LOCK:
+                _LIVE.pop(proc.pid, None)
+        wall = self._clock() - started
+        for t in readers:
+            t.join(timeout=2.0)
+        reason = None if live.reason == "cleanup" else live.reason
+        code: int | None = proc.returncode
+        sig: int | None = None
+        if code is not None and code < 0:
+            sig, code = -code, None
+        elif level == IsolationLevel.BWRAP and code is not None and code > 128:
+            sig, code = code - 128, None  # bwrap reports a signalled child as 128 + signal
+        if reason is None and sig == signal.SIGXCPU:
+            reason = "cpu_limit"
+        elif reason is None and code != 0 and ru.ru_utime + ru.ru_stime >= pol.cpu_seconds:
+            reason = "cpu_limit"  # a wrapper may report SIGXCPU/SIGKILL of its child as an exit
+        elif reason is None and sig == signal.SIGXFSZ:
+            reason = "file_size_limit"
+        return SandboxResult(
+            exit_code=code, signal=sig,
+            stdout=b"".join(outs[0]).decode(errors="replace"),
+            stderr=b"".join(outs[1]).decode(errors="replace"),
+            stdout_truncated=bool(flags[0]), stderr_truncated=bool(flags[1]),
+            timed_out=reason == "timeout", killed_reason=reason, level=level,
+            usage=ResourceUsage(ru.ru_utime, ru.ru_stime, ru.ru_maxrss, wall))

@@ -1,0 +1,58 @@
+"""``bastion id|token|trust`` through typer's runner (the app mounted by bastion.cli)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from bastion.mesh._cli import app
+
+runner = CliRunner()
+
+
+def _run(*args: str) -> tuple[int, dict[str, object]]:
+    result = runner.invoke(app, list(args))
+    out = result.stdout.strip().splitlines()
+    return result.exit_code, json.loads(out[-1]) if out else {}
+
+
+def test_id_token_trust_commands(tmp_path: Path) -> None:
+    reg = str(tmp_path / "mesh.db")
+    code, root = _run("id", "new", "--key", str(tmp_path / "root.key"))
+    assert code == 0 and str(root["did"]).startswith("did:key:z6Mk")
+    code, alice = _run("id", "new", "--key", str(tmp_path / "a.key"), "--agent", "alice",
+                       "--registry", reg, "--role", "payer")
+    assert code == 0
+    assert _run("id", "show", "--key", str(tmp_path / "a.key"))[1]["did"] == alice["did"]
+    code, issued = _run("token", "issue", "--key", str(tmp_path / "root.key"), "--aud",
+                        str(alice["did"]), "-s", "tool:read_*", "-s", "tool:pay",
+                        "--constraints", '{"tool:pay": {"amount": {"max": 100}}}')
+    assert code == 0
+    code, child = _run("token", "delegate", str(issued["token"]), "--key",
+                       str(tmp_path / "a.key"), "--aud", "bob", "-s", "tool:pay")
+    assert code == 0
+    verify = ("token", "verify", str(child["token"]), "--root", str(root["did"]), "--store", reg)
+    assert _run(*verify, "--tool", "pay", "--args", '{"amount": 5}')[0] == 0
+    code, refused = _run(*verify, "--tool", "pay", "--args", '{"amount": 500}')
+    assert code == 1 and "exceeds" in str(refused["reason"])
+    assert _run("token", "delegate", str(issued["token"]), "--key", str(tmp_path / "a.key"),
+                "--aud", "bob", "-s", "tool:*")[0] == 2
+    assert _run("token", "revoke", str(issued["token"]), "--store", reg)[0] == 0
+    code, gone = _run(*verify)
+    assert code == 1 and gone["reason"] == "revoked"
+    code, rotated = _run("id", "rotate", "--key", str(tmp_path / "a.key"), "--out",
+                         str(tmp_path / "a2.key"), "--agent", "alice", "--registry", reg)
+    assert code == 0 and rotated["did"] != alice["did"]
+
+    from bastion.audit import AuditLog
+
+    log = AuditLog.open(str(tmp_path / "audit.db"))
+    log.append({"kind": "decision", "id": "d1", "ts": time.time_ns(), "agent": "alice",
+                "effect": "deny", "code": "policy", "rule_ids": ["no-drop"]})
+    log.close()
+    code, report = _run("trust", "show", "alice", "--audit", str(tmp_path / "audit.db"))
+    assert code == 0 and report["breakdown"][0]["kind"] == "violation"
+    assert report["trust"] == 260 and report["tier"] == "probation"

@@ -1,0 +1,168 @@
+"""The token guard and the trust provider on a real kernel; trust scoring properties."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import NOW, ident
+
+from bastion.kernel import Action, Kernel
+from bastion.mesh import (
+    SQLiteMeshStore,
+    TokenGuard,
+    TrustConfig,
+    TrustEngine,
+    TrustFacts,
+    delegate_token,
+    issue_token,
+    make_attestation,
+    record_attestation,
+    tier_of,
+)
+
+ROOT, ALICE, BOB = ident(1), ident(2), ident(3)
+POLICY = """
+version: 1
+name: mesh-test
+default: deny
+rules:
+  - id: no-drop
+    tools: ["drop_*"]
+    effect: deny
+  - id: big-pay-needs-trust
+    tools: ["pay"]
+    when: "args.amount > 50 && agent.trust < 600"
+    effect: deny
+  - id: allow-rest
+    tools: ["*"]
+    effect: allow
+"""
+DAY = 86400
+
+
+def _kernel(store: SQLiteMeshStore, tmp_path: Path, facts: object = None) -> Kernel:
+    guard = TokenGuard(roots={ROOT.did}, revocations=store, registry=store, clock=lambda: NOW)
+    return Kernel.from_text(POLICY, audit=str(tmp_path / "audit.db"), guards=[guard],
+                            agent_facts=facts)
+
+
+def _act(tool: str, token: str | None, agent: str = "bob", **args: object) -> Action:
+    return Action(tool=tool, args=args, agent={"id": agent},
+                  context={"bastion_token": token} if token else {})
+
+
+def test_guard_enforces_presented_token(store: SQLiteMeshStore, tmp_path: Path) -> None:
+    store.register("alice", ALICE.did, now=NOW)
+    store.register("bob", BOB.did, now=NOW)
+    parent = issue_token(ROOT, audience=ALICE.did, scopes=["tool:read_*", "tool:pay"],
+                         constraints={"tool:pay": {"amount": {"max": 100}}}, now=NOW)
+    token = delegate_token(parent, ALICE, audience="bob", scopes=["tool:read_file", "tool:pay"],
+                           now=NOW).encode()
+    with _kernel(store, tmp_path) as k:
+        assert k.evaluate(_act("read_file", token)).allowed
+        d = k.evaluate(_act("read_db", token))
+        assert d.code == "guard" and "outside the token's scopes" in d.reasons[0]
+        d = k.evaluate(_act("pay", token, amount=500))
+        assert not d.allowed and "exceeds max 100" in d.reasons[0]
+        assert "no capability token" in k.evaluate(_act("read_file", None)).reasons[0]
+        assert "audience" in k.evaluate(_act("read_file", token, agent="alice")).reasons[0]
+        store.revoke(parent.id, now=NOW)
+        assert "revoked" in k.evaluate(_act("read_file", token)).reasons[0]
+
+
+def test_trust_facts_reach_cel_and_flooding_cannot_inflate(store: SQLiteMeshStore,
+                                                         tmp_path: Path) -> None:
+    store.register("bob", BOB.did, roles=["payer"], now=NOW)
+    token = issue_token(ROOT, audience=BOB.did, scopes=["tool:*"], now=NOW).encode()
+    clock = [NOW]
+    with Kernel.from_text(POLICY, audit=str(tmp_path / "a.db"), clock=lambda: int(clock[0] * 1e9),
+                          guards=[TokenGuard(roots={ROOT.did}, registry=store,
+                                             clock=lambda: NOW)]) as k:
+        engine = TrustEngine(k.audit, registry=store, clock=lambda: clock[0])
+        facts = TrustFacts(engine, registry=store, ttl_s=0)
+        k._facts = facts  # the kernel under test consults the provider built on its own log
+        assert facts("bob")["tier"] == "probation" and facts("bob")["roles"] == ["payer"]
+        for _ in range(500):  # a flood of allowed calls in one period
+            k.evaluate(_act("read_file", token))
+        assert facts("bob")["trust"] == 300 + 25
+        assert facts("nobody")["trust"] == 0  # unregistered: untrusted
+        d = k.evaluate(_act("pay", token, amount=80))
+        assert not d.allowed and d.rule_ids == ("big-pay-needs-trust",)
+
+
+def _decision(agent: str, t: float, effect: str = "allow", code: str = "policy",
+              rules: tuple[str, ...] = ("allow-rest",), did: str = "") -> dict[str, object]:
+    return {"kind": "decision", "id": did or f"d{t}", "ts": int(t * 1e9), "agent": agent,
+            "effect": effect, "code": code, "rule_ids": list(rules)}
+
+
+def test_violation_is_not_washed_out_and_gain_is_bounded() -> None:
+    clock = [NOW]
+    engine = TrustEngine(None, verify_log=False, clock=lambda: clock[0])
+    engine.feed([_decision("a", NOW + i) for i in range(100)])
+    assert engine.score("a") == 325
+    engine.feed([_decision("a", NOW + 200, "deny", rules=("no-drop",))])
+    engine.feed([_decision("a", NOW + 300 + i) for i in range(1000)])
+    assert engine.score("a") == 285  # the rest of the period earns nothing
+    report = engine.report("a")
+    kinds = {c.kind: c for c in report.breakdown}
+    assert kinds["violation"].count == 1 and kinds["violation"].applied == -40
+    assert kinds["allowed"].count == 1100 and kinds["allowed"].applied == 25
+
+
+def test_decay_toward_prior_and_new_agents_start_low() -> None:
+    clock = [NOW]
+    engine = TrustEngine(None, verify_log=False, clock=lambda: clock[0],
+                         config=TrustConfig(half_life_s=10 * DAY))
+    assert engine.report("new").tier == "probation" and engine.score("new") == 300
+    for day in range(30):
+        engine.feed([_decision("a", NOW + day * DAY + i) for i in range(30)])
+    high = engine.score("a")
+    assert 300 + 25 * 10 < high <= 300 + 25 * 30
+    clock[0] = NOW + 29 * DAY + 10 * DAY
+    assert abs((engine.score("a") - 300) - (high - 300) / 2) <= 2  # one half-life later
+    assert engine.report("a").decay < 0
+
+
+def test_severe_violation_drops_a_tier_at_once() -> None:
+    engine = TrustEngine(None, verify_log=False, clock=lambda: NOW + 100 * DAY,
+                         config=TrustConfig(severe_rules=frozenset({"exfil"}),
+                                            half_life_s=1e12))
+    for day in range(10):
+        engine.feed([_decision("a", NOW + day * DAY + i) for i in range(30)])
+    before = engine.score("a")
+    engine.feed([_decision("a", NOW + 21 * DAY, "deny", rules=("exfil",))])
+    after = engine.report("a")
+    assert before == 550 and tier_of(before)[0] == "standard"
+    assert after.score == 399 - 150 and after.tier == "probation"
+    assert after.severe_drops == 1 and after.ring == 3
+
+
+def test_attestations_count_only_when_signed_by_another_registered_identity(
+        store: SQLiteMeshStore, tmp_path: Path) -> None:
+    from bastion.audit import AuditLog
+
+    store.register("alice", ALICE.did, now=NOW)
+    store.register("bob", BOB.did, now=NOW)
+    log = AuditLog.open(str(tmp_path / "att.db"))
+    try:
+        record_attestation(log, make_attestation(ALICE, subject="bob", kind="positive",
+                                                 weight=10, at=int(NOW)),
+                           clock=lambda: int(NOW * 1e9))
+        record_attestation(log, make_attestation(BOB, subject="bob", kind="positive",
+                                                 weight=20, at=int(NOW)))  # self: ignored
+        stranger = make_attestation(ident(9), subject="bob", kind="positive", weight=20,
+                                    at=int(NOW))
+        record_attestation(log, stranger)  # unregistered issuer: ignored
+        forged = {**make_attestation(ALICE, subject="bob", kind="positive", at=int(NOW)),
+                  "weight": 20}
+        with pytest.raises(Exception, match="signature"):
+            record_attestation(log, forged)
+        log.append({"kind": "attestation", "id": "raw", "ts": int(NOW * 1e9), "agent": "bob",
+                    "attestation": forged})  # smuggled past record_attestation: still ignored
+        engine = TrustEngine(log, registry=store, clock=lambda: NOW)
+        engine.refresh()
+        assert engine.score("bob") == 310
+    finally:
+        log.close()
