@@ -117,7 +117,7 @@ def _rings(kernel: Kernel, facts: _StaticFacts, doc: Located) -> None:
     from bastion.runtime._rings import RingGuard
 
     guard = RingGuard(kernel.catalog, ring_of=lambda a: facts(a).get("ring"), state=kernel.state)
-    kernel._guards = (*kernel._guards, guard)
+    kernel.add_guard(guard)
     for agent, grant in dict(doc.get("elevations") or {}).items():
         expires = time.time() + (-60 if grant.get("expired") else 3600)
         kernel.state.set_flag(f"elevation:{agent}", json.dumps(

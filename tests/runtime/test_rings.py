@@ -30,7 +30,7 @@ def test_elevation_is_time_boxed_approved_and_audited(tmp_path: Path) -> None:
                           catalog=CATALOG) as kernel:
         guard = RingGuard(CATALOG, ring_of=rings.get, state=kernel.state, audit=kernel.audit,
                           clock=clock)
-        kernel._guards = (guard,)
+        kernel.add_guard(guard)
         send = Action(tool="send_email", agent={"id": "agent-1"})
         assert kernel.evaluate(send).code == "guard"
         for bad in ({"approved_by": "agent-1"}, {"approved_by": ""}):

@@ -468,6 +468,10 @@ class Kernel:
                                 "digest": decided.digest, "tool": decided.tool})
         return decided
 
+    def add_guard(self, guard: Guard) -> None:
+        """Register one more guard; it runs after those already registered."""
+        self._guards = (*self._guards, guard)
+
     def pending_approvals(self) -> list[Approval]:
         return self._state.list_approvals("pending")
 

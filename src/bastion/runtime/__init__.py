@@ -4,6 +4,7 @@ This module only re-exports; implementation lives in private modules.
 """
 
 from bastion.runtime._errors import IsolationUnavailable, SagaError, SagaStuck, SandboxError
+from bastion.runtime._exec import RING_ISOLATION, IsolationGuard, code_tool
 from bastion.runtime._isolation import Capabilities, IsolationLevel, detect_isolation
 from bastion.runtime._kill import KillSwitch, flag_key
 from bastion.runtime._rings import DEFAULT_RINGS, Elevation, RingGuard
@@ -29,8 +30,10 @@ from bastion.runtime._sandbox import (
 
 __all__ = [
     "DEFAULT_RINGS",
+    "RING_ISOLATION",
     "Capabilities",
     "Elevation",
+    "IsolationGuard",
     "IsolationLevel",
     "IsolationUnavailable",
     "KillSwitch",
@@ -54,6 +57,7 @@ __all__ = [
     "Step",
     "StepContext",
     "StepRecord",
+    "code_tool",
     "detect_isolation",
     "flag_key",
     "kill_all_sandboxes",
