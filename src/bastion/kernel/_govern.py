@@ -191,6 +191,8 @@ class _Binder:
         self.skip = [n for n in _SKIP if n in self.sig.parameters]
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        if self.plain and not args and not self.defaults and not self.skip:
+            return kwargs  # keyword-only call: the call made this dict; nothing else holds it
         if self.plain and len(args) <= len(self.names):
             out = dict(self.defaults)
             out.update(zip(self.names, args, strict=False))
