@@ -164,11 +164,13 @@ class Sandbox:
 
     def __init__(self, policy: SandboxPolicy | None = None, *,
                  capabilities: Capabilities | None = None,
-                 clock: Callable[[], float] = time.monotonic, python: str = sys.executable):
+                 clock: Callable[[], float] = time.monotonic, python: str | None = None):
         self.policy = policy or SandboxPolicy()
         self.caps = capabilities if capabilities is not None else detect_isolation()
         self._clock = clock
-        self.python = python
+        # the real interpreter, not a venv's symlink: bwrap gives the sandbox its own /tmp, so
+        # a venv (or checkout) under /tmp would not exist inside it
+        self.python = python or os.path.realpath(sys.executable)
 
     def level(self) -> IsolationLevel:
         """The level a run will use; raises ``IsolationUnavailable`` when none fits."""
