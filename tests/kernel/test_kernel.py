@@ -414,3 +414,31 @@ def test_budget_keys_are_validated() -> None:
     for bad in ("{session_cost: -1}", "{max_repeats: 0}", "{max_repeats: 1.5}", "{loops: 3}"):
         with pytest.raises(PolicyError):
             Kernel.from_text(f"version: 1\nbudgets: {bad}\n")
+
+
+def test_a_truncated_generation_file_fails_safe_not_fatal(tmp_path: Path) -> None:
+    """Review finding: with a memory-mapped counter, truncating the file killed every process
+    sharing the store (SIGBUS). Now the flags are simply re-read from the database."""
+    state = tmp_path / "state.db"
+    with Kernel.from_text(POLICY, audit=False, state=state) as k:
+        call = Action(tool="transfer", args={"amount": 1})
+        assert k.evaluate(call).allowed
+        (tmp_path / "state.db.gen").write_bytes(b"")
+        other = open_store(state)
+        other.set_flag("kill:all", "x")
+        assert k.evaluate(call).code == "kill_switch"
+        other.clear_flag("kill:all")
+        assert k.evaluate(call).allowed
+        other.close()
+
+
+def test_tiny_costs_add_up_and_bad_usage_is_refused() -> None:
+    text = "version: 1\nbudgets: {session_cost: 0.001}\nrules:\n  - {id: all, effect: allow}\n"
+    with Kernel.from_text(text, audit=False) as k:
+        for _ in range(2000):
+            k.report_usage("s", cost=4e-7)
+        assert k.evaluate(Action(tool="t", session={"id": "s"})).code == "budget"
+        for bad in ({"cost": float("inf")}, {"cost": float("nan")}, {"cost": 1e308},
+                    {"tokens": 0.9}, {"tokens": -1}, {"tokens": True}):
+            with pytest.raises(ConfigError):
+                k.report_usage("s", **bad)  # type: ignore[arg-type]

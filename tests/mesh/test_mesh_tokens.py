@@ -206,3 +206,49 @@ def test_parse_refuses_non_canonical_and_deep_tokens() -> None:
         parse_token("nope")
     with pytest.raises(ConfigError):
         delegate_token(chain(8), ident(9), audience="x", now=NOW)
+
+
+def test_a_rotated_or_revoked_delegator_cannot_hand_out_live_tokens(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Review finding: only the last holder was checked against the registry."""
+    import time as _time
+
+    from bastion import Action, Kernel
+    from bastion.mesh import (
+        Identity,
+        TokenGuard,
+        delegate_token,
+        issue_token,
+        open_mesh_store,
+        rotation_statement,
+    )
+
+    now = _time.time()
+    root, alice, mal, successor = (Identity.generate() for _ in range(4))
+    store = open_mesh_store(tmp_path / "mesh.db")
+    store.register("alice", alice.did, roles=[], now=now)
+    store.register("mal", mal.did, roles=[], now=now)
+    token = issue_token(root, audience=alice.did, scopes=["tool:*"], ttl_s=3600, now=now)
+    child = delegate_token(token, alice, audience=mal.did, scopes=["tool:*"], now=now).encode()
+    guard = TokenGuard(roots={root.did}, revocations=store, registry=store)
+    policy = "version: 1\nrules:\n  - {id: all, effect: allow}\n"
+    with Kernel.from_text(policy, audit=False, guards=[guard]) as k:
+        call = Action(tool="wire_money", agent={"id": "mal"}, context={"bastion_token": child})
+        assert k.evaluate(call).allowed
+        store.rotate("alice", rotation_statement(alice, successor, agent_id="alice", at=int(now)),
+                     now=now)
+        d = k.evaluate(call)
+        assert d.code == "guard" and "not the current key" in d.reasons[0]
+    store.close()
+
+
+def test_presented_tokens_are_masked_in_the_audit_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bastion import Action, Kernel
+    from bastion.audit import read_events
+
+    policy = "version: 1\nrules:\n  - {id: all, effect: allow}\n"
+    with Kernel.from_text(policy, audit=tmp_path / "a.db") as k:
+        k.evaluate(Action(tool="t", context={"bastion_token": "SECRET-TOKEN", "trace": "x"}))
+    event = next(read_events(tmp_path / "a.db"))
+    assert "SECRET-TOKEN" not in str(event)
+    assert event["context"]["trace"] == "x"
+    assert event["context"]["bastion_token"]["$masked"].startswith("sha256:")

@@ -31,7 +31,7 @@ def test_missing_isolation_is_a_deny_and_nothing_runs() -> None:
         with pytest.raises(GovernanceDenied) as info:
             run("open('/tmp/pwned', 'w')")
         d = info.value.decision
-        assert d.code == "guard" and "requires namespaces isolation" in d.reasons[0]
+        assert d.code == "guard" and "requires bwrap isolation" in d.reasons[0]
 
 
 def test_ring_3_cannot_run_code_at_all() -> None:
@@ -44,10 +44,10 @@ def test_ring_3_cannot_run_code_at_all() -> None:
 
 def test_code_runs_at_the_required_level_when_available() -> None:
     caps = detect_isolation()
-    if IsolationLevel.NAMESPACES not in caps.levels:
-        pytest.skip(f"namespaces isolation unavailable here: {caps.notes}")
+    if IsolationLevel.BWRAP not in caps.levels:
+        pytest.skip(f"bwrap isolation unavailable here: {caps.notes}")
     kernel, isolation = _kernel(caps, ring=1)
     with kernel:
         result = code_tool(kernel, isolation, agent_id="agent-1")("print(6 * 7)")
         assert result.exit_code == 0 and result.stdout == "42\n"
-        assert result.level >= IsolationLevel.NAMESPACES
+        assert result.level >= IsolationLevel.BWRAP

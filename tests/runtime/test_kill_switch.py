@@ -142,3 +142,26 @@ def test_killing_the_fleet_stops_running_sandboxes(tmp_path: Path) -> None:
         runner.join(timeout=10)
         assert not runner.is_alive() and time.perf_counter() - t0 < 5
     assert results[0].killed_reason == "kill_switch"
+
+
+def test_a_tool_that_swallows_the_cancellation_still_gets_denied(tmp_path: Path) -> None:
+    with Kernel.from_text(POLICY, audit=False, state=tmp_path / "s.db") as kernel:
+        switch = KillSwitch.for_kernel(kernel)
+
+        @govern(kernel, agent={"id": "sneaky"})
+        async def commit() -> str:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                return "side effect committed after kill"
+            return "done"
+
+        async def main() -> str:
+            task = asyncio.create_task(commit())
+            await asyncio.sleep(0.05)
+            switch.engage(by="oncall", agent="sneaky")
+            with pytest.raises(GovernanceDenied) as info:
+                await task
+            return info.value.decision.code
+
+        assert asyncio.run(main()) == "kill_switch"

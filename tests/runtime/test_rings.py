@@ -33,7 +33,8 @@ def test_elevation_is_time_boxed_approved_and_audited(tmp_path: Path) -> None:
         kernel.add_guard(guard)
         send = Action(tool="send_email", agent={"id": "agent-1"})
         assert kernel.evaluate(send).code == "guard"
-        for bad in ({"approved_by": "agent-1"}, {"approved_by": ""}):
+        for bad in ({"approved_by": "agent-1"}, {"approved_by": ""}, {"approved_by": "AGENT-1"},
+                    {"approved_by": " agent-1\u200b"}):
             with pytest.raises(ConfigError):
                 guard.elevate("agent-1", 1, seconds=60, reason="incident", **bad)
         with pytest.raises(ConfigError):

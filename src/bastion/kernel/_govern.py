@@ -123,8 +123,13 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
                     failed(decision, exc, started)
                     raise
                 finally:
-                    if key is not None:
-                        IN_FLIGHT.remove(key)
+                    call = IN_FLIGHT.remove(key) if key is not None else None
+                if call is not None and call.killed is not None:
+                    # the tool swallowed the cancellation: its result must not be used
+                    failed(decision, RuntimeError("result after the kill switch"), started)
+                    raise GovernanceDenied(decision._replace(
+                        effect="deny", code="kill_switch",
+                        reasons=(f"cancelled by the kill switch ({call.killed})",)))
                 return after(decision, result, started)
 
             wrapper: Callable[..., Any] = run_async

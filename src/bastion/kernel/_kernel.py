@@ -21,6 +21,7 @@ Any exception inside these steps ends in a deny that records the error: the kern
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -182,8 +183,19 @@ def decision_event(d: Decision, action: Action, args: Any) -> dict[str, Any]:
     if d.stage == "post_tool":
         event["result"] = snapshot(d.result)
     if action.context:
-        event["context"] = snapshot(action.context)
+        event["context"] = _masked_context(snapshot(action.context))
     return event
+
+
+SECRET_CONTEXT_KEYS = frozenset({"bastion_token", "authorization", "api_key", "password"})
+
+
+def _masked_context(context: Any) -> Any:
+    """Credentials presented in the context are recorded by digest only (masking as data)."""
+    if not isinstance(context, dict):
+        return context
+    return {k: {"$masked": digest(v)} if k.lower() in SECRET_CONTEXT_KEYS else v
+            for k, v in context.items()}
 
 
 class Kernel:
@@ -524,11 +536,14 @@ class Kernel:
 
     def report_usage(self, session_id: str, *, cost: float = 0.0, tokens: int = 0) -> None:
         """Add usage the caller measured (model cost, tokens) to the session's budgets."""
-        if cost < 0 or tokens < 0 or cost != cost:
-            raise ConfigError("usage must be non-negative numbers")
+        if not (isinstance(cost, int | float) and 0 <= cost < 1e12):
+            raise ConfigError(f"cost must be a finite, non-negative number below 1e12: {cost!r}")
+        if not (isinstance(tokens, int) and not isinstance(tokens, bool)
+                and 0 <= tokens < 1 << 53):
+            raise ConfigError(f"tokens must be a non-negative integer: {tokens!r}")
         now = self._clock() / 1e9
-        if cost:
-            self._state.add(f"cost:{session_id}", round(cost * _MICRO), _FOREVER, now)
+        if cost:  # rounded up: many tiny reports must not add up to nothing
+            self._state.add(f"cost:{session_id}", math.ceil(cost * _MICRO), _FOREVER, now)
         if tokens:
             self._state.add(f"tokens:{session_id}", int(tokens), _FOREVER, now)
 

@@ -90,13 +90,13 @@ def id_rotate(key: KeyOpt, out: Annotated[Path, typer.Option("--out", help="New 
         old = Identity.load(key)
         new = Identity.generate()
         statement = rotation_statement(old, new, agent_id=agent, at=int(time.time()))
+        new.save(out)  # the new key exists on disk before the registry points at it
         if registry:
             store = open_mesh_store(registry)
             try:
                 store.rotate(agent, statement, now=time.time())
             finally:
                 store.close()
-        new.save(out)
     except BastionError as exc:
         _fail(f"error: {exc}")
     _out({"did": new.did, "key": str(out), "statement": statement})

@@ -8,7 +8,8 @@ The kernel never imports ``bastion.mesh``; it runs the ``Guard`` callables it wa
 2. works out whom the token may be for: the acting agent's id and, when a registry is given,
    its current DID; an agent the registry does not know or has revoked → deny;
 3. verifies the token (``verify_token``: signatures, chain, expiry, narrowing, revocation, back to
-   the trusted roots, audience = one of step 2) → deny with the failure's reason;
+   the trusted roots, audience = one of step 2; with a registry, every delegating key must be
+   the current key of an active agent) → deny with the failure's reason;
 4. checks the canonical tool and the arguments against every link's scopes and constraints
    → deny with the first reason.
 
@@ -65,7 +66,9 @@ class TokenGuard:
         try:  # step 3
             verified = verify_token(presented, roots=self._roots, now=self._clock(),
                                     audience=audience, revocations=self._revocations,
-                                    skew_s=self._skew)
+                                    skew_s=self._skew,
+                                    issuer_ok=None if self._registry is None
+                                    else self._registry.is_current_key)
         except VerificationError as exc:
             return f"token refused: {exc}"
         problem = verified.permits(tool, action.args if action.args is not None else {})

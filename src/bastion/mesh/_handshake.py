@@ -136,7 +136,10 @@ class HandshakeServer:
                 self.wfile.write(data)
 
             def _body(self) -> Any:
-                size = int(self.headers.get("Content-Length") or 0)
+                try:
+                    size = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    return None
                 if not 0 < size <= 16384:
                     return None
                 try:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import base64
 import re
 import secrets
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,7 +235,8 @@ def _check_shape(i: int, link: Any) -> None:
 
 def verify_token(text: str, *, roots: Collection[str], now: float,
                  audience: Collection[str] | None = None,
-                 revocations: RevocationList | None = None, skew_s: int = 30) -> VerifiedToken:
+                 revocations: RevocationList | None = None, skew_s: int = 30,
+                 issuer_ok: Callable[[str], bool] | None = None) -> VerifiedToken:
     """Verify ``text`` (steps 1-8 of the module docstring) and return it as ``VerifiedToken``."""
     token = parse_token(text)  # step 1
     links = token.links
@@ -251,6 +252,9 @@ def verify_token(text: str, *, roots: Collection[str], now: float,
     for i in range(1, len(links)):  # step 4
         if links[i]["prev"] != ids[i - 1] or links[i]["iss"] != links[i - 1]["aud"]:
             raise TokenError("broken_chain", f"link {i} does not continue link {i - 1}")
+        if issuer_ok is not None and not issuer_ok(links[i]["iss"]):
+            raise TokenError("issuer", f"link {i} was delegated by {links[i]['iss']!r}, which "
+                             "is not the current key of an active agent (rotated or revoked)")
     for i, link in enumerate(links):  # step 5
         if link["iat"] > now + skew_s:
             raise TokenError("not_yet_valid", f"link {i} is issued in the future")

@@ -1,7 +1,8 @@
 """Code execution under the kernel: the isolation an agent's ring requires, or no run at all.
 
-Every ring has a minimum isolation level for tools of class ``code`` (by default ring 0:
-``RLIMITS``, ring 1: ``NAMESPACES``, rings 2-3: ``BWRAP``). Two places enforce it:
+Every ring has a minimum isolation level for tools of class ``code`` (by default ``BWRAP`` for
+every ring: the only level that stops writes outside the work directory). Two places enforce
+it:
 
 1. ``IsolationGuard``, a kernel guard: a ``code`` tool is denied (``code: guard``) when this
    machine cannot provide the level the agent's ring requires — the decision itself fails
@@ -22,9 +23,11 @@ from bastion.runtime._isolation import Capabilities, IsolationLevel, detect_isol
 from bastion.runtime._rings import RingGuard
 from bastion.runtime._sandbox import Sandbox, SandboxPolicy, SandboxResult
 
+# Only bubblewrap keeps code from writing outside its work directory (a review showed ring-1
+# code at NAMESPACES rewriting the kernel's state store), so every ring requires it by default.
 RING_ISOLATION: Mapping[int, IsolationLevel] = {
-    0: IsolationLevel.RLIMITS,
-    1: IsolationLevel.NAMESPACES,
+    0: IsolationLevel.BWRAP,
+    1: IsolationLevel.BWRAP,
     2: IsolationLevel.BWRAP,
     3: IsolationLevel.BWRAP,
 }

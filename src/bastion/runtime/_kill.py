@@ -4,7 +4,7 @@ Engaging it, step by step:
 
 1. Write a durable flag (``kill:all``, ``kill:agent:ID``, ``kill:session:ID``,
    ``kill:tool:NAME``) to the state store. Every kernel sharing the store reads the flags at
-   every decision (a constant-time check of a memory-mapped generation counter) and denies
+   every decision (a constant-time read of a shared generation counter) and denies
    matching actions with code ``kill_switch`` until the flag is released.
 2. Cancel the matching async governed calls running in this process; each ends in
    ``GovernanceDenied`` with code ``kill_switch``.

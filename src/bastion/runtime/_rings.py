@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bastion._canon import norm_text
 from bastion._errors import ConfigError
 from bastion.flow import CLASSES, ToolCatalog
 from bastion.state import StateStore
@@ -98,7 +99,7 @@ class RingGuard:
     def elevate(self, agent_id: str, ring: int, *, seconds: float, approved_by: str,
                 reason: str) -> Elevation:
         """Grant ``agent_id`` ring ``ring`` for ``seconds`` (audited)."""
-        if not approved_by or approved_by == agent_id:
+        if not norm_text(approved_by) or norm_text(approved_by) == norm_text(agent_id):
             raise ConfigError("an elevation needs an approver other than the agent itself")
         if ring not in (0, 1, 2) or not 0 < seconds <= MAX_ELEVATION_S:
             raise ConfigError(f"elevate to ring 0-2 for 1 s to {MAX_ELEVATION_S} s")

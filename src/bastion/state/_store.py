@@ -6,14 +6,13 @@ A store is chosen by URL: ``None``/``memory://`` (in-process), a path or ``sqlit
 limit or both use one approval.
 
 Flags (the kill switch) are read on every decision, so they are cached in-process and the cache is
-invalidated through a generation counter in a small memory-mapped file beside the database: any
+invalidated through a generation counter in a small file beside the database: any
 process that changes a flag bumps it, every other process sees the bump on its next read at the
-cost of one 8-byte load.
+cost of one 8-byte read (pread).
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import sqlite3
 import struct
@@ -103,38 +102,47 @@ create table if not exists approvals (id text primary key, digest text not null,
 
 
 class _Generation:
-    """An 8-byte counter shared between processes through a memory-mapped file."""
+    """An 8-byte counter shared between processes through a small file beside the database.
+
+    Read with one ``pread`` per decision. Not memory-mapped: anyone who can write the file
+    could truncate it and a mapped read would then kill the process (SIGBUS); a short or
+    unreadable file instead reads as "changed", so the flags are reloaded from the database.
+    """
 
     def __init__(self, path: str | None):
         self._local = 0
-        self._map: mmap.mmap | None = None
+        self._fd: int | None = None
         if path is None:
             return
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size < 8:
-                os.write(fd, b"\0" * 8)
-            self._map = mmap.mmap(fd, 8)
-        finally:
-            os.close(fd)
+        if os.fstat(fd).st_size < 8:
+            os.pwrite(fd, b"\0" * 8, 0)
+        self._fd = fd
 
     def read(self) -> int:
-        if self._map is None:
+        if self._fd is None:
             return self._local
-        value: int = struct.unpack_from("<Q", self._map, 0)[0]
+        try:
+            data = os.pread(self._fd, 8, 0)
+        except OSError:
+            data = b""
+        if len(data) < 8:
+            self._local -= 1  # a value no one has cached: forces a reload
+            return self._local
+        value: int = struct.unpack("<Q", data)[0]
         return value
 
     def bump(self) -> None:
-        if self._map is None:
+        if self._fd is None:
             self._local += 1
             return
-        struct.pack_into("<Q", self._map, 0, self.read() + 1)
-        self._map.flush()
+        current = self.read()
+        os.pwrite(self._fd, struct.pack("<Q", (max(current, 0) + 1) % (1 << 64)), 0)
 
     def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class SQLiteStore:
