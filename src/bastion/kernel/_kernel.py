@@ -81,7 +81,25 @@ class Approver(Protocol):
     def __call__(self, approval: Approval, action: Action) -> bool: ...
 
 
-class _Event(Mapping[str, Any]):
+class _Lazy(Mapping[str, Any]):
+    """An audit event body built by ``_build`` the first time the audit writer reads it."""
+
+    __slots__ = ()
+
+    def _build(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> Any:
+        return self._build()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._build())
+
+    def __len__(self) -> int:
+        return len(self._build())
+
+
+class _Event(_Lazy):
     """The audit event of one decision, built when the audit writer first reads it.
 
     The hot path only takes a snapshot of the arguments (a shallow copy when they are flat, a deep
@@ -113,17 +131,8 @@ class _Event(Mapping[str, Any]):
             body = self._body = decision_event(self._decision, self._action, self._args)
         return body
 
-    def __getitem__(self, key: str) -> Any:
-        return self._build()[key]
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._build())
-
-    def __len__(self) -> int:
-        return len(self._build())
-
-
-class _Outcome(Mapping[str, Any]):
+class _Outcome(_Lazy):
     """The audit event of a governed call's outcome, built on the audit writer's thread."""
 
     __slots__ = ("_body", "_parts")
@@ -145,15 +154,6 @@ class _Outcome(Mapping[str, Any]):
                 body["duration_ns"] = duration_ns
             self._body = body
         return body
-
-    def __getitem__(self, key: str) -> Any:
-        return self._build()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._build())
-
-    def __len__(self) -> int:
-        return len(self._build())
 
 
 def decision_event(d: Decision, action: Action, args: Any) -> dict[str, Any]:

@@ -13,13 +13,13 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from bastion._errors import ConfigError, StateError
+from bastion._sqlite import connect, transaction
 from bastion.mesh._errors import RegistryError
 from bastion.mesh._keys import public_from_did, verify_rotation
 
@@ -103,33 +103,15 @@ class SQLiteMeshStore:
 
     def __init__(self, path: str):
         self.path = path
-        memory = path == ":memory:"
-        if not memory:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
-                                       timeout=30.0)
-            if not memory:
-                self._db.execute("pragma journal_mode=wal")
-                self._db.execute("pragma synchronous=normal")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
+            self._db = connect(path, _SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
             raise StateError(f"{path!r}: cannot open mesh store: {exc}") from exc
         self._lock = threading.RLock()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("begin immediate")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("rollback")
-                    raise
-                self._db.execute("commit")
-            except sqlite3.Error as exc:
-                raise StateError(f"{self.path!r}: mesh store failed: {exc}") from exc
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db, self._lock, lambda exc: StateError(
+            f"{self.path!r}: mesh store failed: {exc}"))
 
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         with self._lock:

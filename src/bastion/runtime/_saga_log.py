@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from bastion._sqlite import connect, transaction
 from bastion.runtime._errors import SagaError
 
 UNFINISHED = ("running", "compensating")
@@ -76,33 +75,16 @@ class SagaLog:
 
     def __init__(self, path: str = ":memory:"):
         self.path = path
-        memory = path == ":memory:"
         try:
-            if not memory:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
-                                       timeout=30.0)
-            if not memory:
-                self._db.execute("pragma journal_mode=wal")
-                self._db.execute("pragma synchronous=full")  # a logged step survives power loss
-            self._db.executescript(_SCHEMA)
+            # synchronous=full: a logged step survives power loss
+            self._db = connect(path, _SCHEMA, synchronous="full")
         except (OSError, sqlite3.Error) as exc:
             raise SagaError(f"{path!r}: cannot open saga log: {exc}") from exc
         self._lock = threading.RLock()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("begin immediate")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("rollback")
-                    raise
-                self._db.execute("commit")
-            except sqlite3.Error as exc:
-                raise SagaError(f"{self.path!r}: saga log failed: {exc}") from exc
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db, self._lock, lambda exc: SagaError(
+            f"{self.path!r}: saga log failed: {exc}"))
 
     @staticmethod
     def _event(db: sqlite3.Connection, saga_id: str, now: float, kind: str, step: str = "",

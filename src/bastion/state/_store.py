@@ -17,13 +17,12 @@ import os
 import sqlite3
 import struct
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Protocol
 
 from bastion._errors import ConfigError, StateError
+from bastion._sqlite import connect, transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,15 +150,8 @@ class SQLiteStore:
     def __init__(self, path: str):
         self.path = path
         memory = path == ":memory:"
-        if not memory:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
-                                       timeout=30.0)
-            if not memory:
-                self._db.execute("pragma journal_mode=wal")
-                self._db.execute("pragma synchronous=normal")
-            self._db.executescript(_SCHEMA)
+            self._db = connect(path, _SCHEMA)
         except sqlite3.Error as exc:
             raise StateError(f"{path!r}: cannot open state store: {exc}") from exc
         self._lock = threading.RLock()
@@ -167,19 +159,9 @@ class SQLiteStore:
         self._flags_gen = -1
         self._flags: dict[str, str] = {}
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("begin immediate")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("rollback")
-                    raise
-                self._db.execute("commit")
-            except sqlite3.Error as exc:
-                raise StateError(f"{self.path!r}: state store failed: {exc}") from exc
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db, self._lock, lambda exc: StateError(
+            f"{self.path!r}: state store failed: {exc}"))
 
     def take(self, key: str, limit: int, window_s: int, now: float) -> tuple[bool, int]:
         window = int(now // window_s)

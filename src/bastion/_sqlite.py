@@ -1,0 +1,44 @@
+"""The one way bastion opens SQLite and runs a write transaction (state, mesh, saga stores).
+
+Connections are shared by threads behind a lock, in autocommit mode with explicit
+``BEGIN IMMEDIATE`` transactions, so a write takes the database lock up front and two processes
+can never interleave a read-modify-write. Files use WAL.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def connect(path: str, schema: str, *, synchronous: str = "normal") -> sqlite3.Connection:
+    """Open (creating the folder) and apply ``schema``; raises ``sqlite3.Error``/``OSError``."""
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
+    if path != ":memory:":
+        db.execute("pragma journal_mode=wal")
+        db.execute(f"pragma synchronous={synchronous}")
+    db.executescript(schema)
+    return db
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection, lock: threading.RLock,
+                failure: Callable[[sqlite3.Error], Exception]) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` under ``lock``; rolled back on any exception; a SQLite
+    error is raised as ``failure(error)``."""
+    with lock:
+        try:
+            db.execute("begin immediate")
+            try:
+                yield db
+            except BaseException:
+                db.execute("rollback")
+                raise
+            db.execute("commit")
+        except sqlite3.Error as exc:
+            raise failure(exc) from exc
