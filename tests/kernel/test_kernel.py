@@ -442,3 +442,11 @@ def test_tiny_costs_add_up_and_bad_usage_is_refused() -> None:
                     {"tokens": 0.9}, {"tokens": -1}, {"tokens": True}):
             with pytest.raises(ConfigError):
                 k.report_usage("s", **bad)  # type: ignore[arg-type]
+
+
+def test_loop_breaker_counts_spelling_variants_as_the_same_call() -> None:
+    with Kernel.from_text(BUDGETS, audit=False) as k:
+        variants = [{"q": "cats", "n": 1}, {"q": "CATS", "n": 1.0}, {"q": "ca\u200bts ", "n": 1}]
+        allowed = [k.evaluate(Action(tool="search", args=a, session={"id": "s"})).allowed
+                   for a in variants + variants]
+        assert allowed == [True, True, True, False, False, False]

@@ -247,3 +247,25 @@ def test_sigkill_mid_saga_then_resume_in_another_process(
     calls = Counter(fx.execute("select kind, step from calls").fetchall())
     assert calls[(hang.split(":")[0], "pay")] == 2  # the interrupted call really ran twice
     assert SagaLog(str(tmp_path / "saga.db")).unfinished() == []
+
+
+def test_review_findings_non_json_results_and_one_broken_saga(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A step whose result is not JSON still counts as done (and is compensated); a saga whose
+    definition changed does not stop resume_all from finishing the others."""
+    import datetime as _dt
+
+    from bastion.runtime import SagaLog, SagaRegistry, SagaRunner, Step
+
+    done: list[str] = []
+    registry = SagaRegistry()
+    registry.register("order", [
+        Step("reserve", lambda ctx: done.append("reserve") or "r",
+             lambda ctx, result: done.append("release")),
+        Step("charge", lambda ctx: done.append("charge") or _dt.datetime(2026, 1, 1),
+             lambda ctx, result: done.append("refund")),
+        Step("ship", lambda ctx: (_ for _ in ()).throw(RuntimeError("no courier")),
+             lambda ctx, result: done.append("unship")),
+    ])
+    runner = SagaRunner(registry, SagaLog(str(tmp_path / "s.db")), sleep=lambda s: None)
+    outcome = runner.run("order", {})
+    assert done == ["reserve", "charge", "refund", "release"], (done, outcome)

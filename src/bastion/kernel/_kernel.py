@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from bastion._canon import canonical_tool, digest, snapshot
+from bastion._canon import canonical_tool, digest, norm_text, snapshot
 from bastion._errors import ApprovalError, ConfigError
 from bastion.flow import EMPTY_CATALOG, ToolCatalog, load_catalog
 from bastion.kernel._redact import redact
@@ -589,8 +589,23 @@ class Kernel:
 
 
 def _call_key(tool: str, args: Any) -> str:
-    """What makes two calls "the same call" for the loop breaker: tool and arguments."""
-    return digest({"tool": tool, "args": snapshot(args if args is not None else {})})[7:39]
+    """What makes two calls "the same call" for the loop breaker: the tool and the arguments,
+    with strings normalised (case, NFKC, zero-width) and integral floats as integers, so
+    spelling variants of one call count together."""
+    return digest({"tool": tool, "args": _loose(snapshot(args if args is not None else {}))}
+                  )[7:39]
+
+
+def _loose(value: Any) -> Any:
+    if isinstance(value, str):
+        return norm_text(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if isinstance(value, dict):
+        return {norm_text(k): _loose(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_loose(v) for v in value]
+    return value
 
 
 def _name(obj: object) -> str:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bastion._canon import snapshot
 from bastion.runtime._errors import SagaError, SagaStuck
 from bastion.runtime._saga_log import SagaLog, SagaRecord
 
@@ -168,7 +169,11 @@ class SagaRunner:
             try:
                 outcomes.append(self.resume(sid))
             except SagaError:
-                continue  # leased by a live runner: it will finish the saga
+                continue  # leased by a live runner, or stuck: not this call's to drive
+            except Exception as exc:  # one broken saga must not keep the others unfinished
+                self.log.event(sid, "resume_failed", "",
+                               {"error": f"{type(exc).__name__}: {exc}"}, now=self._clock())
+        return outcomes
         return outcomes
 
     def resume(self, saga_id: str) -> SagaOutcome:
@@ -232,7 +237,6 @@ class SagaRunner:
                                   srec.attempts + attempt)
                 try:
                     result = step.action(ctx)
-                    json.dumps(result)
                 except Exception as exc:
                     if attempt < step.max_attempts:
                         self._sleep(self.retry.delay(attempt))
@@ -240,6 +244,7 @@ class SagaRunner:
                     self.log.step_failed(rec.id, srec.idx, _describe(exc), self._clock())
                     return
                 break
+            result = snapshot(result)  # it ran: record it as JSON even if it is not JSON
             self.log.step_done(rec.id, srec.idx, result, self._clock())
             results[step.name] = result
         self.log.finish(rec.id, "completed", self._clock())

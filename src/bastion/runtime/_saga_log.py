@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
+from bastion._canon import snapshot
 from bastion._sqlite import connect, transaction
 from bastion.runtime._errors import SagaError
 
@@ -92,6 +93,12 @@ class SagaLog:
         db.execute("insert into saga_events(saga_id, at, kind, step, detail) values(?,?,?,?,?)",
                    (saga_id, now, kind, step, json.dumps(detail, sort_keys=True)))
 
+    def event(self, saga_id: str, kind: str, step: str = "", detail: Any = None, *,
+              now: float) -> None:
+        """Record an event about a saga outside a state change."""
+        with self._tx() as db:
+            self._event(db, saga_id, now, kind, step, detail)
+
     def create(self, saga_id: str, name: str, payload: Any, steps: list[str],
                now: float) -> bool:
         """Record a new saga and its pending steps; ``False`` if ``saga_id`` already exists."""
@@ -152,7 +159,8 @@ class SagaLog:
     def step_done(self, saga_id: str, idx: int, result: Any, now: float) -> None:
         with self._tx() as db:
             db.execute("update saga_steps set status='done', result=?, error='' where "
-                       "saga_id=? and idx=?", (json.dumps(result, sort_keys=True), saga_id, idx))
+                       "saga_id=? and idx=?", (json.dumps(snapshot(result), sort_keys=True),
+                                               saga_id, idx))
             self._event(db, saga_id, now, "step_done", self._name(db, saga_id, idx))
 
     def step_failed(self, saga_id: str, idx: int, error: str, now: float) -> None:
