@@ -249,3 +249,33 @@ def test_kill_all_sandboxes_stops_running_runs() -> None:
     assert time.monotonic() - t < 2
     assert results[0].killed_reason == "kill_switch" and not results[0].timed_out
     assert running_sandboxes() == 0
+
+
+def test_bwrap_shows_no_host_secrets_or_sockets(tmp_path: Path) -> None:
+    """Review findings: bwrap once mounted the whole host read-only, so code could read
+    /etc/shadow and connect to host unix sockets (PostgreSQL, MariaDB)."""
+    import socket as _socket
+
+    if IsolationLevel.BWRAP not in detect_isolation().levels:
+        pytest.skip(f"bwrap unavailable: {detect_isolation().notes}")
+    listener = _socket.socket(_socket.AF_UNIX)
+    path = str(tmp_path / "host.sock")
+    listener.bind(path)
+    listener.listen(1)
+    code = f"""
+import socket
+for p in ['/etc/shadow', {str(Path.cwd() / 'pyproject.toml')!r}]:
+    try:
+        open(p).read(1); print('read', p)
+    except OSError:
+        print('hidden')
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect({path!r}); print('connected')
+except OSError:
+    print('hidden')
+"""
+    result = Sandbox(SandboxPolicy(required_level=IsolationLevel.BWRAP, timeout_s=5)).run_python(
+        code)
+    listener.close()
+    assert result.stdout.split() == ["hidden", "hidden", "hidden"], result

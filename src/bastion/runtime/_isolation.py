@@ -17,7 +17,9 @@ Levels are cumulative; each one includes every guarantee of the levels below it:
     no-new-privs and clears the capability bounding set. **No filesystem isolation**: writes
     outside the work directory are limited only by the file permissions of the calling user.
 ``BWRAP``
-    Plus ``bwrap(1)``: the host filesystem is mounted read-only, ``/tmp`` is a private tmpfs,
+    Plus ``bwrap(1)``: only the system's programs and libraries (and the Python installation)
+    are visible, read-only — no home directories, /var, /run or host sockets; ``/tmp`` is a
+    private tmpfs,
     only the work directory (mounted at ``/tmp/sandbox``) is writable, minimal ``/dev``, all
     capabilities dropped, nested user namespaces disabled, the sandbox dies with its parent.
 
@@ -34,6 +36,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,9 +169,33 @@ def wrap(level: IsolationLevel, caps: Capabilities, argv: list[str], workdir: st
     assert caps.bwrap
     return [caps.bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
             "--disable-userns", "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534",
-            "--hostname", "sandbox", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            "--tmpfs", "/tmp", "--bind", workdir, SANDBOX_DIR, "--chdir", SANDBOX_DIR, "--",
-            *argv]
+            "--hostname", "sandbox", *_system_view(), "--dev", "/dev", "--proc", "/proc",
+            "--tmpfs", "/tmp", "--bind", workdir, SANDBOX_DIR, "--remount-ro", "/",
+            "--chdir", SANDBOX_DIR, "--", *argv]
+
+
+# What a sandboxed program sees of the host: the system's programs and libraries, read-only, and
+# nothing else — no /root, /home, /var, /run (no host unix sockets: databases, brokers), no
+# /etc beyond the dynamic loader's files, no checkout or state store.
+_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+                 "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives",
+                 "/etc/localtime")
+
+
+def _system_view() -> list[str]:
+    args: list[str] = []
+    for path in (*_SYSTEM_PATHS, *_interpreter_dirs()):
+        if os.path.islink(path) and path.count("/") == 1:  # merged /usr: /bin -> usr/bin
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.exists(path):
+            args += ["--ro-bind", path, path]
+    return args
+
+
+def _interpreter_dirs() -> list[str]:
+    """The Python installation (which may live under /root, e.g. pyenv), read-only."""
+    prefix = os.path.realpath(sys.base_prefix)
+    return [] if prefix.startswith("/usr") or prefix == "/" else [prefix]
 
 
 def _probe(argv: list[str]) -> str | None:
