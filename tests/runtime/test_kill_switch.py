@@ -165,3 +165,46 @@ def test_a_tool_that_swallows_the_cancellation_still_gets_denied(tmp_path: Path)
             return info.value.decision.code
 
         assert asyncio.run(main()) == "kill_switch"
+
+
+SANDBOX_WORKER = """
+import sys, time
+from bastion import Kernel
+from bastion.flow import parse_catalog
+from bastion.runtime import IsolationGuard, KillSwitch, RingGuard, code_tool
+
+catalog = parse_catalog("version: 1\\ntools:\\n  run_python: {class: code}\\n")
+with Kernel.from_text("version: 1\\nrules:\\n  - {id: all, effect: allow}\\n", audit=False,
+                      state=sys.argv[1], catalog=catalog) as kernel:
+    rings = RingGuard(catalog, ring_of=lambda a: 1, state=kernel.state)
+    isolation = IsolationGuard(catalog, rings)
+    kernel.add_guard(rings)
+    kernel.add_guard(isolation)
+    stop = KillSwitch.for_kernel(kernel).watch(interval_s=0.02)
+    run = code_tool(kernel, isolation, agent_id="coder", session={"id": "s9"})
+    print("started", flush=True)
+    t0 = time.monotonic()
+    result = run("import time; time.sleep(20)")
+    print(result.killed_reason, round(time.monotonic() - t0, 2), flush=True)
+    stop()
+"""
+
+
+def test_a_scoped_kill_in_another_process_stops_that_agents_sandbox(tmp_path: Path) -> None:
+    from bastion.runtime import IsolationLevel, detect_isolation
+
+    if IsolationLevel.BWRAP not in detect_isolation().levels:
+        pytest.skip(f"bwrap unavailable: {detect_isolation().notes}")
+    state = tmp_path / "state.db"
+    Kernel.from_text(POLICY, audit=False, state=state).close()
+    worker = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SANDBOX_WORKER), str(state)],
+                              stdout=subprocess.PIPE, text=True)
+    assert worker.stdout is not None
+    assert worker.stdout.readline().strip() == "started"
+    time.sleep(0.5)
+    run = subprocess.run([str(BASTION), "kill", "--agent", "coder", "--state", str(state),
+                          "--by", "ops"], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    out, _ = worker.communicate(timeout=30)
+    reason, elapsed = out.split()
+    assert reason == "kill_switch" and float(elapsed) < 10

@@ -21,7 +21,7 @@ from bastion.flow import ToolCatalog
 from bastion.kernel import Kernel, govern
 from bastion.runtime._isolation import Capabilities, IsolationLevel, detect_isolation
 from bastion.runtime._rings import RingGuard
-from bastion.runtime._sandbox import Sandbox, SandboxPolicy, SandboxResult
+from bastion.runtime._sandbox import Sandbox, SandboxPolicy, SandboxResult, labelled
 
 # Only bubblewrap keeps code from writing outside its work directory (a review showed ring-1
 # code at NAMESPACES rewriting the kernel's state store), so every ring requires it by default.
@@ -72,11 +72,14 @@ def code_tool(kernel: Kernel, guard: IsolationGuard, *, agent_id: str,
     """A governed ``run_python(code)`` for one agent that runs in the sandbox (step 2)."""
     base = policy or SandboxPolicy()
 
+    session_id = str((session or {}).get("id", ""))
+
     def run_python(code: str) -> SandboxResult:
         level = max(guard.required_level(agent_id), base.required_level)
         sandbox = Sandbox(replace(base, required_level=level),
                           capabilities=guard.capabilities)
-        return sandbox.run_python(code)
+        with labelled(agent=agent_id, session=session_id, tool=name):
+            return sandbox.run_python(code)
 
     run_python.__name__ = name
     governed: Callable[[str], SandboxResult] = govern(

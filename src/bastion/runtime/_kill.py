@@ -61,10 +61,15 @@ def _matcher(flags: dict[str, str]) -> Callable[[Call], str | None]:
 
 
 def _stop_sandboxes(flag: str) -> None:
-    if flag == "kill:all":
-        from bastion.runtime._sandbox import kill_all_sandboxes
+    """Kill this process's running sandboxes that the flag covers (by their labels)."""
+    from bastion.runtime._sandbox import kill_sandboxes
 
-        kill_all_sandboxes("kill_switch")
+    scope = flag.removeprefix("kill:")
+    if scope == "all":
+        kill_sandboxes(lambda labels: True, "kill_switch")
+        return
+    kind, _, value = scope.partition(":")
+    kill_sandboxes(lambda labels: labels.get(kind) == value, "kill_switch")
 
 
 class KillSwitch:
@@ -79,8 +84,9 @@ class KillSwitch:
 
     @classmethod
     def for_kernel(cls, kernel: Any) -> KillSwitch:
-        """The kill switch over a kernel's own state store and audit log; engaging ``--all``
-        also kills this process's running sandboxes (a sandbox does not know its agent)."""
+        """The kill switch over a kernel's own state store and audit log; engaging it also
+        kills this process's running sandboxes that the scope covers (``code_tool`` labels
+        them with agent, session and tool)."""
         switch = cls(kernel.state, audit=kernel.audit)
         switch.on_engage(_stop_sandboxes)
         return switch
@@ -131,8 +137,9 @@ class KillSwitch:
         return out
 
     def watch(self, *, interval_s: float = 0.05) -> Callable[[], None]:
-        """Cancel in-flight calls here when another process engages a flag; returns a stop
-        function. The check is one read of the shared generation counter per interval."""
+        """Cancel in-flight calls and kill covered sandboxes here when another process engages a
+        flag; returns a stop function. The check is one read of the shared generation counter
+        per interval (flags are re-read from the store only when it changed)."""
         stop = threading.Event()
 
         def loop() -> None:
@@ -140,6 +147,8 @@ class KillSwitch:
                 flags = {k: v for k, v in self._state.flags().items() if k.startswith("kill:")}
                 if flags:
                     IN_FLIGHT.cancel(_matcher(flags))
+                    for flag in flags:
+                        _stop_sandboxes(flag)
 
         thread = threading.Thread(target=loop, name="bastion-kill-watch", daemon=True)
         thread.start()

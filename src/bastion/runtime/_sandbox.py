@@ -12,6 +12,7 @@ kill switch) can stop them all; a killed run returns with ``killed_reason`` set.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import resource
 import shutil
@@ -20,9 +21,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import IO
 
 from bastion._errors import ConfigError
@@ -101,9 +103,10 @@ class SandboxResult:
 class _Live:
     """A running sandbox: its process group and cgroup, killable from any thread."""
 
-    def __init__(self, pid: int, cgroup: PidsCgroup | None):
+    def __init__(self, pid: int, cgroup: PidsCgroup | None, labels: Mapping[str, str]):
         self.pid = pid
         self.cgroup = cgroup
+        self.labels = dict(labels)
         self.reason: str | None = None
         self._lock = threading.Lock()
 
@@ -119,12 +122,30 @@ class _Live:
 
 _LIVE: dict[int, _Live] = {}
 _LIVE_LOCK = threading.Lock()
+_LABELS: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
+    "bastion_sandbox_labels", default=MappingProxyType({}))
+
+
+@contextlib.contextmanager
+def labelled(**labels: str) -> Iterator[None]:
+    """Label the sandboxes started inside the block (``agent``, ``session``, ``tool``) so a
+    scoped kill switch can find them."""
+    token = _LABELS.set({**_LABELS.get(), **labels})
+    try:
+        yield
+    finally:
+        _LABELS.reset(token)
 
 
 def kill_all_sandboxes(reason: str = "kill_switch") -> int:
     """SIGKILL every running sandbox of this process (group and cgroup); return how many."""
+    return kill_sandboxes(lambda labels: True, reason)
+
+
+def kill_sandboxes(match: Callable[[Mapping[str, str]], bool], reason: str) -> int:
+    """SIGKILL the running sandboxes of this process whose labels ``match``."""
     with _LIVE_LOCK:
-        live = list(_LIVE.values())
+        live = [run for run in _LIVE.values() if match(run.labels)]
     for run in live:
         run.kill(reason)
     return len(live)
@@ -265,7 +286,7 @@ class Sandbox:
         proc = subprocess.Popen(argv, cwd=workdir, env=env, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True, preexec_fn=in_child, close_fds=True)
-        live = _Live(proc.pid, cgroup)
+        live = _Live(proc.pid, cgroup, _LABELS.get())
         with _LIVE_LOCK:
             _LIVE[proc.pid] = live
         timer = threading.Timer(pol.timeout_s, live.kill, ("timeout",))
