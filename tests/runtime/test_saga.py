@@ -269,3 +269,46 @@ def test_review_findings_non_json_results_and_one_broken_saga(tmp_path) -> None:
     runner = SagaRunner(registry, SagaLog(str(tmp_path / "s.db")), sleep=lambda s: None)
     outcome = runner.run("order", {})
     assert done == ["reserve", "charge", "refund", "release"], (done, outcome)
+
+
+def test_review_findings_concurrency_names_and_audited_escalation(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    from bastion.audit import AuditLog, read_events
+    from bastion.runtime import SagaError, SagaLog, SagaRegistry, SagaRunner, Step
+
+    registry = SagaRegistry()
+    with pytest.raises(SagaError, match="without ':'"):
+        registry.register("bad", [Step("x:compensate", lambda ctx: 1)])
+    with pytest.raises(SagaError, match="unique"):
+        registry.register("dup", [Step("a", lambda ctx: 1), Step("a", lambda ctx: 2)])
+
+    gate, runs = threading.Event(), []
+
+    def slow(ctx):  # type: ignore[no-untyped-def]
+        runs.append(ctx.step)
+        gate.wait(5)
+        return "ok"
+
+    registry.register("slow", [Step("only", slow)])
+    runner = SagaRunner(registry, SagaLog(str(tmp_path / "s.db")), sleep=lambda s: None)
+    first = threading.Thread(target=lambda: runner.run("slow", {}, saga_id="x"))
+    first.start()
+    while not runs:
+        pass
+    with pytest.raises(SagaError, match="already being driven"):
+        runner.resume("x")
+    gate.set()
+    first.join()
+    assert runs == ["only"]
+
+    def boom(ctx, result):  # type: ignore[no-untyped-def]
+        raise RuntimeError("refund service down")
+
+    registry.register("stuck", [Step("charge", lambda ctx: "c", boom),
+                                Step("ship", lambda ctx: (_ for _ in ()).throw(OSError("x")))])
+    with AuditLog.open(tmp_path / "a.db") as log:
+        runner = SagaRunner(registry, SagaLog(":memory:"), sleep=lambda s: None, audit=log)
+        assert runner.run("stuck", {}).status == "stuck"
+    events = [e for e in read_events(tmp_path / "a.db") if e["kind"] == "saga.escalated"]
+    assert len(events) == 1 and events[0]["step"] == "charge"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -68,6 +69,10 @@ class SagaRegistry:
     def register(self, name: str, steps: list[Step]) -> SagaDefinition:
         if name in self._defs:
             raise SagaError(f"saga {name!r} is already registered")
+        names = [s.name for s in steps]
+        if any(not n or ":" in n for n in names) or len(set(names)) != len(names):
+            # ':' separates the parts of an idempotency key ("<saga>:<step>:compensate")
+            raise SagaError(f"saga {name!r}: step names must be unique, non-empty, without ':'")
         definition = SagaDefinition(name, tuple(steps))
         self._defs[name] = definition
         return definition
@@ -139,8 +144,11 @@ class SagaRunner:
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time,
                  id_factory: Callable[[], str] = lambda: uuid.uuid4().hex,
-                 lease_s: float = 30.0, owner: str | None = None):
+                 lease_s: float = 30.0, owner: str | None = None, audit: Any = None):
         self.registry = registry
+        self._audit = audit  # an AuditLog: escalations are recorded there too
+        self._driving: set[str] = set()  # sagas this runner is driving now (any thread)
+        self._driving_lock = threading.Lock()
         self.log = log
         self.retry = retry or RetryPolicy()
         self._alert = alert
@@ -193,6 +201,17 @@ class SagaRunner:
         5. Release the lease.
         """
         now = self._clock()
+        with self._driving_lock:  # the lease admits its owner again: one thread per saga here
+            if saga_id in self._driving:
+                raise SagaError(f"saga {saga_id!r} is already being driven by this runner")
+            self._driving.add(saga_id)
+        try:
+            return self._resume_claimed(saga_id, now)
+        finally:
+            with self._driving_lock:
+                self._driving.discard(saga_id)
+
+    def _resume_claimed(self, saga_id: str, now: float) -> SagaOutcome:
         if not self.log.claim(saga_id, self.owner, now, self.lease_s):
             if self.log.get(saga_id) is None:
                 raise SagaError(f"saga {saga_id!r} not found")
@@ -275,6 +294,11 @@ class SagaRunner:
                 break
             else:
                 self.log.stuck(rec.id, srec.idx, error, self._clock())
+                if self._audit is not None:
+                    ts = time.time_ns()
+                    self._audit.append({"kind": "saga.escalated", "id": f"saga:{rec.id}:{ts}",
+                                        "ts": ts, "saga": rec.id, "name": rec.name,
+                                        "step": step.name, "error": error[:2000]})
                 if self._alert is not None:
                     self._alert(SagaAlert(rec.id, rec.name, step.name, error,
                                           self.retry.max_attempts))
