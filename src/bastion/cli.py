@@ -207,8 +207,11 @@ def release(state: Annotated[str, typer.Option("--state")],
             by: Annotated[str, typer.Option("--by", help="Who releases it.")],
             agent: ScopeAgent = None, session: ScopeSession = None, tool: ScopeTool = None,
             all_: ScopeAll = False, reason: Annotated[str, typer.Option("--reason")] = "",
-            audit: Annotated[str | None, typer.Option("--audit")] = None) -> None:
-    """Release one kill-switch scope (exit 1 if it was not engaged)."""
+            audit: Annotated[str, typer.Option("--audit", help="Audit log to record in.")] = "",
+            ) -> None:
+    """Release one kill-switch scope (audited; exit 1 if it was not engaged)."""
+    if not audit:
+        _fail("error: releasing the kill switch must be audited: give --audit PATH")
     switch, log = _kill_switch(state, audit)
     try:
         released = switch.release(by=by, reason=reason, agent=agent, session=session,

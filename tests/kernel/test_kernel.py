@@ -398,7 +398,14 @@ def test_loop_breaker_on_repeats_and_failures() -> None:
         same = Action(tool="search", args={"q": "cats"}, session={"id": "s"})
         assert [k.evaluate(same).allowed for _ in range(4)] == [True, True, True, False]
         assert k.evaluate(same).code == "loop"
-        assert k.evaluate(same._replace(args={"q": "dogs"})).allowed  # another call is fine
+        # the breaker has tripped for the session: every further call is denied ...
+        assert k.evaluate(same._replace(args={"q": "birds"})).code == "loop"
+        # ... until someone resets it (audited when there is an audit log)
+        with pytest.raises(ConfigError):
+            k.reset_breaker("s", by="")
+        k.reset_breaker("s", by="oncall", reason="looked at it")
+        assert k.evaluate(same._replace(args={"q": "birds"})).allowed
+        assert k.evaluate(same).allowed  # the repeat count was cleared too
         flaky = Action(tool="fetch", args={"url": "u"}, session={"id": "s2"})
         for _ in range(2):
             d = k.evaluate(flaky)
@@ -406,6 +413,8 @@ def test_loop_breaker_on_repeats_and_failures() -> None:
             k.record_outcome(d, "exception", error="timeout")
         d = k.evaluate(flaky)
         assert d.code == "loop" and "retry budget 2" in d.reasons[0]
+        other_session = Action(tool="fetch", args={"url": "u"}, session={"id": "S2"})
+        assert k.evaluate(other_session).allowed  # sessions are separate, case included
 
 
 def test_budget_keys_are_validated() -> None:

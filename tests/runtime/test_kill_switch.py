@@ -58,6 +58,14 @@ def test_engage_cancels_a_running_call_and_denies_the_next(tmp_path: Path) -> No
         assert switch.engaged()["kill:agent:agent-7"]["by"] == "oncall"
         with pytest.raises(ConfigError):
             switch.release(by="", agent="agent-7")
+        for sneaky in ("agent-7", "AGENT-7", "agent\u200b-7"):
+            with pytest.raises(ConfigError, match="its own"):
+                switch.release(by=sneaky, agent="agent-7")
+        with pytest.raises(ConfigError, match="audited"):
+            KillSwitch(kernel.state).release(by="lead", agent="agent-7")
+        with pytest.raises(ConfigError, match="may not"):
+            KillSwitch(kernel.state, audit=kernel.audit, releasers=["lead"]).release(
+                by="intern", agent="agent-7")
         assert switch.release(by="lead", reason="fixed", agent="agent-7")
         assert not switch.release(by="lead", agent="agent-7")
         assert kernel.evaluate(Action(tool="crawl", agent={"id": "agent-7"})).allowed
@@ -118,8 +126,12 @@ def test_kill_from_another_process_cancels_and_denies(tmp_path: Path) -> None:
     listed = subprocess.run([str(BASTION), "kills", "--state", str(state)],
                             capture_output=True, text=True, check=True).stdout
     assert '"flag": "kill:all"' in listed and "incident 42" in listed
+    unaudited = subprocess.run([str(BASTION), "release", "--all", "--state", str(state),
+                                "--by", "lead"], capture_output=True, text=True, check=False)
+    assert unaudited.returncode == 2 and "must be audited" in unaudited.stderr
     rel = subprocess.run([str(BASTION), "release", "--all", "--state", str(state), "--by",
-                          "lead"], capture_output=True, text=True, check=False)
+                          "lead", "--audit", str(tmp_path / "audit.db")], capture_output=True,
+                         text=True, check=False)
     assert rel.returncode == 0 and "released" in rel.stdout
     with Kernel.from_text(POLICY, audit=False, state=state) as k:
         assert k.evaluate(Action(tool="long_job")).allowed

@@ -517,22 +517,43 @@ class Kernel:
             if used >= b.session_tokens:
                 return "budget", f"session token budget exhausted ({used} of {b.session_tokens})"
         if b.max_repeats is not None or b.max_failures is not None:
+            if state.count(f"breaker:{session_id}", _FOREVER, ts):
+                return "loop", ("the session's loop breaker has tripped; no further calls until "
+                                "it is reset")
             call = _call_key(tool, action.args)
+            tripped = None
             if b.max_failures is not None:
                 failed = state.count(f"fail:{session_id}:{call}", _FOREVER, ts)
                 if failed >= b.max_failures:
-                    return "loop", (f"this call failed {failed} times in the session "
-                                    f"(retry budget {b.max_failures})")
-            if b.max_repeats is not None:
+                    tripped = (f"a call failed {failed} times in the session (retry budget "
+                               f"{b.max_failures}); the loop breaker has tripped")
+            if tripped is None and b.max_repeats is not None:
                 ok, _ = state.take(f"repeat:{session_id}:{call}", b.max_repeats, _FOREVER, ts)
                 if not ok:
-                    return "loop", (f"the same call was made {b.max_repeats} times in the "
-                                    "session (loop breaker)")
+                    tripped = (f"the same call was made {b.max_repeats} times in the session; "
+                               "the loop breaker has tripped")
+            if tripped is not None:
+                state.add(f"breaker:{session_id}", 1, _FOREVER, ts)
+                return "loop", tripped
         budget = b.session_calls
         ok, _ = state.take(f"calls:{session_id}", budget or (1 << 62), _FOREVER, ts)
         if not ok:
             return "budget", f"session call budget exhausted ({budget} calls)"
         return None
+
+    def reset_breaker(self, session_id: str, *, by: str, reason: str = "") -> None:
+        """Re-open a session's tripped loop breaker and clear its repeat and failure counts."""
+        if not by:
+            raise ConfigError("resetting a loop breaker needs an identity ('by')")
+        now = self._clock() / 1e9
+        trips = self._state.count(f"breaker:{session_id}", _FOREVER, now)
+        self._state.add(f"breaker:{session_id}", -trips, _FOREVER, now)
+        self._state.clear_prefix(f"repeat:{session_id}:")
+        self._state.clear_prefix(f"fail:{session_id}:")
+        if self._audit is not None:
+            ts = self._clock()
+            self._audit.append({"kind": "breaker.reset", "id": f"breaker:{session_id}:{ts}",
+                                "ts": ts, "session": session_id, "by": by, "reason": reason})
 
     def report_usage(self, session_id: str, *, cost: float = 0.0, tokens: int = 0) -> None:
         """Add usage the caller measured (model cost, tokens) to the session's budgets."""

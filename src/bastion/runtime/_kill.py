@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
+from bastion._canon import norm_text
 from bastion._errors import ConfigError
 from bastion.kernel._inflight import IN_FLIGHT, Call
 from bastion.state import StateStore
@@ -76,9 +77,11 @@ class KillSwitch:
     """Engage and release kill flags; stop what is running (module docstring, steps 1-4)."""
 
     def __init__(self, state: StateStore, *, audit: Any = None,
+                 releasers: Collection[str] | None = None,
                  clock: Callable[[], int] = time.time_ns):
         self._state = state
         self._audit = audit
+        self._releasers = None if releasers is None else {norm_text(r) for r in releasers}
         self._clock = clock
         self._hooks: list[Callable[[str], object]] = []
 
@@ -117,9 +120,20 @@ class KillSwitch:
     def release(self, *, by: str, reason: str = "", agent: str | None = None,
                 session: str | None = None, tool: str | None = None,
                 everything: bool = False) -> bool:
-        """Release one scope (audited); False when it was not engaged."""
+        """Release one scope; False when it was not engaged.
+
+        Releasing is the dangerous direction, so it is refused (``ConfigError``) without an
+        audit log to record it, by an identity outside ``releasers`` (when given), and by the
+        very agent the flag stops.
+        """
         if not by:
             raise ConfigError("releasing the kill switch needs an identity ('by')")
+        if self._audit is None:
+            raise ConfigError("releasing the kill switch must be audited: give it an audit log")
+        if self._releasers is not None and norm_text(by) not in self._releasers:
+            raise ConfigError(f"{by!r} may not release the kill switch")
+        if agent is not None and norm_text(by) == norm_text(agent):
+            raise ConfigError("an agent cannot release its own kill switch")
         key = flag_key(agent=agent, session=session, tool=tool, everything=everything)
         released = self._state.clear_flag(key)
         self._record("kill.release", key, by, reason, released=released)

@@ -49,6 +49,9 @@ class StateStore(Protocol):
 
     def count(self, key: str, window_s: int, now: float) -> int: ...
 
+    def clear_prefix(self, prefix: str) -> int:
+        """Delete every counter whose key starts with ``prefix``; how many."""
+
     def add(self, key: str, amount: int, window_s: int, now: float) -> int:
         """Add ``amount`` to ``key``'s counter in the current window; the new total."""
 
@@ -182,6 +185,11 @@ class SQLiteStore:
             db.execute("insert into counters(key, window, n) values(?,?,?) on conflict(key) do "
                        "update set window=excluded.window, n=excluded.n", (key, window, n))
             return int(n)
+
+    def clear_prefix(self, prefix: str) -> int:
+        with self._tx() as db:  # substr, not LIKE: LIKE ignores ASCII case
+            return int(db.execute("delete from counters where substr(key, 1, ?) = ?",
+                                  (len(prefix), prefix)).rowcount)
 
     def count(self, key: str, window_s: int, now: float) -> int:
         window = int(now // window_s)
