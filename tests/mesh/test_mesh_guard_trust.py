@@ -166,3 +166,43 @@ def test_attestations_count_only_when_signed_by_another_registered_identity(
         assert engine.score("bob") == 310
     finally:
         log.close()
+
+
+def test_unauthenticated_guard_denials_do_not_sink_the_claimed_agent(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Review finding: anyone could drive another agent's trust to 0 by making tokenless calls
+    in its name. A denial for a missing or invalid token now counts against no one; a denial
+    for a verified token used outside its scopes still counts."""
+    import time as _time
+
+    from bastion import Action, Kernel
+    from bastion.mesh import (
+        Identity,
+        TokenGuard,
+        TrustEngine,
+        issue_token,
+        open_mesh_store,
+    )
+
+    now = _time.time()
+    root, bob = Identity.generate(), Identity.generate()
+    store = open_mesh_store(tmp_path / "mesh.db")
+    store.register("bob", bob.did, roles=[], now=now)
+    guard = TokenGuard(roots={root.did}, revocations=store, registry=store)
+    policy = "version: 1\nrules:\n  - {id: all, effect: allow}\n"
+    log = tmp_path / "audit.db"
+    with Kernel.from_text(policy, audit=log, guards=[guard]) as k:
+        for _ in range(8):  # an impostor without a token, claiming to be bob
+            assert k.evaluate(Action(tool="anything", agent={"id": "bob"})).code == "guard"
+    engine = TrustEngine(str(log), registry=store)
+    engine.refresh()
+    before = engine.report("bob").score
+    token = issue_token(root, audience=bob.did, scopes=["tool:read_*"], ttl_s=3600,
+                        now=now).encode()
+    with Kernel.from_text(policy, audit=log, guards=[guard]) as k:
+        d = k.evaluate(Action(tool="wire_money", agent={"id": "bob"},
+                              context={"bastion_token": token}))
+        assert d.code == "guard" and "does not grant" in d.reasons[0]
+    engine.refresh()
+    after = engine.report("bob").score
+    assert before == 300 and after < before
+    store.close()

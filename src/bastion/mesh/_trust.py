@@ -36,6 +36,7 @@ from bastion.mesh._store import AgentRegistry
 TIERS: tuple[tuple[str, int, int], ...] = (  # name, lowest score, suggested ring
     ("untrusted", 0, 3), ("probation", 200, 3), ("standard", 400, 2), ("trusted", 600, 1),
     ("privileged", 800, 0))
+_PROVEN = "token does not grant this call"  # TokenGuard's reason once a token has verified
 _VIOLATIONS = frozenset(("violation", "severe_violation", "guard_denied", "approval_refused",
                          "invalid_tool", "negative_attestation", "severe_attestation",
                          "slo_breach"))
@@ -200,6 +201,10 @@ class TrustEngine:
             if rules & self.config.severe_rules:
                 return "severe_violation", True
             return "violation", False
+        if code == "guard" and not any(_PROVEN in str(r) for r in e.get("reasons") or ()):
+            # a missing or invalid token proves nothing about who asked: the id is only a claim,
+            # so the denial is not held against that agent (it would let anyone sink anyone)
+            return "", False
         return {"guard": ("guard_denied", False), "approval": ("approval_refused", False),
                 "default": ("denied_default", False), "rate_limit": ("limit_hit", False),
                 "budget": ("limit_hit", False), "invalid_tool": ("invalid_tool", False),
