@@ -163,7 +163,11 @@ def test_attestations_count_only_when_signed_by_another_registered_identity(
                     "attestation": forged})  # smuggled past record_attestation: still ignored
         engine = TrustEngine(log, registry=store, clock=lambda: NOW)
         engine.refresh()
-        assert engine.score("bob") == 310
+        assert engine.score("bob") == 300  # alice is new (probation): her word does not count
+        engine = TrustEngine(log, registry=store, clock=lambda: NOW,
+                             config=TrustConfig(min_attester_trust=0))
+        engine.refresh()
+        assert engine.score("bob") == 310  # only alice's real, signed attestation counted
     finally:
         log.close()
 
@@ -206,3 +210,31 @@ def test_unauthenticated_guard_denials_do_not_sink_the_claimed_agent(tmp_path) -
     after = engine.report("bob").score
     assert before == 300 and after < before
     store.close()
+
+
+def test_attestation_flooding_and_retired_keys_do_not_count(store: SQLiteMeshStore,
+                                                            tmp_path: Path) -> None:
+    """Review findings: twenty fresh attestations applied in full, and a rotated-away key's
+    attestations still counted."""
+    from bastion.audit import AuditLog
+    from bastion.mesh import rotation_statement
+
+    store.register("alice", ALICE.did, now=NOW)
+    store.register("carol", ident(7).did, now=NOW)
+    cfg = TrustConfig(min_attester_trust=0)
+
+    def score_after(n: int, name: str) -> int:
+        with AuditLog.open(str(tmp_path / name)) as log:
+            for i in range(n):
+                record_attestation(log, make_attestation(ALICE, subject="carol",
+                                                         kind="negative", weight=20,
+                                                         at=int(NOW) + i))
+            engine = TrustEngine(log, registry=store, clock=lambda: NOW + 30, config=cfg)
+            engine.refresh()
+            return engine.score("carol")
+
+    one, twenty = score_after(1, "one.db"), score_after(20, "twenty.db")
+    assert one < 300 and twenty == one  # once per issuer, subject and period
+    store.rotate("alice", rotation_statement(ALICE, ident(8), agent_id="alice", at=int(NOW)),
+                 now=NOW)
+    assert score_after(1, "retired.db") == 300  # alice's old key is retired: nothing counts

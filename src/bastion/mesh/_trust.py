@@ -68,6 +68,9 @@ class TrustConfig:
     half_life_s: float = 14 * 86400.0
     severe_rules: frozenset[str] = frozenset()
     points: Mapping[str, int] = field(default_factory=dict)
+    # an attestation counts only from an issuer whose own trust is at least this (standard tier),
+    # and at most once per issuer, subject and period
+    min_attester_trust: int = 500
 
     def value(self, kind: str) -> int:
         return int(self.points.get(kind, _DEFAULT_POINTS[kind]))
@@ -138,6 +141,7 @@ class TrustEngine:
         self._agents: dict[str, _Agent] = {}
         self._owner: dict[str, str] = {}  # decision id / approval id -> agent
         self._seen_att: set[str] = set()
+        self._att_periods: set[tuple[str, str, int]] = set()
         self._next_seq = 0
         self._lock = threading.Lock()
 
@@ -218,10 +222,18 @@ class TrustEngine:
         if checked["sig"] in self._seen_att:
             return
         subject, issuer = checked["subject"], checked["issuer"]
-        if self._registry is not None:
-            who = self._registry.by_did(issuer)
-            if who is None or not who.active or who.agent_id == subject:
-                return  # unknown, revoked or self-attestation: not evidence
+        if self._registry is None:
+            return  # without a registry no issuer can be told from a stranger: not evidence
+        who = self._registry.by_did(issuer)
+        if (who is None or not who.active or who.agent_id == subject
+                or not self._registry.is_current_key(issuer)):
+            return  # unknown, revoked, retired key or self-attestation: not evidence
+        if self._report(who.agent_id).score < self.config.min_attester_trust:
+            return  # an untrusted agent's word moves no one's trust
+        period = (who.agent_id, subject, int(t // self.config.period_s))
+        if period in self._att_periods:
+            return
+        self._att_periods.add(period)
         self._seen_att.add(checked["sig"])
         kind = f"{checked['kind']}_attestation"
         weight = checked["weight"] if kind != "severe_attestation" else 1
@@ -271,23 +283,26 @@ class TrustEngine:
     # -- reading --------------------------------------------------------------------------------
     def report(self, agent_id: str) -> TrustReport:
         """The agent's score now (decayed to the clock), with its breakdown."""
-        cfg = self.config
         with self._lock:
-            a = self._agents.get(agent_id)
-            if a is None:
-                name, ring = tier_of(cfg.prior)
-                return TrustReport(agent_id, cfg.prior, name, ring, cfg.prior, (), 0.0, 0, 0)
-            delta, decay = a.delta, a.decay
-            now = self._clock()
-            if a.last is not None and now > a.last:
-                delta = a.delta * 0.5 ** ((now - a.last) / cfg.half_life_s)
-                decay += delta - a.delta
-            score = round(min(1000.0, max(0.0, cfg.prior + delta)))
-            parts = tuple(Contribution(k, int(v[0]), int(v[1]), v[2])
-                          for k, v in sorted(a.contrib.items()))
-            name, ring = tier_of(score)
-            return TrustReport(agent_id, score, name, ring, cfg.prior, parts, decay, a.severe,
-                               a.events)
+            return self._report(agent_id)
+
+    def _report(self, agent_id: str) -> TrustReport:
+        cfg = self.config
+        a = self._agents.get(agent_id)
+        if a is None:
+            name, ring = tier_of(cfg.prior)
+            return TrustReport(agent_id, cfg.prior, name, ring, cfg.prior, (), 0.0, 0, 0)
+        delta, decay = a.delta, a.decay
+        now = self._clock()
+        if a.last is not None and now > a.last:
+            delta = a.delta * 0.5 ** ((now - a.last) / cfg.half_life_s)
+            decay += delta - a.delta
+        score = round(min(1000.0, max(0.0, cfg.prior + delta)))
+        parts = tuple(Contribution(k, int(v[0]), int(v[1]), v[2])
+                      for k, v in sorted(a.contrib.items()))
+        name, ring = tier_of(score)
+        return TrustReport(agent_id, score, name, ring, cfg.prior, parts, decay, a.severe,
+                           a.events)
 
     def score(self, agent_id: str) -> int:
         return self.report(agent_id).score
