@@ -238,3 +238,14 @@ def test_attestation_flooding_and_retired_keys_do_not_count(store: SQLiteMeshSto
     store.rotate("alice", rotation_statement(ALICE, ident(8), agent_id="alice", at=int(NOW)),
                  now=NOW)
     assert score_after(1, "retired.db") == 300  # alice's old key is retired: nothing counts
+
+
+def test_out_of_order_events_do_not_reset_the_gain_cap() -> None:
+    """Review finding: alternating timestamps across a period boundary reset the cap (and the
+    violation flag) on every event, so 400 allowed calls credited +400."""
+    engine = TrustEngine(None, verify_log=False, clock=lambda: NOW + 3 * DAY,
+                         config=TrustConfig(half_life_s=1e12))
+    boundary = (int(NOW // DAY) + 1) * DAY
+    engine.feed([_decision("a", boundary + 1, "deny", rules=("r",))])
+    engine.feed([_decision("a", boundary + (-1 if i % 2 else 2)) for i in range(400)])
+    assert engine.score("a") <= 300

@@ -256,8 +256,9 @@ class TrustEngine:
             a.decay += a.delta - before
         a.last = t if a.last is None else max(a.last, t)
         period = int(t // cfg.period_s)  # step 2
-        if period != a.period:
-            a.period, a.period_gain, a.period_violation = period, 0.0, False
+        if period > a.period:  # only a later period opens a fresh cap;
+            a.period, a.period_gain, a.period_violation = period, 0.0, False  # late events
+            # (clock skew, two writers) count against the current one
         points = cfg.value(kind) * weight
         applied = 0.0
         if points > 0:  # step 3
