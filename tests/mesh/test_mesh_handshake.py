@@ -130,3 +130,29 @@ def test_signed_a2a_sdk_agent_card() -> None:
     card.description = "tampered"
     with pytest.raises(VerificationError):
         verify_card(card, did=BOB.did)
+
+
+def test_a_strangers_hello_cannot_cancel_a_peers_pending_challenge() -> None:
+    """Review finding: a hello claiming the victim's DID overwrote the victim's challenge."""
+    from bastion.mesh._handshake import prove
+
+    server = HandshakeServer(BOB, admit=unsafe_admit_any).start()
+    try:
+        status, hello = _post(server.url + "/bastion/handshake/hello",
+                              {"from": ALICE.did, "challenge": "c1"}, 5)
+        assert status == 200
+        for i in range(50):  # the attacker knows no key, only the victim's DID
+            status, _ = _post(server.url + "/bastion/handshake/hello",
+                              {"from": ALICE.did if i % 2 else f"junk-{i}", "challenge": "x"}, 5)
+            assert status == 200  # a flood evicts the oldest, it never refuses everyone
+        proof = prove(ALICE, hello["challenge"], BOB.did)
+        status, reply = _post(server.url + "/bastion/handshake/confirm",
+                              {"from": ALICE.did, "challenge": hello["challenge"],
+                               "proof": proof}, 5)
+        assert status == 200 and reply == {"ok": True}
+        status, _ = _post(server.url + "/bastion/handshake/confirm",
+                          {"from": MALLORY.did, "challenge": hello["challenge"],
+                           "proof": prove(MALLORY, hello["challenge"], BOB.did)}, 5)
+        assert status == 403  # single use, and bound to the peer it was issued to
+    finally:
+        server.stop()

@@ -40,6 +40,7 @@ from bastion.mesh._tokens import b64d, b64e
 
 DOMAIN = "bastion-handshake-v1"
 Admit = Callable[[str], str | None]  # DID -> None (admitted) or the reason it is not
+_MAX_PENDING = 10_000
 
 
 def _proof_payload(challenge: str, prover: str, verifier: str) -> bytes:
@@ -174,20 +175,25 @@ class HandshakeServer:
         peer, now = msg["from"], time.monotonic()
         if path == "/bastion/handshake/hello" and isinstance(msg.get("challenge"), str):
             c2 = b64e(secrets.token_bytes(32))
-            with self._lock:  # step 2
+            with self._lock:  # step 2: kept by the (unguessable) challenge, never by the
+                # claimed DID, so a stranger's hello cannot replace a peer's pending challenge;
+                # a flood evicts the oldest entries instead of refusing everyone
                 self._pending = {k: v for k, v in self._pending.items() if v[1] > now}
-                if len(self._pending) >= 10_000:
-                    return 429, {"error": "too many pending handshakes"}
-                self._pending[peer] = (c2, now + self._ttl)
+                while len(self._pending) >= _MAX_PENDING:
+                    self._pending.pop(next(iter(self._pending)))
+                self._pending[c2] = (peer, now + self._ttl)
             return 200, {"from": self.identity.did, "challenge": c2,
                          "proof": prove(self.identity, msg["challenge"], peer)}
         if path == "/bastion/handshake/confirm":
+            challenge = msg.get("challenge")
+            if not isinstance(challenge, str):
+                return 403, {"error": "no pending challenge for this peer"}
             with self._lock:  # step 4: the challenge is single use
-                pending = self._pending.pop(peer, None)
-            if pending is None or pending[1] <= now or msg.get("challenge") != pending[0]:
+                pending = self._pending.pop(challenge, None)
+            if pending is None or pending[1] <= now or pending[0] != peer:
                 return 403, {"error": "no pending challenge for this peer"}
             try:
-                check_proof(peer, pending[0], self.identity.did, msg.get("proof"))
+                check_proof(peer, challenge, self.identity.did, msg.get("proof"))
             except HandshakeError as exc:
                 return 403, {"error": str(exc)}
             refusal = self.admit(peer)
