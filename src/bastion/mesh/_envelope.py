@@ -15,7 +15,9 @@ first failure raises ``EnvelopeError``:
 4. ``|now - ts| <= skew_s``. (``stale``)
 5. The body's digest matches. (``digest``)
 6. The sender is accepted, when a check is given (registered, not revoked). (``unknown_key``)
-7. The nonce is claimed in the shared nonce store under the sender, held until ``ts + skew_s``
+7. The nonce is claimed in the shared nonce store under the sender, held until
+   ``ts + MAX_SKEW_S`` — the largest skew any receiver may accept, so a process configured with
+   a wider window than the one that claimed the nonce still sees it
    (after which step 4 refuses the envelope anyway). Already held → ``replay``.
 
 The nonce is claimed last so an envelope that fails any other check never burns a nonce.
@@ -39,6 +41,7 @@ from bastion.mesh._tokens import b64d, b64e
 
 DOMAIN = "bastion-envelope-v1"
 MAX_BYTES = 1 << 20
+MAX_SKEW_S = 3600.0  # no receiver may accept more clock skew than this
 _HEADER = frozenset(("v", "from", "to", "ts", "nonce", "digest", "sig"))
 
 
@@ -80,6 +83,8 @@ def open_envelope(wire: bytes, *, recipient: str | Collection[str], nonces: Nonc
     if header["to"] not in ours:  # step 3
         raise EnvelopeError("recipient", f"envelope is addressed to {header['to']!r}")
     ts = header["ts"] / 1000.0
+    if not 0 < skew_s <= MAX_SKEW_S:
+        raise EnvelopeError("config", f"skew_s must be in (0, {MAX_SKEW_S}]")
     if abs(now - ts) > skew_s:  # step 4
         raise EnvelopeError("stale", f"envelope timestamp is {now - ts:.1f}s off (skew "
                                      f"{skew_s}s)")
@@ -88,7 +93,7 @@ def open_envelope(wire: bytes, *, recipient: str | Collection[str], nonces: Nonc
     if accept_sender is not None and not accept_sender(header["from"]):  # step 6
         raise EnvelopeError("unknown_key", f"sender {header['from']!r} is not accepted")
     if not nonces.claim_nonce(f"env:{header['from']}", header["nonce"],  # step 7
-                              expires=ts + skew_s, now=now):
+                              expires=ts + MAX_SKEW_S, now=now):
         raise EnvelopeError("replay", f"nonce {header['nonce']!r} was already used")
     return Opened(header["from"], header["to"], header["ts"], header["nonce"], body)
 
