@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import textwrap
 import threading
 import time
 import uuid
@@ -279,3 +280,25 @@ except OSError:
         code)
     listener.close()
     assert result.stdout.split() == ["hidden", "hidden", "hidden"], result
+
+
+@need(L.BWRAP)
+def test_the_private_tmp_is_bounded_by_the_memory_limit() -> None:
+    """Review finding: files in the sandbox's tmpfs /tmp were memory outside the limit."""
+    code = textwrap.dedent("""\
+        n = 0
+        try:
+            with open('/tmp/fill', 'wb') as f:
+                for _ in range(64):
+                    f.write(b'x' * (8 << 20))
+                    f.flush()
+                    n += 8
+        except OSError as e:
+            print('stopped', n, e.errno)
+        else:
+            print('wrote', n)
+        """)
+    r = Sandbox(SandboxPolicy(required_level=L.BWRAP, timeout_s=10, memory_bytes=128 << 20,
+                              max_file_bytes=1 << 30)).run_python(code)
+    assert r.stdout.startswith("stopped"), (r.stdout, r.stderr)
+    assert int(r.stdout.split()[1]) <= 128

@@ -156,8 +156,10 @@ class PidsCgroup:
 
 # -- wrappers ------------------------------------------------------------------------------
 
-def wrap(level: IsolationLevel, caps: Capabilities, argv: list[str], workdir: str) -> list[str]:
-    """The argv that runs ``argv`` at ``level``; the caller has checked the level is available."""
+def wrap(level: IsolationLevel, caps: Capabilities, argv: list[str], workdir: str, *,
+         tmp_bytes: int = 64 << 20) -> list[str]:
+    """The argv that runs ``argv`` at ``level``; the caller has checked the level is available.
+    ``tmp_bytes`` bounds the sandbox's private ``/tmp`` (bwrap), which is memory."""
     if level <= IsolationLevel.RLIMITS:
         return list(argv)
     if level == IsolationLevel.NAMESPACES:
@@ -170,7 +172,8 @@ def wrap(level: IsolationLevel, caps: Capabilities, argv: list[str], workdir: st
     return [caps.bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
             "--disable-userns", "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534",
             "--hostname", "sandbox", *_system_view(), "--dev", "/dev", "--proc", "/proc",
-            "--tmpfs", "/tmp", "--bind", workdir, SANDBOX_DIR, "--remount-ro", "/",
+            "--size", str(tmp_bytes), "--tmpfs", "/tmp", "--bind", workdir, SANDBOX_DIR,
+            "--remount-ro", "/",
             "--chdir", SANDBOX_DIR, "--", *argv]
 
 
