@@ -23,14 +23,16 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from bastion._canon import canonical_tool, digest, norm_text, snapshot
 from bastion._errors import ApprovalError, ConfigError
-from bastion.flow import EMPTY_CATALOG, ToolCatalog, load_catalog
+from bastion.flow import EMPTY_CATALOG, Provenance, ToolCatalog, load_catalog
 from bastion.kernel._redact import redact
 from bastion.kernel._types import EMPTY, Action, Decision
 from bastion.policy import (
@@ -59,6 +61,8 @@ _FOREVER = 1 << 40  # a window no counter outlives: budgets count for the sessio
 _MICRO = 1_000_000  # cost is counted in millionths
 _FLAT = frozenset((str, int, float, bool, type(None)))
 _TOOL_STAGES = (Stage.PRE_TOOL, Stage.POST_TOOL)
+_FLOW_WORDS = ("arg_labels", "labels", "history")  # what makes a policy flow-aware
+MAX_FLOW_SESSIONS = 10_000  # sessions whose provenance is kept in memory (least recent out)
 
 
 class AgentFacts(Protocol):
@@ -243,6 +247,14 @@ class Kernel:
         self._flags = self._state.flags
         self._candidates = self.compiled.cache  # read-only here; the compiler fills it
         self._closed = False
+        # information flow: tracked when a catalog is given or a rule reads flow facts, so
+        # policies without either pay one attribute test per decision
+        self._flow_on = catalog is not None or any(
+            cr.rule.when and any(w in cr.rule.when for w in _FLOW_WORDS)
+            for cr in self.compiled.rules)
+        self._flows: OrderedDict[str, Provenance] = OrderedDict()
+        self._flow_lock = threading.Lock()
+        self.flow_sessions_evicted = 0
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -282,6 +294,12 @@ class Kernel:
         except Exception as exc:  # fail closed on anything unexpected
             decision = _deny(did, ts, action, self.compiled.digest, "internal_error",
                              errors=(f"internal error: {type(exc).__name__}: {exc}",))
+        if self._flow_on:
+            try:
+                self._observe(action, decision)
+            except Exception as exc:  # an unrecorded result could launder taint: fail closed
+                decision = _deny(did, ts, action, self.compiled.digest, "internal_error",
+                                 errors=(f"flow tracking failed: {type(exc).__name__}: {exc}",))
         audit = self._audit
         if audit is not None:  # step 8
             try:
@@ -347,6 +365,8 @@ class Kernel:
         if verdict is None:
             data = self._data(action, tool, agent_id, session_id, ts, cands.variables)
             verdict = evaluate_tiers(self.policy.default, cands, agent_id, data)
+            if verdict.effect is not _ALLOW and "arg_labels" in data:
+                verdict = verdict._replace(reasons=(*verdict.reasons, _flow_note(data)))
         effect = verdict.effect
         if (effect is _ALLOW and not verdict.limited and not verdict.obligations
                 and not (self._budgeted and stage is Stage.PRE_TOOL)):
@@ -382,7 +402,18 @@ class Kernel:
             session: dict[str, Any] = {"id": session_id, "labels": []}
             if self._needs_calls:
                 session["calls"] = self._state.count(f"calls:{session_id}", _FOREVER, ts / 1e9)
+            if self._flow_on:
+                with self._flow_lock:
+                    prov = self._provenance(session_id)
+                    session["labels"] = prov.session_labels()
+                    session["history"] = list(prov.history)
             data["session"] = session
+        if "arg_labels" in names:
+            args = action.args
+            with self._flow_lock:
+                prov = self._provenance(session_id)
+                data["arg_labels"] = prov.labels_of_args(args) if isinstance(args, Mapping) \
+                    else {}
         if "context" in names:
             data["context"] = _plain_map(action.context)
         if "result" in names:
@@ -396,6 +427,42 @@ class Kernel:
 
             data["now"] = dt.datetime.fromtimestamp(ts / 1e9, dt.UTC)
         return data
+
+    # -- information flow -----------------------------------------------------------------------
+    def _provenance(self, session_id: str) -> Provenance:
+        """The session's provenance (created on first use); call with ``_flow_lock`` held."""
+        prov = self._flows.get(session_id)
+        if prov is None:
+            prov = self._flows[session_id] = Provenance()
+            if len(self._flows) > MAX_FLOW_SESSIONS:
+                self._flows.popitem(last=False)
+                self.flow_sessions_evicted += 1
+        else:
+            self._flows.move_to_end(session_id)
+        return prov
+
+    def provenance(self, session_id: str) -> Provenance:
+        """The provenance the kernel keeps for ``session_id`` (for inspection and tests)."""
+        with self._flow_lock:
+            return self._provenance(session_id)
+
+    def _observe(self, action: Action, decision: Decision) -> None:
+        """Record flow facts (DESIGN.md "Flow facts"): allowed ``input`` text is trusted;
+        every ``post_tool`` result is recorded with its catalog labels, whatever the decision
+        (more taint is the safe side); an allowed ``pre_tool`` call joins the history."""
+        stage = action.stage
+        if stage == "input":
+            if decision.allowed:
+                with self._flow_lock:
+                    self._provenance(decision.session).record_input(action.args)
+        elif stage == "post_tool":
+            info = self.catalog.get(decision.tool)
+            with self._flow_lock:
+                self._provenance(decision.session).record_result(
+                    decision.tool, action.result, info.integrity, info.confidentiality)
+        elif stage == "pre_tool" and decision.allowed:
+            with self._flow_lock:
+                self._provenance(decision.session).record_call(decision.tool)
 
     def _finish(self, action: Action, verdict: Verdict, stage: Stage, tool: str,
                 agent_id: str, session_id: str, did: str, ts: int) -> Decision:
@@ -627,6 +694,16 @@ def _loose(value: Any) -> Any:
     if isinstance(value, list):
         return [_loose(v) for v in value]
     return value
+
+
+def _flow_note(data: Mapping[str, Any]) -> str:
+    """Why, in flow terms: each argument's labels and the session's (for the audit event)."""
+    parts = [f"{k}={'+'.join(v)}" for k, v in sorted(data["arg_labels"].items())]
+    session = data.get("session")
+    note = "flow: args " + ("; ".join(parts) or "none")
+    if isinstance(session, dict) and session.get("labels"):
+        note += f"; session {'+'.join(session['labels'])}"
+    return note[:1000]
 
 
 def _name(obj: object) -> str:

@@ -2,7 +2,11 @@
 
 Variables: ``tool`` (string), ``args``, ``agent``, ``session``, ``context`` (maps), ``result`` (any,
 post_tool), ``now`` (timestamp), ``tool_info`` (the tool's catalog entry: ``class``,
-``side_effects``, ``sinks``, ``declared``). Functions beyond standard CEL and its string extension:
+``side_effects``, ``sinks``, ``declared``), ``arg_labels`` (argument name to the labels of the
+data it came from: ``trusted``/``untrusted``/``unknown``, confidentiality, ``user``/``tool:NAME``;
+see ``bastion.flow``). With flow tracking on, ``session.labels`` lists the integrity and
+confidentiality labels the session has seen and ``session.history`` its prior allowed tool calls.
+Functions beyond standard CEL and its string extension:
 
 * ``norm(s)`` — NFKC, casefold, zero-width and bidi characters stripped, trimmed.
 * ``host(s)`` — the lower-cased host of a URL, ``user@host`` or bare host string ("" if none).
@@ -59,6 +63,7 @@ VARIABLES: dict[str, Any] = {
     "result": T.DYN,
     "now": T.TIMESTAMP,
     "tool_info": T.Map(T.STRING, T.DYN),
+    "arg_labels": T.Map(T.STRING, T.List(T.STRING)),
 }
 
 

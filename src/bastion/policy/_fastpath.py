@@ -29,7 +29,7 @@ Fn = Callable[[dict[str, Any]], bool | None]
 _INT64 = (-(2**63), 2**63 - 1)
 _CMP = {"_<_", "_<=_", "_>_", "_>=_"}
 _FLIP = {"_<_": "_>_", "_<=_": "_>=_", "_>_": "_<_", "_>=_": "_<=_"}
-_ROOTS = {"tool", "args", "context", "agent", "session", "result", "tool_info"}
+_ROOTS = {"tool", "args", "context", "agent", "session", "result", "tool_info", "arg_labels"}
 
 
 # -- protobuf wire decoding (only what a CheckedExpr needs) --------------------------------------

@@ -1,0 +1,346 @@
+"""Value-level provenance: which labels the data an argument came from arrived with.
+
+Pure and in memory (no I/O, no clock). The kernel feeds each session's ``Provenance`` with what
+passes through it (see "Flow facts" in DESIGN.md):
+
+1. ``input`` text (user and system messages) is recorded **trusted**, source ``user``.
+2. ``post_tool`` results are recorded with the catalog's labels for the tool: integrity
+   (``untrusted`` by default), confidentiality (``internal`` by default), source ``tool:NAME``.
+3. At ``pre_tool`` every argument is labelled by ``labels_of``: the whole value and each
+   identifier inside it (e-mail addresses, URLs and their hosts, IBANs, numbers, file names),
+   canonicalised by ``canonical`` so case, white space, zero-width characters, compatibility
+   forms and percent-encoding cannot hide a value.
+
+Invariants (the property tests hold the code to them):
+
+* A value that arrived only from untrusted sources is never labelled ``trusted``: an argument is
+  ``trusted`` only when the whole value, or every identifier in it, appeared in trusted input
+  and nothing in it is untrusted-only.
+* A value never seen is labelled ``unknown``; policies decide what that means.
+* Fragments count: a piece of an untrusted value (``MIN_FRAGMENT`` or more significant
+  characters) is untrusted, and identifiers rebuilt from the pieces of several arguments label
+  every piece (``labels_of_args``).
+* Memory is bounded: at most ``max_values`` remembered values per session (oldest first out);
+  evictions are counted in ``evicted``, never silent. Session-level labels (``untrusted`` seen,
+  confidentiality seen) are never evicted.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from bastion._canon import strip_format
+
+TRUSTED, UNTRUSTED, UNKNOWN = "trusted", "untrusted", "unknown"
+USER = "user"
+MIN_FRAGMENT = 6  # significant characters a piece needs before it counts as a fragment
+MAX_TEXT = 65_536  # characters of one value that are remembered and searched
+MAX_LEAVES = 4_096  # scalars taken from one nested value
+_PLAIN = frozenset({TRUSTED, UNTRUSTED, USER, "public", "internal"})
+
+_WS = re.compile(r"\s+")
+_EMAIL = re.compile(r"[\w.+\-']+@[\w\-]+(?:\.[\w\-]+)+")
+_URL = re.compile(r"(?:[a-z][a-z0-9+.\-]*://|www\.)[^\s<>\"'`]+")
+_IBAN = re.compile(r"\b[a-z]{2}[0-9]{2}"
+                   r"(?:[a-z0-9]{11,30}|(?: ?[a-z0-9]{4}){2,7}(?: ?[a-z0-9]{1,4})?)\b")
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,_ ]*(?:\.\d+)?(?![\w])")
+_FILE = re.compile(r"[\w\-./\\]*[\w\-]\.[a-z0-9]{1,8}\b")
+_HOSTLIKE = re.compile(r"\b(?:[a-z0-9\-]+\.)+[a-z]{2,}\b")
+_TRIM = ".,;:!?)]}>'\""
+
+
+def canonical(text: str) -> str:
+    """Percent-decoded (up to three layers), NFKC, format characters stripped, casefolded,
+    white space collapsed to one space and trimmed."""
+    decoded = text[:MAX_TEXT]
+    for _ in range(3):
+        nxt = unquote(decoded)
+        if nxt == decoded:
+            break
+        decoded = nxt
+    folded = strip_format(unicodedata.normalize("NFKC", decoded)).casefold()
+    folded = strip_format(unicodedata.normalize("NFKC", folded))
+    return _WS.sub(" ", folded).strip()
+
+
+def compact(text: Any) -> str:
+    """The significant characters of ``canonical(text)``: letters and digits only, so a value
+    split by spaces, dashes or dots still matches itself."""
+    if not isinstance(text, str):
+        text = _number(repr(text)) or ""
+    return "".join(ch for ch in canonical(text) if ch.isalnum())
+
+
+def _number(text: str) -> str | None:
+    raw = text.replace(",", "").replace("_", "").replace(" ", "")
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    if value != value or value in (float("inf"), float("-inf")):
+        return None
+    return str(int(value)) if value.is_integer() and abs(value) < 2**63 else repr(value)
+
+
+def identifiers(value: Any) -> frozenset[str]:
+    """Canonical identifiers inside a scalar, each tagged by kind: ``email:``, ``url:``,
+    ``host:``, ``iban:``, ``num:``, ``file:``. Numbers give ``num:`` only; booleans and
+    ``None`` give nothing."""
+    if isinstance(value, bool) or value is None:
+        return frozenset()
+    if isinstance(value, int | float):
+        n = _number(repr(value))
+        return frozenset({f"num:{n}"}) if n is not None else frozenset()
+    if not isinstance(value, str):
+        return frozenset()
+    text = canonical(value)
+    out: set[str] = set()
+    for m in _EMAIL.finditer(text):
+        addr = m.group(0).strip(_TRIM)
+        out.add(f"email:{addr}")
+        out.add(f"host:{addr.rpartition('@')[2]}")
+    for m in _URL.finditer(text):
+        url = m.group(0).rstrip(_TRIM)
+        out.add(f"url:{url}")
+        try:
+            netloc = urlsplit(url if "://" in url else "//" + url).hostname
+        except ValueError:
+            netloc = None
+        if netloc:
+            out.add(f"host:{netloc.rstrip('.')}")
+    for m in _IBAN.finditer(text):
+        out.add(f"iban:{m.group(0).replace(' ', '')}")
+    # what the patterns above matched is one identifier: no numbers or names from inside it
+    text = _IBAN.sub(" ", _URL.sub(" ", _EMAIL.sub(" ", text)))
+    for m in _HOSTLIKE.finditer(text):
+        out.add(f"host:{m.group(0)}")
+    for m in _FILE.finditer(text):
+        name = m.group(0).replace("\\", "/").rsplit("/", 1)[-1]
+        if name and not name[0].isdigit():
+            out.add(f"file:{name}")
+    for m in _NUMBER.finditer(text):
+        n = _number(m.group(0).strip())
+        if n is not None:
+            out.add(f"num:{n}")
+    return frozenset(out)
+
+
+def scalars(value: Any) -> list[Any]:
+    """The scalars inside a nested value (map values and list items), at most ``MAX_LEAVES``."""
+    out: list[Any] = []
+    stack = [value]
+    while stack and len(out) < MAX_LEAVES:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+        else:
+            out.append(item)
+    return out
+
+
+def _whole(value: Any) -> str | None:
+    if isinstance(value, str):
+        text = canonical(value)
+        return f"text:{text}" if text else None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        n = _number(repr(value))
+        return f"num:{n}" if n is not None else None
+    return None
+
+
+class Provenance:
+    """What one session has seen, and with which labels. Not thread-safe on its own: the
+    kernel serialises access per session."""
+
+    __slots__ = ("_atoms", "_hay", "_hay_text", "evicted", "history", "labels", "max_history",
+                 "max_values")
+
+    def __init__(self, *, max_values: int = 4_096, max_history: int = 64):
+        self.max_values = max_values
+        self.max_history = max_history
+        self._atoms: OrderedDict[str, set[str]] = OrderedDict()  # atom -> labels it arrived with
+        self._hay: OrderedDict[str, set[str]] = OrderedDict()  # compact text -> labels
+        self._hay_text: dict[str, str] | None = None
+        self.evicted = 0
+        self.labels: set[str] = set()  # session level: integrity and confidentiality seen
+        self.history: list[str] = []
+
+    # -- recording ------------------------------------------------------------------------------
+    def record(self, value: Any, labels: Iterable[str]) -> None:
+        """Remember every scalar in ``value`` and the identifiers inside it with ``labels``."""
+        labels = frozenset(labels)
+        self.labels.update(x for x in labels if x != TRUSTED and ":" not in x and x != USER)
+        for leaf in scalars(value):
+            atoms = set(identifiers(leaf))
+            whole = _whole(leaf)
+            if whole is not None:
+                atoms.add(whole)
+            for atom in atoms:
+                self._remember(self._atoms, atom, labels)
+            if isinstance(leaf, str):
+                text = compact(leaf)
+                if text:
+                    self._remember(self._hay, text, labels)
+                    self._hay_text = None
+
+    def record_input(self, text: Any) -> None:
+        self.record(text, (TRUSTED, USER))
+
+    def record_result(self, tool: str, result: Any, integrity: str, confidentiality: str) -> None:
+        self.record(result, (integrity, confidentiality, f"tool:{tool}"))
+
+    def record_call(self, tool: str) -> None:
+        self.history.append(tool)
+        if len(self.history) > self.max_history:
+            del self.history[0]
+
+    def _remember(self, store: OrderedDict[str, set[str]], key: str,
+                  labels: frozenset[str]) -> None:
+        found = store.get(key)
+        if found is None:
+            store[key] = set(labels)
+            if len(store) > self.max_values:
+                store.popitem(last=False)
+                self.evicted += 1
+        else:
+            found.update(labels)
+            store.move_to_end(key)
+
+    # -- asking ---------------------------------------------------------------------------------
+    def _haystack(self, kind: str) -> str:
+        """Remembered texts joined for substring search: ``trusted``, ``untrusted`` or
+        ``sensitive`` (carrying a confidentiality label above ``internal``)."""
+        if self._hay_text is None:
+            self._hay_text = {
+                TRUSTED: "\x00".join(k for k, v in self._hay.items() if TRUSTED in v),
+                UNTRUSTED: "\x00".join(k for k, v in self._hay.items() if TRUSTED not in v),
+                "sensitive": "\x00".join(k for k, v in self._hay.items() if v - _PLAIN
+                                          and not all(x.startswith("tool:") for x in v - _PLAIN)),
+            }
+        return self._hay_text[kind]
+
+    def _sensitive(self, text: str) -> set[str]:
+        """Confidentiality labels (and sources) of remembered sensitive texts that ``text`` is a
+        piece of or holds, whatever their integrity: a secret stays secret when trusted."""
+        found: set[str] = set()
+        if len(text) < MIN_FRAGMENT or not self._haystack("sensitive"):
+            return found
+        inside = text in self._haystack("sensitive")
+        for key, labels in self._hay.items():
+            if (inside and text in key) or (len(key) >= MIN_FRAGMENT and key in text
+                                             and labels - _PLAIN):
+                found |= labels - {TRUSTED, UNTRUSTED, USER}
+        return found
+
+    def _fragment(self, text: str) -> set[str] | None:
+        """Labels of the untrusted values ``text`` is a piece of, unless trusted text holds it."""
+        if len(text) < MIN_FRAGMENT or text in self._haystack(TRUSTED):
+            return None
+        if text not in self._haystack(UNTRUSTED):
+            return None
+        found: set[str] = set()
+        for key, labels in self._hay.items():
+            if TRUSTED not in labels and text in key:
+                found.update(labels)
+        return found or None
+
+    def labels_of(self, value: Any) -> list[str]:
+        """The labels of the data ``value`` came from (sorted): ``trusted`` or ``untrusted`` or
+        ``unknown``, plus the confidentiality labels and sources (``user``, ``tool:NAME``) of
+        what it matched."""
+        out: set[str] = set()
+        for leaf in scalars(value):
+            out |= self._leaf(leaf)
+        if UNTRUSTED in out or UNKNOWN in out:
+            out.discard(TRUSTED)
+        if UNTRUSTED in out:
+            out.discard(UNKNOWN)
+        return sorted(out) if out else [UNKNOWN]
+
+    def _leaf(self, leaf: Any) -> set[str]:
+        whole = _whole(leaf)
+        if whole is None:
+            return set()
+        seen = self._atoms.get(whole)
+        if seen is not None and TRUSTED in seen:
+            return {x for x in seen if x != UNTRUSTED}
+        out = self._sensitive(compact(leaf)) if isinstance(leaf, str) else set()
+        untrusted = seen is not None
+        if seen is not None:
+            out |= seen
+        ids = identifiers(leaf) - {whole}
+        all_trusted = bool(ids)
+        for atom in ids:
+            labels = self._atoms.get(atom)
+            if labels is None:
+                all_trusted = False
+            elif TRUSTED in labels:
+                out |= {x for x in labels if x != UNTRUSTED}
+            else:
+                untrusted = True
+                all_trusted = False
+                out |= labels
+        if isinstance(leaf, str) and not untrusted:
+            frag = self._fragment(compact(leaf))
+            if frag is not None:
+                untrusted = True
+                out |= frag
+        if untrusted:
+            out.discard(TRUSTED)
+            out.add(UNTRUSTED)
+        elif all_trusted:
+            out.add(TRUSTED)
+        else:
+            out.discard(TRUSTED)
+            out.add(UNKNOWN)
+        return out
+
+    def labels_of_args(self, args: Mapping[str, Any]) -> dict[str, list[str]]:
+        """``labels_of`` for every argument, plus identifiers split across arguments: when the
+        arguments' texts joined together hold an untrusted-only identifier that no single
+        argument holds, every argument that is a piece of it is labelled untrusted too."""
+        out = {str(k): self.labels_of(v) for k, v in args.items()}
+        pieces = {str(k): [compact(s) for s in scalars(v) if isinstance(s, str | int | float)
+                           and not isinstance(s, bool)] for k, v in args.items()}
+        pieces = {k: [p for p in v if p] for k, v in pieces.items()}
+        if sum(len(v) for v in pieces.values()) < 2:
+            return out
+        flat = [(name, p) for name, parts in pieces.items() for p in parts]
+        trusted_hay = self._haystack(TRUSTED)
+        untrusted_hay = self._haystack(UNTRUSTED)
+
+        def taint(names: Iterable[str], labels: set[str]) -> None:
+            for name in names:
+                merged = (set(out[name]) | labels) - {TRUSTED, UNKNOWN}
+                merged.add(UNTRUSTED)
+                out[name] = sorted(merged)
+
+        # runs of pieces in argument order, and every ordered pair, rebuilt into one text
+        runs = [flat[i:j] for i in range(len(flat)) for j in range(i + 2, len(flat) + 1)]
+        runs += [[a, b] for a in flat for b in flat if a is not b]
+        for run in runs[:4_096]:
+            text = "".join(p for _, p in run)
+            if (len(text) >= MIN_FRAGMENT and text in untrusted_hay
+                    and text not in trusted_hay):
+                taint({name for name, _ in run}, self._fragment(text) or set())
+        spaced = " ".join(
+            canonical(s) if isinstance(s, str) else repr(s)
+            for v in args.values() for s in scalars(v)
+            if isinstance(s, str | int | float) and not isinstance(s, bool))
+        for atom in identifiers(spaced):
+            labels = self._atoms.get(atom)
+            if labels is None or TRUSTED in labels:
+                continue
+            whole = compact(atom.partition(":")[2])
+            taint({name for name, p in flat if len(p) >= 2 and p in whole}, labels)
+        return out
+
+    def session_labels(self) -> list[str]:
+        return sorted(self.labels)
