@@ -28,8 +28,9 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 
 from bastion._errors import GovernanceDenied
+from bastion.kernel._events import _Outcome
 from bastion.kernel._inflight import IN_FLIGHT, Call
-from bastion.kernel._kernel import Kernel, _Outcome
+from bastion.kernel._kernel import Kernel
 from bastion.kernel._types import EMPTY, Action, Decision
 from bastion.policy import Stage
 

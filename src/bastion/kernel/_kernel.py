@@ -21,18 +21,19 @@ Any exception inside these steps ends in a deny that records the error: the kern
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from bastion._canon import canonical_tool, digest, norm_text, snapshot
+from bastion._canon import canonical_tool, digest, snapshot
 from bastion._errors import ApprovalError, ConfigError
 from bastion.flow import EMPTY_CATALOG, Provenance, ToolCatalog, load_catalog
+from bastion.kernel._budgets import FOREVER, SessionBudgets
+from bastion.kernel._events import _Event, _ident, _Outcome
 from bastion.kernel._redact import redact
 from bastion.kernel._types import EMPTY, Action, Decision
 from bastion.policy import (
@@ -57,9 +58,6 @@ _CODE = {True: "default", False: "policy"}
 _ALLOW = Effect.ALLOW
 _ALL_NAMES = frozenset(("tool", "args", "agent", "session", "context", "result", "now",
                         "tool_info"))
-_FOREVER = 1 << 40  # a window no counter outlives: budgets count for the session's lifetime
-_MICRO = 1_000_000  # cost is counted in millionths
-_FLAT = frozenset((str, int, float, bool, type(None)))
 _TOOL_STAGES = (Stage.PRE_TOOL, Stage.POST_TOOL)
 _FLOW_WORDS = ("arg_labels", "labels", "history")  # what makes a policy flow-aware
 MAX_FLOW_SESSIONS = 10_000  # sessions whose provenance is kept in memory (least recent out)
@@ -83,123 +81,6 @@ class Approver(Protocol):
     """Decides a pending approval now: ``True`` grants, ``False`` refuses."""
 
     def __call__(self, approval: Approval, action: Action) -> bool: ...
-
-
-class _Lazy(Mapping[str, Any]):
-    """An audit event body built by ``_build`` the first time the audit writer reads it."""
-
-    __slots__ = ()
-
-    def _build(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def __getitem__(self, key: str) -> Any:
-        return self._build()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._build())
-
-    def __len__(self) -> int:
-        return len(self._build())
-
-
-class _Event(_Lazy):
-    """The audit event of one decision, built when the audit writer first reads it.
-
-    The hot path only takes a snapshot of the arguments (a shallow copy when they are flat, a deep
-    JSON-shaped copy otherwise) so later changes by the caller or the tool cannot reach the log;
-    the event's fields and the action digest are computed on the audit writer's thread.
-    """
-
-    __slots__ = ("_action", "_args", "_body", "_decision")
-
-    def __init__(self, decision: Decision, action: Action):
-        args = decision.args if decision.args is not None else action.args
-        if type(args) is dict:
-            for v in args.values():
-                if type(v) not in _FLAT:
-                    args = snapshot(args)
-                    break
-            else:
-                args = args.copy()
-        else:
-            args = snapshot(args)
-        self._args = args
-        self._decision = decision
-        self._action = action
-        self._body: dict[str, Any] | None = None
-
-    def _build(self) -> dict[str, Any]:
-        body = self._body
-        if body is None:
-            body = self._body = decision_event(self._decision, self._action, self._args)
-        return body
-
-
-class _Outcome(_Lazy):
-    """The audit event of a governed call's outcome, built on the audit writer's thread."""
-
-    __slots__ = ("_body", "_parts")
-
-    def __init__(self, decision: Decision, status: str, error: str | None,
-                 duration_ns: int | None, ts: int):
-        self._parts = (decision.id, decision.tool, status, error, duration_ns, ts)
-        self._body: dict[str, Any] | None = None
-
-    def _build(self) -> dict[str, Any]:
-        body = self._body
-        if body is None:
-            did, tool, status, error, duration_ns, ts = self._parts
-            body = {"kind": "outcome", "id": f"{did}:outcome", "decision_id": did, "ts": ts,
-                    "tool": tool, "status": status}
-            if error is not None:
-                body["error"] = error[:2000]
-            if duration_ns is not None:
-                body["duration_ns"] = duration_ns
-            self._body = body
-        return body
-
-
-def decision_event(d: Decision, action: Action, args: Any) -> dict[str, Any]:
-    """The one place a decision's audit event (format version 1) is defined.
-
-    Fields: ``kind`` ("decision"), ``id``, ``ts`` (ns), ``stage``, ``tool`` (canonical),
-    ``tool_raw`` (when the caller's spelling differed), ``agent``, ``session``, ``effect``,
-    ``code``,
-    ``rule_ids``, ``errors``, ``reasons``, ``obligations``, ``policy`` (digest), ``args`` (as passed
-    on: redacted when a redaction applied), ``action`` (digest of tool, stage, args, agent and
-    session), ``approval_id``, ``result`` (post_tool) and ``context`` when present. The audit log
-    adds ``v``, ``seq``, ``prev`` and the MAC over all of them.
-    """
-    agent, session = _ident(action.agent), _ident(action.session)
-    event: dict[str, Any] = {
-        "kind": "decision", "id": d.id, "ts": d.ts_ns, "stage": d.stage, "tool": d.tool,
-        "agent": agent, "session": session, "effect": d.effect, "code": d.code,
-        "rule_ids": list(d.rule_ids), "errors": list(d.errors), "reasons": list(d.reasons),
-        "obligations": list(d.obligations), "policy": d.policy, "args": args,
-        "action": digest({"tool": d.tool, "stage": d.stage, "args": args, "agent": agent,
-                          "session": session}),
-    }
-    if action.tool is not None and action.tool != d.tool:
-        event["tool_raw"] = action.tool if isinstance(action.tool, str) else repr(action.tool)
-    if d.approval_id is not None:
-        event["approval_id"] = d.approval_id
-    if d.stage == "post_tool":
-        event["result"] = snapshot(d.result)
-    if action.context:
-        event["context"] = _masked_context(snapshot(action.context))
-    return event
-
-
-SECRET_CONTEXT_KEYS = frozenset({"bastion_token", "authorization", "api_key", "password"})
-
-
-def _masked_context(context: Any) -> Any:
-    """Credentials presented in the context are recorded by digest only (masking as data)."""
-    if not isinstance(context, dict):
-        return context
-    return {k: {"$masked": digest(v)} if k.lower() in SECRET_CONTEXT_KEYS else v
-            for k, v in context.items()}
 
 
 class Kernel:
@@ -244,6 +125,7 @@ class Kernel:
             or any(cr.rule.limit for cr in self.compiled.rules) \
             or any(cr.rule.effect is Effect.REQUIRE_APPROVAL for cr in self.compiled.rules)
         self._durable_audit = bool(getattr(audit, "durable", False))
+        self._session_budgets = SessionBudgets(self._state, self.policy.budgets)
         self._flags = self._state.flags
         self._candidates = self.compiled.cache  # read-only here; the compiler fills it
         self._closed = False
@@ -401,7 +283,7 @@ class Kernel:
         if "session" in names:
             session: dict[str, Any] = {"id": session_id, "labels": []}
             if self._needs_calls:
-                session["calls"] = self._state.count(f"calls:{session_id}", _FOREVER, ts / 1e9)
+                session["calls"] = self._state.count(f"calls:{session_id}", FOREVER, ts / 1e9)
             if self._flow_on:
                 with self._flow_lock:
                     prov = self._provenance(session_id)
@@ -568,55 +450,14 @@ class Kernel:
                 return "rate_limit", (f"rate limit of rule {cr.rule.id!r} exceeded "
                                       f"({lim.text} per {lim.per.value})")
         if stage is Stage.PRE_TOOL and self._budgeted:
-            return self._budgets(action, tool, session_id, ts)
-        return None
-
-    def _budgets(self, action: Action, tool: str, session_id: str,
-                 ts: float) -> tuple[str, str] | None:
-        """Per-session budgets and the loop breaker (see ``bastion.policy.Budgets``)."""
-        b, state = self.policy.budgets, self._state
-        if b.session_cost is not None:
-            spent = state.count(f"cost:{session_id}", _FOREVER, ts) / _MICRO
-            if spent >= b.session_cost:
-                return "budget", f"session cost budget exhausted ({spent:g} of {b.session_cost:g})"
-        if b.session_tokens is not None:
-            used = state.count(f"tokens:{session_id}", _FOREVER, ts)
-            if used >= b.session_tokens:
-                return "budget", f"session token budget exhausted ({used} of {b.session_tokens})"
-        if b.max_repeats is not None or b.max_failures is not None:
-            if state.count(f"breaker:{session_id}", _FOREVER, ts):
-                return "loop", ("the session's loop breaker has tripped; no further calls until "
-                                "it is reset")
-            call = _call_key(tool, action.args)
-            tripped = None
-            if b.max_failures is not None:
-                failed = state.count(f"fail:{session_id}:{call}", _FOREVER, ts)
-                if failed >= b.max_failures:
-                    tripped = (f"a call failed {failed} times in the session (retry budget "
-                               f"{b.max_failures}); the loop breaker has tripped")
-            if tripped is None and b.max_repeats is not None:
-                ok, _ = state.take(f"repeat:{session_id}:{call}", b.max_repeats, _FOREVER, ts)
-                if not ok:
-                    tripped = (f"the same call was made {b.max_repeats} times in the session; "
-                               "the loop breaker has tripped")
-            if tripped is not None:
-                state.add(f"breaker:{session_id}", 1, _FOREVER, ts)
-                return "loop", tripped
-        budget = b.session_calls
-        ok, _ = state.take(f"calls:{session_id}", budget or (1 << 62), _FOREVER, ts)
-        if not ok:
-            return "budget", f"session call budget exhausted ({budget} calls)"
+            return self._session_budgets.check(action, tool, session_id, ts)
         return None
 
     def reset_breaker(self, session_id: str, *, by: str, reason: str = "") -> None:
         """Re-open a session's tripped loop breaker and clear its repeat and failure counts."""
         if not by:
             raise ConfigError("resetting a loop breaker needs an identity ('by')")
-        now = self._clock() / 1e9
-        trips = self._state.count(f"breaker:{session_id}", _FOREVER, now)
-        self._state.add(f"breaker:{session_id}", -trips, _FOREVER, now)
-        self._state.clear_prefix(f"repeat:{session_id}:")
-        self._state.clear_prefix(f"fail:{session_id}:")
+        self._session_budgets.reset(session_id, self._clock() / 1e9)
         if self._audit is not None:
             ts = self._clock()
             self._audit.append({"kind": "breaker.reset", "id": f"breaker:{session_id}:{ts}",
@@ -629,11 +470,7 @@ class Kernel:
         if not (isinstance(tokens, int) and not isinstance(tokens, bool)
                 and 0 <= tokens < 1 << 53):
             raise ConfigError(f"tokens must be a non-negative integer: {tokens!r}")
-        now = self._clock() / 1e9
-        if cost:  # rounded up: many tiny reports must not add up to nothing
-            self._state.add(f"cost:{session_id}", math.ceil(cost * _MICRO), _FOREVER, now)
-        if tokens:
-            self._state.add(f"tokens:{session_id}", int(tokens), _FOREVER, now)
+        self._session_budgets.add_usage(session_id, cost, tokens, self._clock() / 1e9)
 
     # -- audit --------------------------------------------------------------------------------
     def record_outcome(self, decision: Decision, status: str, *, error: str | None = None,
@@ -642,8 +479,8 @@ class Kernel:
         if status not in ("succeeded", "failed", "exception"):
             raise ConfigError(f"unknown outcome status {status!r}")
         if status != "succeeded" and self.policy.budgets.max_failures is not None:
-            self._state.add(f"fail:{decision.session}:{_call_key(decision.tool, decision.args)}",
-                            1, _FOREVER, self._clock() / 1e9)
+            self._session_budgets.failed(decision.session, decision.tool, decision.args,
+                                         self._clock() / 1e9)
         if self._audit is not None:
             self._audit.append(_Outcome(decision, status, error, duration_ns, self._clock()))
 
@@ -676,26 +513,6 @@ class Kernel:
         self.close()
 
 
-def _call_key(tool: str, args: Any) -> str:
-    """What makes two calls "the same call" for the loop breaker: the tool and the arguments,
-    with strings normalised (case, NFKC, zero-width) and integral floats as integers, so
-    spelling variants of one call count together."""
-    return digest({"tool": tool, "args": _loose(snapshot(args if args is not None else {}))}
-                  )[7:39]
-
-
-def _loose(value: Any) -> Any:
-    if isinstance(value, str):
-        return norm_text(value)
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
-        return int(value)
-    if isinstance(value, dict):
-        return {norm_text(k): _loose(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_loose(v) for v in value]
-    return value
-
-
 def _flow_note(data: Mapping[str, Any]) -> str:
     """Why, in flow terms: each argument's labels and the session's (for the audit event)."""
     parts = [f"{k}={'+'.join(v)}" for k, v in sorted(data["arg_labels"].items())]
@@ -718,11 +535,6 @@ def _plain_map(value: Any) -> Any:
     if value is EMPTY:
         return {}
     return dict(value) if isinstance(value, Mapping) else value
-
-
-def _ident(holder: Mapping[str, Any]) -> str | None:
-    value = holder.get("id", "") if holder else ""
-    return value if isinstance(value, str) else None
 
 
 def _fields(a: Approval) -> dict[str, Any]:

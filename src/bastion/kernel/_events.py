@@ -1,0 +1,139 @@
+"""The audit events the kernel writes: one versioned event per decision, built in one place
+(``decision_event``), and the outcome of a governed call.
+
+Both are lazy mappings: the hot path keeps only a snapshot of the arguments (a shallow copy when
+they are flat, a deep JSON-shaped copy otherwise), and the audit writer's thread builds the body
+— fields, action digest, masking of credentials — when it first reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from bastion._canon import digest, snapshot
+from bastion.kernel._types import Action, Decision
+
+_FLAT = frozenset((str, int, float, bool, type(None)))
+
+
+class _Lazy(Mapping[str, Any]):
+    """An audit event body built by ``_build`` the first time the audit writer reads it."""
+
+    __slots__ = ()
+
+    def _build(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> Any:
+        return self._build()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._build())
+
+    def __len__(self) -> int:
+        return len(self._build())
+
+
+class _Event(_Lazy):
+    """The audit event of one decision, built when the audit writer first reads it.
+
+    The hot path only takes a snapshot of the arguments (a shallow copy when they are flat, a deep
+    JSON-shaped copy otherwise) so later changes by the caller or the tool cannot reach the log;
+    the event's fields and the action digest are computed on the audit writer's thread.
+    """
+
+    __slots__ = ("_action", "_args", "_body", "_decision")
+
+    def __init__(self, decision: Decision, action: Action):
+        args = decision.args if decision.args is not None else action.args
+        if type(args) is dict:
+            for v in args.values():
+                if type(v) not in _FLAT:
+                    args = snapshot(args)
+                    break
+            else:
+                args = args.copy()
+        else:
+            args = snapshot(args)
+        self._args = args
+        self._decision = decision
+        self._action = action
+        self._body: dict[str, Any] | None = None
+
+    def _build(self) -> dict[str, Any]:
+        body = self._body
+        if body is None:
+            body = self._body = decision_event(self._decision, self._action, self._args)
+        return body
+
+
+class _Outcome(_Lazy):
+    """The audit event of a governed call's outcome, built on the audit writer's thread."""
+
+    __slots__ = ("_body", "_parts")
+
+    def __init__(self, decision: Decision, status: str, error: str | None,
+                 duration_ns: int | None, ts: int):
+        self._parts = (decision.id, decision.tool, status, error, duration_ns, ts)
+        self._body: dict[str, Any] | None = None
+
+    def _build(self) -> dict[str, Any]:
+        body = self._body
+        if body is None:
+            did, tool, status, error, duration_ns, ts = self._parts
+            body = {"kind": "outcome", "id": f"{did}:outcome", "decision_id": did, "ts": ts,
+                    "tool": tool, "status": status}
+            if error is not None:
+                body["error"] = error[:2000]
+            if duration_ns is not None:
+                body["duration_ns"] = duration_ns
+            self._body = body
+        return body
+
+
+def decision_event(d: Decision, action: Action, args: Any) -> dict[str, Any]:
+    """The one place a decision's audit event (format version 1) is defined.
+
+    Fields: ``kind`` ("decision"), ``id``, ``ts`` (ns), ``stage``, ``tool`` (canonical),
+    ``tool_raw`` (when the caller's spelling differed), ``agent``, ``session``, ``effect``,
+    ``code``,
+    ``rule_ids``, ``errors``, ``reasons``, ``obligations``, ``policy`` (digest), ``args`` (as passed
+    on: redacted when a redaction applied), ``action`` (digest of tool, stage, args, agent and
+    session), ``approval_id``, ``result`` (post_tool) and ``context`` when present. The audit log
+    adds ``v``, ``seq``, ``prev`` and the MAC over all of them.
+    """
+    agent, session = _ident(action.agent), _ident(action.session)
+    event: dict[str, Any] = {
+        "kind": "decision", "id": d.id, "ts": d.ts_ns, "stage": d.stage, "tool": d.tool,
+        "agent": agent, "session": session, "effect": d.effect, "code": d.code,
+        "rule_ids": list(d.rule_ids), "errors": list(d.errors), "reasons": list(d.reasons),
+        "obligations": list(d.obligations), "policy": d.policy, "args": args,
+        "action": digest({"tool": d.tool, "stage": d.stage, "args": args, "agent": agent,
+                          "session": session}),
+    }
+    if action.tool is not None and action.tool != d.tool:
+        event["tool_raw"] = action.tool if isinstance(action.tool, str) else repr(action.tool)
+    if d.approval_id is not None:
+        event["approval_id"] = d.approval_id
+    if d.stage == "post_tool":
+        event["result"] = snapshot(d.result)
+    if action.context:
+        event["context"] = _masked_context(snapshot(action.context))
+    return event
+
+
+SECRET_CONTEXT_KEYS = frozenset({"bastion_token", "authorization", "api_key", "password"})
+
+
+def _masked_context(context: Any) -> Any:
+    """Credentials presented in the context are recorded by digest only (masking as data)."""
+    if not isinstance(context, dict):
+        return context
+    return {k: {"$masked": digest(v)} if k.lower() in SECRET_CONTEXT_KEYS else v
+            for k, v in context.items()}
+
+
+def _ident(holder: Mapping[str, Any]) -> str | None:
+    value = holder.get("id", "") if holder else ""
+    return value if isinstance(value, str) else None
