@@ -14,17 +14,17 @@ file that does not hold a key of the expected form.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import secrets
-import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from bastion._errors import AuditError, ConfigError
+from bastion._keyfile import create_private as _create_private
+from bastion._keyfile import read_private as _read_private
 
 __all__ = [
     "MAC_KEY_BYTES",
@@ -50,43 +50,6 @@ def public_key_id(public_key: Ed25519PublicKey) -> str:
 def raw_public_key(public_key: Ed25519PublicKey) -> bytes:
     """The 32 raw bytes of an Ed25519 public key."""
     return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def _read_private(path: Path) -> bytes:
-    try:
-        info = path.stat()
-        if os.name == "posix" and info.st_mode & 0o077:
-            mode = stat.S_IMODE(info.st_mode)
-            raise ConfigError(f"{str(path)!r}: key file mode is {mode:04o}; it must be 0600")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise ConfigError(f"{str(path)!r}: cannot read key file: {exc.strerror}") from exc
-
-
-def _create_private(path: Path, content: bytes) -> bool:
-    """Write ``content`` to ``path`` atomically with mode 0600; False if ``path`` already exists."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as exc:
-        raise ConfigError(f"{str(path)!r}: cannot create key file: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            raise ConfigError(f"{str(path)!r}: cannot create key file: {exc.strerror}") from exc
-        return True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def _parse_mac_key(path: Path, text: bytes) -> bytes:

@@ -20,10 +20,7 @@ Loading refuses a file whose mode grants any access to group or others.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
-import stat
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -35,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from bastion._canon import canonical_json
 from bastion._errors import ConfigError
+from bastion._keyfile import create_private, read_private
 from bastion.mesh._errors import RegistryError, VerificationError
 
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -140,26 +138,8 @@ class Identity:
         pem = self.private_key.private_bytes(serialization.Encoding.PEM,
                                              serialization.PrivateFormat.PKCS8,
                                              serialization.NoEncryption())
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError as exc:
-            raise ConfigError(f"{str(target)!r}: cannot create key file: {exc.strerror}") from exc
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(pem)
-                handle.flush()
-                os.fsync(handle.fileno())
-            try:
-                os.link(tmp, target)
-            except FileExistsError:
-                raise ConfigError(f"{str(target)!r}: key file already exists") from None
-            except OSError as exc:
-                raise ConfigError(f"{str(target)!r}: cannot write key file: {exc.strerror}") \
-                    from exc
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        if not create_private(target, pem):
+            raise ConfigError(f"{str(target)!r}: key file already exists")
         return target
 
     @classmethod
@@ -168,13 +148,9 @@ class Identity:
         group or others, or not an Ed25519 private key."""
         source = Path(path)
         try:
-            info = source.stat()
-            if os.name == "posix" and info.st_mode & 0o077:
-                mode = stat.S_IMODE(info.st_mode)
-                raise ConfigError(f"{str(source)!r}: key file mode is {mode:04o}; it must be 0600")
-            data = source.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"{str(source)!r}: cannot read key file: {exc.strerror}") from exc
+            data = read_private(source)
+        except FileNotFoundError:
+            raise ConfigError(f"{str(source)!r}: cannot read key file: no such file") from None
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError) as exc:
