@@ -6,15 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mesh_fixtures import ident
 
 from bastion.mesh import Identity, SQLiteMeshStore, open_mesh_store
-
-NOW = 1_750_000_000.0
-
-
-def ident(n: int) -> Identity:
-    """A deterministic identity: seed = 31 zero bytes and ``n``."""
-    return Identity.from_seed(bytes(31) + bytes([n]))
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import NOW, ident
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mesh_fixtures import NOW, ident
 
 from bastion.mesh import EnvelopeError, SQLiteMeshStore, open_envelope, open_mesh_store, seal
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import NOW, ident
+from mesh_fixtures import NOW, ident
 
 from bastion.kernel import Action, Kernel
 from bastion.mesh import (
@@ -249,3 +249,36 @@ def test_out_of_order_events_do_not_reset_the_gain_cap() -> None:
     engine.feed([_decision("a", boundary + 1, "deny", rules=("r",))])
     engine.feed([_decision("a", boundary + (-1 if i % 2 else 2)) for i in range(400)])
     assert engine.score("a") <= 300
+
+
+def test_refresh_verifies_only_new_entries_and_still_catches_tampering(tmp_path: Path) -> None:
+    """Review finding: every refresh re-verified the whole log. Now the first refresh verifies
+    it in full and later ones only what was appended — a forged new entry still fails."""
+    import sqlite3
+
+    from bastion import Action, Kernel
+    from bastion.mesh import MeshError
+
+    log = tmp_path / "audit.db"
+    policy = "version: 1\nrules:\n  - {id: all, effect: allow}\n"
+    with Kernel.from_text(policy, audit=log) as k:
+        for _ in range(5):
+            k.evaluate(Action(tool="t", agent={"id": "a"}))
+    engine = TrustEngine(str(log))
+    engine.refresh()
+    first = engine.report("a").events
+    with Kernel.from_text(policy, audit=log) as k:
+        k.evaluate(Action(tool="t", agent={"id": "a"}))
+    engine.refresh()
+    assert engine.report("a").events == first + 1
+    with Kernel.from_text(policy, audit=log) as k:
+        k.evaluate(Action(tool="t", agent={"id": "a"}))
+    db = sqlite3.connect(log)
+    seq = db.execute("select max(seq) from entries").fetchone()[0]
+    body = db.execute("select body from entries where seq=?", (seq,)).fetchone()[0]
+    forged = bytes(body).replace(b'"allow"', b'"deny"', 1)
+    db.execute("update entries set body=? where seq=?", (forged, seq))
+    db.commit()
+    db.close()
+    with pytest.raises(MeshError, match="mac mismatch"):
+        engine.refresh()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import NOW, ident
+from mesh_fixtures import NOW, ident
 
 from bastion.mesh import (
     Admission,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import NOW, ident
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mesh_fixtures import NOW, ident
 
 from bastion._canon import canonical_json
 from bastion._errors import ConfigError

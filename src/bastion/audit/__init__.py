@@ -16,7 +16,7 @@ from bastion.audit._proofs import (
     prove_inclusion,
 )
 from bastion.audit._store import AuditTarget
-from bastion.audit._verify import AuditSource, VerifyReport, read_events, verify
+from bastion.audit._verify import AuditSource, VerifyReport, read_events, verify, verify_tail
 
 __all__ = [
     "AuditLog",
@@ -35,4 +35,5 @@ __all__ = [
     "public_key_id",
     "read_events",
     "verify",
+    "verify_tail",
 ]

@@ -131,6 +131,28 @@ def verify(
         return _Verifier(reader, key or own_key or b"", public_key).run()
 
 
+def verify_tail(source: AuditSource, *, since_seq: int, prev_mac: str,
+                key: bytes | None = None, key_path: StrPath | None = None) -> VerifyReport:
+    """Check only the entries from ``since_seq`` on: each entry's MAC over its stored bytes,
+    its seq, and that it chains to ``prev_mac`` (the MAC of entry ``since_seq - 1``, which the
+    caller verified before). For readers that keep up with a log incrementally; it does not
+    check checkpoints or earlier entries — run ``verify`` for that. ``entries`` counts the
+    entries checked; the report names the first bad one like ``verify``.
+    """
+    with opened(source) as (reader, own_key, where):
+        if key is None:
+            key = load_mac_key(key_path) if key_path else own_key
+        if key is None:
+            key = load_mac_key(f"{where}.key")
+        verifier = _Verifier(reader, key, None)
+        try:
+            verifier._check_meta()
+            verifier._check_entries(start=since_seq, prev=prev_mac)
+        except _Failed as failed:
+            return VerifyReport(False, verifier._entries, 0, failed.first_bad_seq, failed.reason)
+        return VerifyReport(True, verifier._entries, 0)
+
+
 class _Failed(Exception):
     def __init__(self, reason: str, first_bad_seq: int | None) -> None:
         super().__init__(reason)
@@ -206,13 +228,14 @@ class _Verifier:
                 self._checkpoints.append((size, checkpoint.root))
                 index += 1
 
-    def _check_entries(self) -> None:
+    def _check_entries(self, start: int = 0, prev: str = _store.ZERO_MAC) -> None:
         mac0 = hmac.new(self._key, digestmod=hashlib.sha256)
-        tree, prev, position = CompactTree(), _store.ZERO_MAC, 0
-        checkpoints = iter(enumerate(self._checkpoints))
+        tree, position = CompactTree(), start
+        checkpoints = iter(enumerate(self._checkpoints if start == 0 else []))
         due = next(checkpoints, None)
         due = self._reach(due, checkpoints, tree)
-        for column_seq, body, mac, leaf in _entries(self._reader):
+        rows = _entries(self._reader) if start == 0 else _entries(self._reader, start)
+        for column_seq, body, mac, leaf in rows:  # a full check also sees negative seqs
             where = f"entry {position}"
             h = mac0.copy()
             h.update(body)
@@ -239,7 +262,7 @@ class _Verifier:
             tree.append(leaf)
             prev = mac
             position += 1
-            self._entries = position
+            self._entries = position - start
             due = self._reach(due, checkpoints, tree)
         if due is not None:
             index, (size, _root) = due

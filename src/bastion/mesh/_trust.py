@@ -143,21 +143,30 @@ class TrustEngine:
         self._seen_att: set[str] = set()
         self._att_periods: set[tuple[str, str, int]] = set()
         self._next_seq = 0
+        self._verified_mac: str | None = None  # mac of the last entry folded
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
-        from bastion.audit import read_events, verify
+        from bastion.audit import read_events, verify, verify_tail
 
         with self._lock:
             flush = getattr(self._audit, "flush", None)
             if callable(flush):
                 flush()
-            if self._verify:
-                report = verify(self._audit)
+            limit = None
+            if self._verify:  # in full once, then only what was appended since
+                full = self._verified_mac is None
+                report = verify(self._audit) if full else verify_tail(
+                    self._audit, since_seq=self._next_seq, prev_mac=str(self._verified_mac))
                 if not report.ok:
                     raise MeshError(f"audit log does not verify: {report.reason}")
-            for event in read_events(self._audit, since_seq=self._next_seq):
+                # fold only what was verified: entries appended meanwhile wait for next time
+                limit = report.entries - self._next_seq if full else report.entries
+                if limit <= 0:
+                    return
+            for event in read_events(self._audit, since_seq=self._next_seq, limit=limit):
                 self._next_seq = int(event.get("seq", self._next_seq)) + 1
+                self._verified_mac = str(event.get("mac"))
                 self._fold(event)
 
     def feed(self, events: Iterable[Mapping[str, Any]]) -> None:
