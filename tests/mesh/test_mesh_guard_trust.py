@@ -94,7 +94,8 @@ def test_trust_facts_reach_cel_and_flooding_cannot_inflate(store: SQLiteMeshStor
 def _decision(agent: str, t: float, effect: str = "allow", code: str = "policy",
               rules: tuple[str, ...] = ("allow-rest",), did: str = "") -> dict[str, object]:
     return {"kind": "decision", "id": did or f"d{t}", "ts": int(t * 1e9), "agent": agent,
-            "effect": effect, "code": code, "rule_ids": list(rules)}
+            "effect": effect, "code": code, "rule_ids": list(rules),
+            "context": {"bastion_token": {"$masked": "sha256:00"}}}  # authenticated by a token
 
 
 def test_violation_is_not_washed_out_and_gain_is_bounded() -> None:
@@ -264,7 +265,7 @@ def test_refresh_verifies_only_new_entries_and_still_catches_tampering(tmp_path:
     with Kernel.from_text(policy, audit=log) as k:
         for _ in range(5):
             k.evaluate(Action(tool="t", agent={"id": "a"}))
-    engine = TrustEngine(str(log))
+    engine = TrustEngine(str(log), config=TrustConfig(authenticated_only=False))
     engine.refresh()
     first = engine.report("a").events
     with Kernel.from_text(policy, audit=log) as k:
@@ -282,3 +283,18 @@ def test_refresh_verifies_only_new_entries_and_still_catches_tampering(tmp_path:
     db.close()
     with pytest.raises(MeshError, match="mac mismatch"):
         engine.refresh()
+
+
+def test_only_decisions_that_carried_a_token_count_by_default() -> None:
+    """The agent id in an action is a claim: without a token, neither credit nor blame."""
+    tokenless = [{**_decision("a", NOW + i), "context": {}} for i in range(50)]
+    engine = TrustEngine(None, verify_log=False, clock=lambda: NOW + 60)
+    engine.feed(tokenless)
+    engine.feed([{**_decision("a", NOW + 55, "deny"), "context": {}}])
+    assert engine.score("a") == 300 and engine.report("a").events == 0
+    engine.feed([_decision("a", NOW + 56)])
+    assert engine.score("a") == 301
+    relaxed = TrustEngine(None, verify_log=False, clock=lambda: NOW + 60,
+                          config=TrustConfig(authenticated_only=False))
+    relaxed.feed(tokenless)
+    assert relaxed.score("a") == 325

@@ -71,6 +71,10 @@ class TrustConfig:
     # an attestation counts only from an issuer whose own trust is at least this (standard tier),
     # and at most once per issuer, subject and period
     min_attester_trust: int = 500
+    # count only decisions that carried a capability token (a TokenGuard verified it, or refused
+    # the call): elsewhere the agent id is only the caller's claim. Set False where agent ids are
+    # authenticated some other way.
+    authenticated_only: bool = True
 
     def value(self, kind: str) -> int:
         return int(self.points.get(kind, _DEFAULT_POINTS[kind]))
@@ -120,6 +124,11 @@ class _Agent:
         self.decay = 0.0
         self.severe = 0
         self.events = 0
+
+
+def _carried_token(event: Mapping[str, Any]) -> bool:
+    context = event.get("context")
+    return isinstance(context, dict) and "bastion_token" in context
 
 
 class TrustEngine:
@@ -185,6 +194,8 @@ class TrustEngine:
             agent = e.get("agent")
             if not isinstance(agent, str) or not agent:
                 return
+            if self.config.authenticated_only and not _carried_token(e):
+                return  # unauthenticated: neither credit nor blame for the claimed id
             self._remember(str(e.get("id")), agent)
             if isinstance(e.get("approval_id"), str):
                 self._remember(e["approval_id"], agent)
