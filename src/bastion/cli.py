@@ -3,9 +3,11 @@ allowed/tampered/failing, 2 an error in what was given (with ``PATH:LINE:COL`` w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -170,16 +172,27 @@ ScopeTool = Annotated[str | None, typer.Option("--tool", help="One tool name.")]
 ScopeAll = Annotated[bool, typer.Option("--all", help="The whole fleet.")]
 
 
-def _kill_switch(state: str, audit: str | None) -> Any:
+@contextlib.contextmanager
+def _kill_switch(state: str, audit: str | None) -> Iterator[Any]:
+    """A kill switch over the state store (and audit log); errors exit 2; both are closed."""
     from bastion.runtime._kill import KillSwitch
     from bastion.state import open_store
 
-    log = None
-    if audit:
-        from bastion.audit import AuditLog
+    store, log = None, None
+    try:
+        store = open_store(state)
+        if audit:
+            from bastion.audit import AuditLog
 
-        log = AuditLog.open(audit, durable=True)
-    return KillSwitch(open_store(state), audit=log), log
+            log = AuditLog.open(audit, durable=True)
+        yield KillSwitch(store, audit=log)
+    except BastionError as exc:
+        _fail(f"error: {exc}")
+    finally:
+        if log is not None:
+            log.close()
+        if store is not None:
+            store.close()
 
 
 @app.command()
@@ -190,15 +203,9 @@ def kill(state: Annotated[str, typer.Option("--state", help="The fleet's state s
          audit: Annotated[str | None, typer.Option("--audit", help="Audit log to record in.")]
          = None) -> None:
     """Engage the kill switch: every matching decision is denied until released."""
-    switch, log = _kill_switch(state, audit)
-    try:
+    with _kill_switch(state, audit) as switch:
         key, cancelled = switch.engage(by=by, reason=reason, agent=agent, session=session,
                                        tool=tool, everything=all_)
-    except BastionError as exc:
-        _fail(f"error: {exc}")
-    finally:
-        if log is not None:
-            log.close()
     typer.echo(f"engaged {key} (by {by}); {cancelled} running call(s) cancelled here")
 
 
@@ -212,15 +219,9 @@ def release(state: Annotated[str, typer.Option("--state")],
     """Release one kill-switch scope (audited; exit 1 if it was not engaged)."""
     if not audit:
         _fail("error: releasing the kill switch must be audited: give --audit PATH")
-    switch, log = _kill_switch(state, audit)
-    try:
+    with _kill_switch(state, audit) as switch:
         released = switch.release(by=by, reason=reason, agent=agent, session=session,
                                   tool=tool, everything=all_)
-    except BastionError as exc:
-        _fail(f"error: {exc}")
-    finally:
-        if log is not None:
-            log.close()
     typer.echo("released" if released else "was not engaged")
     raise typer.Exit(0 if released else 1)
 
@@ -228,9 +229,9 @@ def release(state: Annotated[str, typer.Option("--state")],
 @app.command()
 def kills(state: Annotated[str, typer.Option("--state")]) -> None:
     """List the engaged kill-switch flags as JSON lines."""
-    switch, _ = _kill_switch(state, None)
-    for key, record in sorted(switch.engaged().items()):
-        typer.echo(json.dumps({"flag": key, **record}))
+    with _kill_switch(state, None) as switch:
+        for key, record in sorted(switch.engaged().items()):
+            typer.echo(json.dumps({"flag": key, **record}))
 
 
 @audit_app.command("verify")
