@@ -42,14 +42,25 @@ DAY = 86400
 
 
 def _kernel(store: SQLiteMeshStore, tmp_path: Path, facts: object = None) -> Kernel:
-    guard = TokenGuard(roots={ROOT.did}, revocations=store, registry=store, clock=lambda: NOW)
+    guard = TokenGuard(roots={ROOT.did}, revocations=store, registry=store, nonces=store,
+                       clock=lambda: NOW)
     return Kernel.from_text(POLICY, audit=str(tmp_path / "audit.db"), guards=[guard],
                             agent_facts=facts)
 
 
-def _act(tool: str, token: str | None, agent: str = "bob", **args: object) -> Action:
-    return Action(tool=tool, args=args, agent={"id": agent},
-                  context={"bastion_token": token} if token else {})
+def _act(tool: str, token: str | None, agent: str = "bob", holder: object = None,
+         **args: object) -> Action:
+    """An action presenting ``token`` with a proof of possession signed by ``holder``
+    (BOB unless given; ``False``: no proof)."""
+    from bastion.mesh import prove_call
+
+    context: dict[str, object] = {}
+    if token:
+        context["bastion_token"] = token
+        if holder is not False:
+            context["bastion_token_proof"] = prove_call(holder or BOB, token, tool, args,  # type: ignore[arg-type]
+                                                        now=NOW)
+    return Action(tool=tool, args=args, agent={"id": agent}, context=context)
 
 
 def test_guard_enforces_presented_token(store: SQLiteMeshStore, tmp_path: Path) -> None:
@@ -67,6 +78,19 @@ def test_guard_enforces_presented_token(store: SQLiteMeshStore, tmp_path: Path) 
         assert not d.allowed and "exceeds max 100" in d.reasons[0]
         assert "no capability token" in k.evaluate(_act("read_file", None)).reasons[0]
         assert "audience" in k.evaluate(_act("read_file", token, agent="alice")).reasons[0]
+        # possession: a copied token is useless without the audience's key
+        assert "no proof" in k.evaluate(_act("read_file", token, holder=False)).reasons[0]
+        stolen = k.evaluate(_act("read_file", token, holder=ALICE))  # signed by the wrong key
+        assert stolen.code == "guard" and "does not verify" in stolen.reasons[0]
+        from bastion.mesh import prove_call
+
+        proof = prove_call(BOB, token, "read_file", {"path": "a"}, now=NOW)
+        swapped = Action(tool="read_file", args={"path": "b"}, agent={"id": "bob"},
+                         context={"bastion_token": token, "bastion_token_proof": proof})
+        assert "another token, tool or arguments" in k.evaluate(swapped).reasons[0]
+        first = swapped._replace(args={"path": "a"})
+        assert k.evaluate(first).allowed
+        assert "replay" in k.evaluate(first).reasons[0]
         store.revoke(parent.id, now=NOW)
         assert "revoked" in k.evaluate(_act("read_file", token)).reasons[0]
 
@@ -77,7 +101,7 @@ def test_trust_facts_reach_cel_and_flooding_cannot_inflate(store: SQLiteMeshStor
     token = issue_token(ROOT, audience=BOB.did, scopes=["tool:*"], now=NOW).encode()
     clock = [NOW]
     with Kernel.from_text(POLICY, audit=str(tmp_path / "a.db"), clock=lambda: int(clock[0] * 1e9),
-                          guards=[TokenGuard(roots={ROOT.did}, registry=store,
+                          guards=[TokenGuard(roots={ROOT.did}, registry=store, nonces=store,
                                              clock=lambda: NOW)]) as k:
         engine = TrustEngine(k.audit, registry=store, clock=lambda: clock[0])
         facts = TrustFacts(engine, registry=store, ttl_s=0)
@@ -192,7 +216,7 @@ def test_unauthenticated_guard_denials_do_not_sink_the_claimed_agent(tmp_path) -
     root, bob = Identity.generate(), Identity.generate()
     store = open_mesh_store(tmp_path / "mesh.db")
     store.register("bob", bob.did, roles=[], now=now)
-    guard = TokenGuard(roots={root.did}, revocations=store, registry=store)
+    guard = TokenGuard(roots={root.did}, revocations=store, registry=store, nonces=store)
     policy = "version: 1\nrules:\n  - {id: all, effect: allow}\n"
     log = tmp_path / "audit.db"
     with Kernel.from_text(policy, audit=log, guards=[guard]) as k:
@@ -204,8 +228,11 @@ def test_unauthenticated_guard_denials_do_not_sink_the_claimed_agent(tmp_path) -
     token = issue_token(root, audience=bob.did, scopes=["tool:read_*"], ttl_s=3600,
                         now=now).encode()
     with Kernel.from_text(policy, audit=log, guards=[guard]) as k:
-        d = k.evaluate(Action(tool="wire_money", agent={"id": "bob"},
-                              context={"bastion_token": token}))
+        from bastion.mesh import prove_call
+
+        d = k.evaluate(Action(tool="wire_money", agent={"id": "bob"}, context={
+            "bastion_token": token,
+            "bastion_token_proof": prove_call(bob, token, "wire_money", {}, now=_time.time())}))
         assert d.code == "guard" and "does not grant" in d.reasons[0]
     engine.refresh()
     after = engine.report("bob").score

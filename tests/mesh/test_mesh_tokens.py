@@ -219,6 +219,7 @@ def test_a_rotated_or_revoked_delegator_cannot_hand_out_live_tokens(tmp_path) ->
         delegate_token,
         issue_token,
         open_mesh_store,
+        prove_call,
         rotation_statement,
     )
 
@@ -229,14 +230,18 @@ def test_a_rotated_or_revoked_delegator_cannot_hand_out_live_tokens(tmp_path) ->
     store.register("mal", mal.did, roles=[], now=now)
     token = issue_token(root, audience=alice.did, scopes=["tool:*"], ttl_s=3600, now=now)
     child = delegate_token(token, alice, audience=mal.did, scopes=["tool:*"], now=now).encode()
-    guard = TokenGuard(roots={root.did}, revocations=store, registry=store)
+    guard = TokenGuard(roots={root.did}, revocations=store, registry=store, nonces=store)
     policy = "version: 1\nrules:\n  - {id: all, effect: allow}\n"
     with Kernel.from_text(policy, audit=False, guards=[guard]) as k:
-        call = Action(tool="wire_money", agent={"id": "mal"}, context={"bastion_token": child})
-        assert k.evaluate(call).allowed
+        def call() -> Action:
+            proof = prove_call(mal, child, "wire_money", {}, now=_time.time())
+            return Action(tool="wire_money", agent={"id": "mal"},
+                          context={"bastion_token": child, "bastion_token_proof": proof})
+
+        assert k.evaluate(call()).allowed
         store.rotate("alice", rotation_statement(alice, successor, agent_id="alice", at=int(now)),
                      now=now)
-        d = k.evaluate(call)
+        d = k.evaluate(call())
         assert d.code == "guard" and "not the current key" in d.reasons[0]
     store.close()
 

@@ -13,7 +13,7 @@ from bastion.mesh._errors import (
     VerificationError,
 )
 from bastion.mesh._facts import UNTRUSTED, TrustFacts
-from bastion.mesh._guard import TokenGuard
+from bastion.mesh._guard import TokenGuard, prove_call
 from bastion.mesh._handshake import (
     Admission,
     HandshakeServer,
@@ -82,6 +82,7 @@ __all__ = [
     "open_envelope",
     "open_mesh_store",
     "parse_token",
+    "prove_call",
     "public_from_did",
     "record_attestation",
     "rotation_statement",

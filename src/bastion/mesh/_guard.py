@@ -11,23 +11,54 @@ The kernel never imports ``bastion.mesh``; it runs the ``Guard`` callables it wa
    the trusted roots, audience = one of step 2; with a registry, every delegating key must be
    the current key of an active agent) → deny with the failure's reason;
 4. checks the canonical tool and the arguments against every link's scopes and constraints
-   → deny with the first reason.
+   → deny with the first reason;
+5. at ``pre_tool``, unless ``unsafe_bearer``: checks ``context["bastion_token_proof"]``
+   (``prove_call``), a signature by the token's audience key over this token, tool, arguments,
+   time and a nonce, fresh and used once — so a copied token is useless without the key.
 
 Actions without a tool (``input``/``output``) pass to the policy unchanged.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
+import orjson
+
+from bastion._canon import canonical_json, canonical_tool, digest, snapshot
 from bastion.kernel import Action
 from bastion.mesh._errors import VerificationError
-from bastion.mesh._store import AgentRegistry, RevocationList
-from bastion.mesh._tokens import verify_token
+from bastion.mesh._keys import Identity, verify_signature
+from bastion.mesh._store import AgentRegistry, NonceStore, RevocationList
+from bastion.mesh._tokens import b64d, b64e, verify_token
 
 CONTEXT_KEY = "bastion_token"
+PROOF_KEY = "bastion_token_proof"
+PROOF_DOMAIN = "bastion-call-v1"
+
+
+def prove_call(holder: Identity, token: str, tool: str, args: Mapping[str, Any], *,
+               now: float, nonce: str | None = None) -> str:
+    """Proof that the holder of the token's audience key makes this very call: a signature
+    over the token's digest, the canonical tool name, the arguments' digest, the time and a
+    nonce. Present it as ``context["bastion_token_proof"]`` beside the token."""
+    body = _call_body(token, tool, args, now, nonce or secrets.token_hex(16))
+    if body is None:
+        raise ValueError(f"invalid tool name {tool!r}")
+    sig = holder.sign(PROOF_DOMAIN, canonical_json(body))
+    return b64e(canonical_json({**body, "sig": b64e(sig)}))
+
+
+def _call_body(token: str, tool: str, args: Any, ts: float, nonce: str) -> dict[str, Any] | None:
+    name = canonical_tool(tool)
+    if name is None:
+        return None
+    plain = dict(args) if isinstance(args, Mapping) else args  # any mapping type, same digest
+    return {"token": digest(token), "tool": name, "args": digest(snapshot(plain)), "ts": ts,
+            "nonce": nonce}
 
 
 class TokenGuard:
@@ -37,9 +68,15 @@ class TokenGuard:
 
     def __init__(self, *, roots: Collection[str], revocations: RevocationList | None = None,
                  registry: AgentRegistry | None = None, required: bool = True,
+                 nonces: NonceStore | None = None, unsafe_bearer: bool = False,
                  clock: Callable[[], float] = time.time, skew_s: int = 30):
         if not roots:
             raise ValueError("a token guard needs at least one trusted root DID")
+        if not unsafe_bearer and nonces is None:
+            raise ValueError("a token guard needs a nonce store to check proofs of possession "
+                             "(or unsafe_bearer=True to accept tokens as bearer credentials)")
+        self._nonces = nonces
+        self._bearer = unsafe_bearer
         self._roots = frozenset(roots)
         self._revocations = revocations
         self._registry = registry
@@ -71,5 +108,43 @@ class TokenGuard:
                                     else self._registry.is_current_key)
         except VerificationError as exc:
             return f"token refused: {exc}"
-        problem = verified.permits(tool, action.args if action.args is not None else {})
+        args = action.args if action.args is not None else {}
+        if not self._bearer and action.stage == "pre_tool":  # step 5
+            refusal = self._check_proof(action, presented, tool, args, verified.holder)
+            if refusal is not None:
+                return refusal
+        problem = verified.permits(tool, args)
         return None if problem is None else f"token does not grant this call: {problem}"
+
+    def _check_proof(self, action: Action, token: str, tool: str, args: Any,
+                     audience: str) -> str | None:
+        """The call is signed by the token's audience key, for this token, tool and arguments,
+        recently, once."""
+        raw = (action.context or {}).get(PROOF_KEY)
+        if not isinstance(raw, str):
+            return "no proof of possession presented with the token"
+        try:
+            proof = orjson.loads(b64d(raw))
+            sig = b64d(proof.pop("sig"))
+            ts, nonce = float(proof["ts"]), str(proof["nonce"])
+        except (ValueError, KeyError, TypeError, AttributeError, orjson.JSONDecodeError):
+            return "the proof of possession is malformed"
+        expected = _call_body(token, tool, args, proof.get("ts"), nonce)
+        if proof != expected:
+            return "the proof of possession is for another token, tool or arguments"
+        did = audience
+        if not did.startswith("did:") and self._registry is not None:
+            record = self._registry.get(audience)
+            did = record.did if record is not None else audience
+        try:
+            verify_signature(did, PROOF_DOMAIN, canonical_json(proof), sig)
+        except (VerificationError, ValueError) as exc:
+            return f"the proof of possession does not verify: {exc}"
+        now = self._clock()
+        if abs(now - ts) > self._skew:
+            return "the proof of possession is stale"
+        assert self._nonces is not None
+        if not self._nonces.claim_nonce(f"call:{did}", nonce, expires=ts + self._skew + 1,
+                                        now=now):
+            return "the proof of possession was already used (replay)"
+        return None
