@@ -39,6 +39,7 @@ from bastion._canon import strip_format
 TRUSTED, UNTRUSTED, UNKNOWN = "trusted", "untrusted", "unknown"
 USER = "user"
 MIN_FRAGMENT = 6  # significant characters a piece needs before it counts as a fragment
+MIN_SECRET_WORD = 16  # a word this long shared with a secret text carries its labels
 MAX_TEXT = 65_536  # characters of one value that are remembered and searched
 MAX_LEAVES = 4_096  # scalars taken from one nested value
 _PLAIN = frozenset({TRUSTED, UNTRUSTED, USER, "public", "internal"})
@@ -239,6 +240,22 @@ class Provenance:
                 found |= labels - {TRUSTED, UNTRUSTED, USER}
         return found
 
+    def _sensitive_words(self, leaf: str) -> set[str]:
+        """Labels of sensitive texts that share a long word with ``leaf``: a key, token or
+        password copied into a longer message is still the secret."""
+        found: set[str] = set()
+        hay = self._haystack("sensitive")
+        if not hay:
+            return found
+        for word in canonical(leaf).split(" "):
+            word = compact(word)
+            if len(word) < MIN_SECRET_WORD or word not in hay:
+                continue
+            for key, labels in self._hay.items():
+                if word in key and labels - _PLAIN:
+                    found |= labels - {TRUSTED, UNTRUSTED, USER}
+        return found
+
     def _fragment(self, text: str) -> set[str] | None:
         """Labels of the untrusted values ``text`` is a piece of, unless trusted text holds it."""
         if len(text) < MIN_FRAGMENT or text in self._haystack(TRUSTED):
@@ -271,7 +288,8 @@ class Provenance:
         seen = self._atoms.get(whole)
         if seen is not None and TRUSTED in seen:
             return {x for x in seen if x != UNTRUSTED}
-        out = self._sensitive(compact(leaf)) if isinstance(leaf, str) else set()
+        out = (self._sensitive(compact(leaf)) | self._sensitive_words(leaf)
+               if isinstance(leaf, str) else set())
         untrusted = seen is not None
         if seen is not None:
             out |= seen
