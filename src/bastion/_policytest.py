@@ -36,7 +36,7 @@ from typing import Any
 from bastion._errors import PolicyError
 from bastion.kernel import Action, Decision, Kernel
 from bastion.policy import load_policy, parse_policy
-from bastion.policy._yaml import Located, LocatedList, read_yaml
+from bastion.policy._yaml import Located, LocatedList, read_source, read_yaml
 
 _FILE_KEYS = {"policy", "policy_text", "agents", "cases", "description", "catalog",
               "catalog_text", "rings", "elevations"}
@@ -66,11 +66,7 @@ class _StaticFacts:
 def run_file(path: str | Path) -> list[CaseResult]:
     """Run every case of one test file. Raises ``PolicyError`` for a malformed file or policy."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PolicyError("file not found", path=str(p)) from None
-    doc = read_yaml(text, str(p))
+    doc = read_yaml(read_source(p), str(p))
     where = str(p)
     if not isinstance(doc, Located):
         raise PolicyError("a policy test file must be a mapping", path=where, line=1, column=1)

@@ -7,11 +7,31 @@ can never interleave a read-modify-write. Files use WAL.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from bastion._errors import ConfigError
+
+
+def sqlite_path(target: str | os.PathLike[str] | None, what: str) -> str:
+    """The SQLite file a store target names: ``None``, ``memory://`` and ``:memory:`` are
+    in-process; ``sqlite:///path`` and a plain path are files. Any other URL scheme is a
+    ``ConfigError`` naming ``what`` (its backend is not available)."""
+    if target is None:
+        return ":memory:"
+    text = os.fspath(target)
+    if text in ("memory://", ":memory:"):
+        return ":memory:"
+    if text.startswith("sqlite:///"):
+        return text.removeprefix("sqlite:///") or ":memory:"
+    if "://" in text:
+        raise ConfigError(f"{what} backend {text.split('://', 1)[0]!r} is not available yet "
+                          "(use a path or sqlite:///path)")
+    return text
 
 
 def connect(path: str, schema: str, *, synchronous: str = "normal") -> sqlite3.Connection:

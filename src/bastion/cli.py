@@ -9,10 +9,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
+from bastion._cli_common import fail as _fail
 from bastion._errors import BastionError, PolicyError
 from bastion.mesh._cli import id_app, token_app, trust_app
 
@@ -26,11 +27,6 @@ app.add_typer(trust_app, name="trust")
 
 PolicyOpt = Annotated[Path, typer.Option("--policy", "-p", help="Policy file (YAML).")]
 StateOpt = Annotated[str | None, typer.Option("--state", help="State store path or URL.")]
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(message, err=True)
-    raise typer.Exit(code)
 
 
 def _json_arg(name: str, text: str | None) -> Any:

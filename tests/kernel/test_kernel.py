@@ -459,3 +459,22 @@ def test_loop_breaker_counts_spelling_variants_as_the_same_call() -> None:
         allowed = [k.evaluate(Action(tool="search", args=a, session={"id": "s"})).allowed
                    for a in variants + variants]
         assert allowed == [True, True, True, False, False, False]
+
+
+def test_file_sources_fail_precisely(tmp_path: Path) -> None:
+    """Policies, Cedar policies, catalogs and test files share one reader: a catalog file named
+    version.yaml is still a file, and a directory or bad bytes are PolicyErrors, not tracebacks."""
+    from bastion import PolicyError
+    from bastion._policytest import run_file
+    from bastion.flow import load_catalog
+
+    named = tmp_path / "version.yaml"
+    named.write_text("version: 1\ntools:\n  t: {class: read}\n")
+    assert load_catalog(str(named)).get("t").tool_class == "read"
+    bad = tmp_path / "bad.cedar"
+    bad.write_bytes(b"permit(principal, action, resource);\n\xff\n")
+    with pytest.raises(PolicyError) as info:
+        Kernel.from_policy(bad)
+    assert (info.value.line, info.value.column) == (2, 1)
+    with pytest.raises(PolicyError, match="cannot read"):
+        run_file(tmp_path)

@@ -24,7 +24,7 @@ from typing import Any
 
 from bastion._canon import canonical_tool
 from bastion._errors import PolicyError
-from bastion.policy._yaml import Located, LocatedList, read_yaml
+from bastion.policy._yaml import Located, LocatedList, read_source, read_yaml
 
 CLASSES = ("read", "write", "egress", "code", "admin", "unknown")
 INTEGRITY = ("trusted", "untrusted")
@@ -58,18 +58,14 @@ EMPTY_CATALOG = ToolCatalog({})
 
 
 def load_catalog(source: str | Path) -> ToolCatalog:
-    """A catalog from a path, or from YAML text when ``source`` is a string holding a newline
-    or starting with ``version``. A missing file is a ``PolicyError``, never read as text."""
-    if isinstance(source, str) and ("\n" in source or source.lstrip().startswith("version")):
-        return parse_catalog(source)
-    p = Path(source)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PolicyError("file not found", path=str(p)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"cannot read catalog: {exc}", path=str(p)) from None
-    return parse_catalog(text, path=str(p))
+    """A catalog from a path, or from YAML text when ``source`` is a string holding a newline,
+    or a one-line ``version: …`` or ``{…}`` document (so a file named ``version.yaml`` is still
+    a path). A missing file is a ``PolicyError``, never read as text."""
+    if isinstance(source, str):
+        head = source.lstrip()
+        if "\n" in source or head.startswith(("version:", "{")):
+            return parse_catalog(source)
+    return parse_catalog(read_source(source), path=str(source))
 
 
 def parse_catalog(text: str, *, path: str = "<catalog>") -> ToolCatalog:

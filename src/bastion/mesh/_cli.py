@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
+from bastion._cli_common import fail as _fail
 from bastion._errors import BastionError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -26,11 +27,6 @@ app.add_typer(trust_app, name="trust")
 
 KeyOpt = Annotated[Path, typer.Option("--key", "-k", help="Key file (0600).")]
 RegistryOpt = Annotated[str | None, typer.Option("--registry", help="Mesh store path.")]
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(message, err=True)
-    raise typer.Exit(code)
 
 
 def _out(value: Any) -> None:

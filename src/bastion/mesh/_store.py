@@ -18,8 +18,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bastion._errors import ConfigError, StateError
-from bastion._sqlite import connect, transaction
+from bastion._errors import StateError
+from bastion._sqlite import connect, sqlite_path, transaction
 from bastion.mesh._errors import RegistryError
 from bastion.mesh._keys import public_from_did, verify_rotation
 
@@ -85,17 +85,7 @@ create index if not exists nonces_expiry on nonces(expires);
 
 def open_mesh_store(target: str | os.PathLike[str] | None) -> SQLiteMeshStore:
     """``None``/``memory://``: in-process; a path or ``sqlite:///path``: a shared file."""
-    if target is None:
-        return SQLiteMeshStore(":memory:")
-    text = os.fspath(target)
-    if text in ("memory://", ":memory:"):
-        return SQLiteMeshStore(":memory:")
-    if text.startswith("sqlite:///"):
-        return SQLiteMeshStore(text.removeprefix("sqlite:///") or ":memory:")
-    if "://" in text:
-        raise ConfigError(f"mesh store backend {text.split('://', 1)[0]!r} is not available "
-                          "(use a path or sqlite:///path)")
-    return SQLiteMeshStore(text)
+    return SQLiteMeshStore(sqlite_path(target, "mesh store"))
 
 
 class SQLiteMeshStore:

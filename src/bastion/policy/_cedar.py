@@ -111,14 +111,9 @@ class CedarPolicy:
 
 
 def load_cedar(path: str | Path) -> CedarPolicy:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PolicyError("file not found", path=str(p)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"cannot read file: {exc}", path=str(p)) from None
-    return CedarPolicy(text, str(p))
+    from bastion.policy._yaml import read_source
+
+    return CedarPolicy(read_source(path), str(path))
 
 
 def _cedarpy() -> Any:

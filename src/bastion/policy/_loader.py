@@ -25,7 +25,7 @@ from bastion.policy._model import (
     Rule,
     Stage,
 )
-from bastion.policy._yaml import Located, LocatedList, Pos, read_yaml
+from bastion.policy._yaml import Located, LocatedList, Pos, read_source, read_yaml
 
 _TOP_KEYS = ("version", "name", "description", "default", "rules", "budgets")
 _RULE_KEYS = (
@@ -47,21 +47,7 @@ _REDACT_PATH = re.compile(r"(args|result)(\.([A-Za-z0-9_\-]+|\*))*")
 
 def load_policy(path: str | Path) -> Policy:
     """Read and validate a policy file. A missing or unreadable file is a ``PolicyError``."""
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise PolicyError("file not found", path=str(p), line=0, column=0) from None
-    except OSError as exc:
-        raise PolicyError(f"cannot read file: {exc.strerror}", path=str(p)) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise PolicyError(f"not valid utf-8 (byte {exc.start})", path=str(p), line=line,
-                          column=column) from None
-    return parse_policy(text, path=str(p))
+    return parse_policy(read_source(path), path=str(path))
 
 
 def parse_policy(text: str, *, path: str = "<text>") -> Policy:

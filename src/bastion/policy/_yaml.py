@@ -8,6 +8,7 @@ documents beyond a size limit.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,29 @@ class LocatedList(list[Any]):
 def _pos(node: yaml.Node) -> Pos:
     style = getattr(node, "style", None) if getattr(node, "id", "") == "scalar" else None
     return Pos(node.start_mark.line + 1, node.start_mark.column + 1, style)
+
+
+def read_source(path: str | os.PathLike[str]) -> str:
+    """The text of a policy, catalog or test file. Every failure is a ``PolicyError``: a
+    missing file (never read as text), an unreadable one, and bytes that are not UTF-8 (at the
+    line and column of the first bad byte)."""
+    p = os.fspath(path)
+    try:
+        with open(p, "rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise PolicyError("file not found", path=p, line=0, column=0) from None
+    except OSError as exc:
+        raise PolicyError(f"cannot read file: {exc.strerror}", path=p) from None
+    if len(raw) > MAX_BYTES:
+        raise PolicyError(f"file is larger than {MAX_BYTES} bytes", path=p, line=1, column=1)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise PolicyError(f"not valid utf-8 (byte {exc.start})", path=p, line=line,
+                          column=column) from None
 
 
 def read_yaml(text: str, path: str) -> Any:

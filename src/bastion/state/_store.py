@@ -21,8 +21,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from bastion._errors import ConfigError, StateError
-from bastion._sqlite import connect, transaction
+from bastion._errors import StateError
+from bastion._sqlite import connect, sqlite_path, transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,18 +79,7 @@ class StateStore(Protocol):
 
 def open_store(target: str | os.PathLike[str] | None) -> StateStore:
     """Open the store named by ``target`` (see module docstring)."""
-    if target is None:
-        return SQLiteStore(":memory:")
-    text = os.fspath(target)
-    if text in ("memory://", ":memory:"):
-        return SQLiteStore(":memory:")
-    if text.startswith("sqlite:///"):
-        return SQLiteStore(text.removeprefix("sqlite:///") or ":memory:")
-    if "://" in text:
-        scheme = text.split("://", 1)[0]
-        raise ConfigError(f"state backend {scheme!r} is not available yet (use a path or "
-                          "sqlite:///path)")
-    return SQLiteStore(text)
+    return SQLiteStore(sqlite_path(target, "state"))
 
 
 _SCHEMA = """
