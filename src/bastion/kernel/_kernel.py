@@ -137,6 +137,8 @@ class Kernel:
         self._flows: OrderedDict[str, Provenance] = OrderedDict()
         self._flow_lock = threading.Lock()
         self.flow_sessions_evicted = 0
+        self._checks_results = self._flow_on or self._cedar is not None or any(
+            cr.rule.stage is Stage.POST_TOOL for cr in self.compiled.rules)
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -487,6 +489,12 @@ class Kernel:
     @property
     def audit(self) -> Any:
         return self._audit
+
+    @property
+    def checks_results(self) -> bool:
+        """Whether results must go through ``post_tool``: the policy has ``post_tool`` rules or
+        the kernel tracks information flow (a result it never saw could launder taint)."""
+        return self._checks_results
 
     @property
     def clock(self) -> Callable[[], int]:
