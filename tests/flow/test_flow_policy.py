@@ -53,8 +53,8 @@ def test_end_to_end_injected_transfer_is_stopped_and_audited(tmp_path: Path) -> 
     why = events[0]
     assert why["effect"] == "require_approval" and why["rule_ids"] == ["flow-untrusted-sink"]
     note = next(r for r in why["reasons"] if r.startswith("flow:"))
-    assert "recipient=internal+tool:read_inbox+untrusted" in note
-    assert "session internal+untrusted" in note
+    assert "recipient=injection+internal+tool:read_inbox+untrusted" in note
+    assert "session injection+internal+untrusted" in note
     assert events[1]["effect"] == "allow"
 
 
@@ -153,6 +153,6 @@ def test_flow_tracking_is_off_without_catalog_or_flow_rules() -> None:
 
 def test_session_labels_visible_to_policies(kernel: bastion.Kernel) -> None:
     _read_inbox(kernel)
-    assert kernel.provenance("s1").session_labels() == ["internal", "untrusted"]
+    assert kernel.provenance("s1").session_labels() == ["injection", "internal", "untrusted"]
     assert kernel.provenance("other").session_labels() == []
 

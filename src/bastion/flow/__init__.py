@@ -17,7 +17,21 @@ from bastion.flow._provenance import (
     canonical,
     identifiers,
 )
+from bastion.flow._results import SPOTLIGHT_PROMPT, injection_signal
 
-__all__ = ["CLASSES", "EMPTY_CATALOG", "TRUSTED", "UNKNOWN", "UNTRUSTED", "Provenance",
-           "ToolCatalog", "ToolInfo", "canonical", "identifiers", "load_catalog",
-           "parse_catalog"]
+__all__ = [
+    "CLASSES",
+    "EMPTY_CATALOG",
+    "SPOTLIGHT_PROMPT",
+    "TRUSTED",
+    "UNKNOWN",
+    "UNTRUSTED",
+    "Provenance",
+    "ToolCatalog",
+    "ToolInfo",
+    "canonical",
+    "identifiers",
+    "injection_signal",
+    "load_catalog",
+    "parse_catalog",
+]

@@ -3,8 +3,10 @@
 A catalog (YAML, beside the policy) declares per tool its **class** (``read``, ``write`` — side
 effects inside the organisation, ``egress`` — sends data out, ``code`` — executes code,
 ``admin`` — privileged), whether it has side effects, which arguments are **sinks**
-(recipients, URLs, amounts, paths), and the labels its **result** carries (integrity
-``trusted``/``untrusted``, confidentiality such as ``public``/``internal``/``secret``).
+(recipients, URLs, amounts, paths), the labels its **result** carries (integrity
+``trusted``/``untrusted``, confidentiality such as ``public``/``internal``/``secret``) and how
+the result goes back to the model (``handling``: ``pass``, ``mark`` or ``quarantine``; see
+``bastion.flow._results``).
 Tool names are canonicalised like everywhere else. A tool the catalog does not name gets the
 safe defaults: class ``unknown`` (only the most privileged ring may call it), side effects,
 untrusted results. Loading is strict, with ``PATH:LINE:COL`` on every mistake::
@@ -13,7 +15,7 @@ untrusted results. Loading is strict, with ``PATH:LINE:COL`` on every mistake::
     tools:
       send_email: {class: egress, sinks: [to, body]}
       read_inbox: {class: read, side_effects: false,
-                   result: {integrity: untrusted, confidentiality: internal}}
+                   result: {integrity: untrusted, confidentiality: internal, handling: mark}}
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from typing import Any
 
 from bastion._canon import canonical_tool
 from bastion._errors import PolicyError
+from bastion.flow._results import HANDLINGS
 from bastion.policy._yaml import Located, LocatedList, read_source, read_yaml
 
 CLASSES = ("read", "write", "egress", "code", "admin", "unknown")
 INTEGRITY = ("trusted", "untrusted")
 _TOOL_KEYS = ("class", "side_effects", "sinks", "result", "description")
-_RESULT_KEYS = ("integrity", "confidentiality")
+_RESULT_KEYS = ("integrity", "confidentiality", "handling")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,7 @@ class ToolInfo:
     integrity: str = "untrusted"
     confidentiality: str = "internal"
     declared: bool = False
+    handling: str = "pass"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +123,10 @@ def _entry(name: str, node: Located, path: str) -> ToolInfo:
     conf = result.get("confidentiality", "internal")
     if not isinstance(conf, str) or not conf:
         _fail(result, "confidentiality", "'confidentiality' must be a label", path)
-    return ToolInfo(name, str(cls), bool(side), tuple(sinks), str(integrity), str(conf), True)
+    handling = result.get("handling", "pass")
+    _choice(result, "handling", handling, HANDLINGS, path)
+    return ToolInfo(name, str(cls), bool(side), tuple(sinks), str(integrity), str(conf), True,
+                    str(handling))
 
 
 def _keys(node: Located, allowed: tuple[str, ...], what: str, path: str) -> None:

@@ -9,9 +9,11 @@ A governed call runs as follows:
 1. Bind the call's arguments to the function's parameters (defaults applied; ``self``/``cls``
    left out) and decide a ``pre_tool`` action. Anything but allow raises ``GovernanceDenied``.
 2. Call the function with the arguments the decision returned (redacted when a redact rule
-   applied). An exception is recorded as the call's outcome and re-raised.
-3. If the policy has ``post_tool`` rules, decide the result: a deny raises ``GovernanceDenied``
-   and a redaction replaces the returned value.
+   applied, quarantine handles released). An exception is recorded as the call's outcome and
+   re-raised.
+3. If the kernel checks results (the policy has ``post_tool`` rules or the kernel tracks
+   information flow), decide the result: a deny raises ``GovernanceDenied``; a redaction, a
+   marked or a quarantined result replaces the returned value.
 4. Record the outcome (``succeeded``, ``failed`` when the result was denied, ``exception``).
 
 A ``require_approval`` decision raises ``GovernanceDenied`` carrying ``approval_id``; once granted,
@@ -32,7 +34,6 @@ from bastion.kernel._events import _Outcome
 from bastion.kernel._inflight import IN_FLIGHT, Call
 from bastion.kernel._kernel import Kernel
 from bastion.kernel._types import EMPTY, Action, Decision
-from bastion.policy import Stage
 
 F = TypeVar("F", bound=Callable[..., Any])
 Source = Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
@@ -60,7 +61,7 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
 
         tool = name or fn.__name__
         binder = _Binder(fn)
-        post = any(r.stage is Stage.POST_TOOL for r in kernel.policy.rules)
+        post = kernel.checks_results
         fixed = [src if src is not None and not callable(src) else EMPTY
                  for src in (agent, session, context)]
         dynamic = any(callable(src) for src in (agent, session, context))
@@ -90,7 +91,7 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
             decision = kernel.evaluate(action("pre_tool", bound))
             if not decision.allowed:
                 raise GovernanceDenied(decision)
-            if decision.redacted and decision.args is not None:
+            if decision.args is not bound and decision.args is not None:
                 args, kwargs = binder.rebuild(args, kwargs, decision.args)
             return decision, args, kwargs
 
@@ -145,11 +146,12 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
                     a0, s0, c0 = _get(agent), _get(session), _get(context)
                 else:
                     a0, s0, c0 = fixed
-                decision = evaluate(Action(tool, bind(args, kwargs), "pre_tool", a0, s0, c0,
-                                           None, _APPROVAL.get()))
+                bound = bind(args, kwargs)
+                decision = evaluate(Action(tool, bound, "pre_tool", a0, s0, c0, None,
+                                           _APPROVAL.get()))
                 if decision.effect != "allow":
                     raise GovernanceDenied(decision)
-                if decision.redacted and decision.args is not None:
+                if decision.args is not bound and decision.args is not None:
                     args, kwargs = binder.rebuild(args, kwargs, decision.args)
                 started = clock()
                 try:

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from bastion._canon import canonical_tool, digest, snapshot
 from bastion._errors import ApprovalError, ConfigError
 from bastion.flow import EMPTY_CATALOG, Provenance, ToolCatalog, load_catalog
+from bastion.flow._results import INJECTION, Quarantine, has_handle, injection_signal, mark
 from bastion.kernel._budgets import FOREVER, SessionBudgets
 from bastion.kernel._events import _Event, _ident, _Outcome
 from bastion.kernel._redact import redact
@@ -135,6 +136,7 @@ class Kernel:
             cr.rule.when and any(w in cr.rule.when for w in _FLOW_WORDS)
             for cr in self.compiled.rules)
         self._flows: OrderedDict[str, Provenance] = OrderedDict()
+        self._vaults: OrderedDict[str, Quarantine] = OrderedDict()
         self._flow_lock = threading.Lock()
         self.flow_sessions_evicted = 0
         self._checks_results = self._flow_on or self._cedar is not None or any(
@@ -180,7 +182,7 @@ class Kernel:
                              errors=(f"internal error: {type(exc).__name__}: {exc}",))
         if self._flow_on:
             try:
-                self._observe(action, decision)
+                decision = self._observe(action, decision)
             except Exception as exc:  # an unrecorded result could launder taint: fail closed
                 decision = _deny(did, ts, action, self.compiled.digest, "internal_error",
                                  errors=(f"flow tracking failed: {type(exc).__name__}: {exc}",))
@@ -330,23 +332,65 @@ class Kernel:
         with self._flow_lock:
             return self._provenance(session_id)
 
-    def _observe(self, action: Action, decision: Decision) -> None:
+    def _observe(self, action: Action, decision: Decision) -> Decision:
         """Record flow facts (DESIGN.md "Flow facts"): allowed ``input`` text is trusted;
-        every ``post_tool`` result is recorded with its catalog labels, whatever the decision
-        (more taint is the safe side); an allowed ``pre_tool`` call joins the history."""
+        every ``post_tool`` result is recorded with its catalog labels (plus ``injection`` when
+        it reads like one), whatever the decision (more taint is the safe side), and an allowed
+        result is marked or quarantined as the catalog says; an allowed ``pre_tool`` call joins
+        the history, with any quarantine handles in its arguments released."""
         stage = action.stage
         if stage == "input":
             if decision.allowed:
                 with self._flow_lock:
                     self._provenance(decision.session).record_input(action.args)
         elif stage == "post_tool":
-            info = self.catalog.get(decision.tool)
-            with self._flow_lock:
-                self._provenance(decision.session).record_result(
-                    decision.tool, action.result, info.integrity, info.confidentiality)
+            return self._observe_result(action, decision)
         elif stage == "pre_tool" and decision.allowed:
             with self._flow_lock:
+                if decision.args is not None and has_handle(decision.args):
+                    vault = self._vault(decision.session)
+                    args, used, missing = vault.release(decision.args)
+                    if missing:
+                        return decision._replace(
+                            effect="deny", code="quarantine", args=None, reasons=(
+                                *decision.reasons, "unknown quarantine handle(s) in the "
+                                f"arguments: {', '.join(sorted(set(missing)))}"))
+                    decision = decision._replace(args=args, reasons=(
+                        *decision.reasons, f"flow: released {', '.join(used)}"))
                 self._provenance(decision.session).record_call(decision.tool)
+        return decision
+
+    def _observe_result(self, action: Action, decision: Decision) -> Decision:
+        info = self.catalog.get(decision.tool)
+        labels = [info.integrity, info.confidentiality, f"tool:{decision.tool}"]
+        signal = injection_signal(action.result) if info.integrity != "trusted" else None
+        if signal is not None:
+            labels.append(INJECTION)
+            decision = decision._replace(reasons=(
+                *decision.reasons, f"flow: result reads like an injection ({signal})"))
+        with self._flow_lock:
+            self._provenance(decision.session).record(action.result, labels)
+            if not decision.allowed or info.handling == "pass":
+                return decision
+            source = f"tool:{decision.tool}"
+            if info.handling == "mark":
+                shown = mark(decision.result, source)
+            else:
+                handle, shown = self._vault(decision.session).hold(decision.result, source)
+                self._provenance(decision.session).record(handle, labels)
+        return decision._replace(result=shown, obligations=(
+            *decision.obligations, f"{info.handling}:catalog"))
+
+    def _vault(self, session_id: str) -> Quarantine:
+        """The session's quarantined results; call with ``_flow_lock`` held."""
+        vault = self._vaults.get(session_id)
+        if vault is None:
+            vault = self._vaults[session_id] = Quarantine()
+            if len(self._vaults) > MAX_FLOW_SESSIONS:
+                self._vaults.popitem(last=False)
+        else:
+            self._vaults.move_to_end(session_id)
+        return vault
 
     def _finish(self, action: Action, verdict: Verdict, stage: Stage, tool: str,
                 agent_id: str, session_id: str, did: str, ts: int) -> Decision:

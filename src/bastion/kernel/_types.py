@@ -42,7 +42,8 @@ class Decision(NamedTuple):
 
     ``code`` is one stable word for why: ``policy`` (a rule decided), ``default``, ``approval``,
     ``rate_limit``, ``budget``, ``kill_switch``, ``invalid_tool``, ``invalid_stage``,
-    ``missing_tool``, ``invalid_identity``, ``guard``, ``internal_error``, ``audit_unavailable``.
+    ``missing_tool``, ``invalid_identity``, ``guard``, ``quarantine`` (an argument holds a
+    quarantine handle the session does not have), ``internal_error``, ``audit_unavailable``.
     """
 
     id: str
