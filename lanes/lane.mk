@@ -1,8 +1,9 @@
 # Shared rules of a test lane. A lane is lanes/<name>/ holding a Makefile that sets LANE (and
 # LANE_PY when it needs another Python) and includes this file, a requirements.txt with the
 # framework's pinned versions, and tests/. Its venv lives outside the clone, in
-# $(LANE_CACHE)/<name>, and is rebuilt only when requirements.txt, pyproject.toml or the
-# checkout's path change.
+# $(LANE_CACHE)/<name>, and is rebuilt only when requirements.txt, pyproject.toml or the lane's
+# Python change (not when the checkout moves: the tests import bastion from this checkout's src/
+# through PYTHONPATH, ahead of the copy installed for its dependencies).
 #
 # `make test` in a lane: install (skipped with a note when the install fails, unless
 # LANE_STRICT=1, as `make test-adapters` sets), then run the lane's tests.
@@ -11,7 +12,7 @@ LANE_PY     ?= python3.11
 LANE_STRICT ?= 0
 ROOT        := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))/..)
 LANE_VENV   := $(LANE_CACHE)/$(LANE)
-LANE_KEY    := $(shell (cat requirements.txt $(ROOT)/pyproject.toml; echo $(ROOT) $(LANE_PY)) \
+LANE_KEY    := $(shell (cat requirements.txt $(ROOT)/pyproject.toml; echo $(LANE_PY)) \
                  | sha1sum | cut -c1-12)
 LANE_STAMP  := $(LANE_VENV)/.installed-$(LANE_KEY)
 SHELL       := /bin/bash
@@ -26,7 +27,7 @@ install:
 	rm -rf "$(LANE_VENV)" && $(LANE_PY) -m venv "$(LANE_VENV)" \
 	  && "$(LANE_VENV)/bin/pip" install -q --upgrade pip \
 	  && "$(LANE_VENV)/bin/pip" install -q -r requirements.txt pytest \
-	  && "$(LANE_VENV)/bin/pip" install -q -e "$(ROOT)" \
+	  && "$(LANE_VENV)/bin/pip" install -q "$(ROOT)" \
 	  && touch "$(LANE_STAMP)" || { echo "lane $(LANE): install failed"; exit 3; }
 
 test:
@@ -36,5 +37,6 @@ test:
 	  echo "lane $(LANE): SKIPPED (could not install; run make test-adapters to fail on this)"; \
 	  exit 0; fi; \
 	echo "lane $(LANE): $$("$(LANE_VENV)/bin/python" -c 'import sys; print(sys.version.split()[0])')"; \
-	cd "$(CURDIR)" && BASTION_ROOT="$(ROOT)" "$(LANE_VENV)/bin/python" -m pytest -q \
+	cd "$(CURDIR)" && BASTION_ROOT="$(ROOT)" PYTHONPATH="$(ROOT)/src" \
+	  "$(LANE_VENV)/bin/python" -m pytest -q \
 	  -p no:cacheprovider --rootdir=. tests
