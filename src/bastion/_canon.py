@@ -24,8 +24,20 @@ _VALID_TOOL = re.compile(r"[a-z0-9_\-.:/]+")
 _JSON_OPTS = orjson.OPT_SORT_KEYS
 
 
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+
+
+def _drop_format(match: re.Match[str]) -> str:
+    run = match.group()
+    return "".join(ch for ch in run if unicodedata.category(ch) != "Cf")
+
+
 def strip_format(text: str) -> str:
-    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    """``text`` without Unicode format characters (category Cf: zero-width, bidi controls, tag
+    characters); ASCII has none, so only non-ASCII runs are looked at."""
+    if text.isascii():
+        return text
+    return _NON_ASCII.sub(_drop_format, text)
 
 
 @lru_cache(maxsize=4096)

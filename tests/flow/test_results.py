@@ -257,3 +257,23 @@ def test_marking_never_loses_or_leaks_text(text: str) -> None:
     body = out.split("\n", 1)[1].rsplit("\n", 1)[0]
     assert body.replace(MARK, " ") == text.replace(MARK, "^")
     assert out.startswith("<<untrusted-data source=tool:t id=")
+
+
+def test_without_post_tool_rules_results_are_still_labelled_and_marked() -> None:
+    """A policy that does not decide results (no post_tool rules) still has its results
+    recorded and handled when the kernel tracks flow: govern() and ToolGate call
+    ``label_result`` instead of ``evaluate``."""
+    policy = "version: 1\nrules:\n  - {id: pre, effect: allow}\n"
+    with bastion.Kernel.from_text(policy, catalog=CATALOG) as k:
+        assert not k.checks_results and k.tracks_flow
+
+        @bastion.govern(k, session={"id": "g"})
+        def fetch_page(url: str) -> str:
+            return PAGE
+
+        assert fetch_page("https://x.example").startswith("<<untrusted-data")
+        assert "injection" in k.provenance("g").session_labels()
+        gate = ToolGate(k, session={"id": "t"})
+        post = gate.after(gate.before("read_file", {}), "hidden text")
+        assert post.allowed and post.decision is None and "hidden" not in post.result
+        assert k.label_result(gate.before("summarize", {}).decision, "plain") == "plain"

@@ -10,10 +10,11 @@ from bastion.adapters._core import (
     Post,
     Pre,
     RunStopped,
+    Source,
     ToolGate,
     denial_message,
     parse_args,
 )
 
-__all__ = ["STOP_CODES", "Post", "Pre", "RunStopped", "ToolGate", "denial_message",
+__all__ = ["STOP_CODES", "Post", "Pre", "RunStopped", "Source", "ToolGate", "denial_message",
            "parse_args"]

@@ -108,8 +108,7 @@ class ToolGate:
         """Decide the result of a call ``before`` let run, and record its outcome."""
         try:
             if not self.kernel.checks_results:
-                self._outcome(pre, "succeeded")
-                return Post(True, result, "", None)
+                return self._unchecked(pre, result)
             return self._post(pre, self.kernel.evaluate(self._result_action(pre, result)))
         except Exception as exc:
             self._outcome(pre, "failed", f"result check failed: {exc}")
@@ -119,8 +118,7 @@ class ToolGate:
     async def aafter(self, pre: Pre, result: Any) -> Post:
         try:
             if not self.kernel.checks_results:
-                self._outcome(pre, "succeeded")
-                return Post(True, result, "", None)
+                return self._unchecked(pre, result)
             action = self._result_action(pre, result)
             return self._post(pre, await self.kernel.aevaluate(action))
         except Exception as exc:
@@ -161,6 +159,8 @@ class ToolGate:
             args = dict(decision.args) if decision.args is not None else dict(action.args)
             return Pre(True, args, "", decision, started=time.perf_counter_ns())
         pending = None
+        if action.approval is not None:  # refused, expired or used: the next retry asks anew
+            self._approvals.pop(self.kernel.action_digest(action._replace(approval=None)), None)
         if decision.effect == "require_approval" and decision.approval_id is not None:
             pending = decision.approval_id
             self._approvals[self.kernel.action_digest(action._replace(approval=None))] = pending
@@ -171,6 +171,13 @@ class ToolGate:
         d = pre.decision
         return Action(d.tool, pre.args, "post_tool", {"id": d.agent}, {"id": d.session},
                       _get(self._context), result)
+
+    def _unchecked(self, pre: Pre, result: Any) -> Post:
+        """A result the policy does not decide: labelled (and marked or quarantined) when the
+        kernel tracks flow, then passed on."""
+        shown = self.kernel.label_result(pre.decision, result)
+        self._outcome(pre, "succeeded")
+        return Post(True, shown, "", None)
 
     def _post(self, pre: Pre, decision: Decision) -> Post:
         if decision.allowed:

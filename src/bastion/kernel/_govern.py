@@ -11,9 +11,10 @@ A governed call runs as follows:
 2. Call the function with the arguments the decision returned (redacted when a redact rule
    applied, quarantine handles released). An exception is recorded as the call's outcome and
    re-raised.
-3. If the kernel checks results (the policy has ``post_tool`` rules or the kernel tracks
-   information flow), decide the result: a deny raises ``GovernanceDenied``; a redaction, a
-   marked or a quarantined result replaces the returned value.
+3. If the policy has ``post_tool`` rules, decide the result: a deny raises ``GovernanceDenied``;
+   a redaction, a marked or a quarantined result replaces the returned value. Otherwise, when
+   the kernel tracks information flow, the result is labelled (``Kernel.label_result``) and
+   marked or quarantined as the catalog says.
 4. Record the outcome (``succeeded``, ``failed`` when the result was denied, ``exception``).
 
 A ``require_approval`` decision raises ``GovernanceDenied`` carrying ``approval_id``; once granted,
@@ -62,6 +63,7 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
         tool = name or fn.__name__
         binder = _Binder(fn)
         post = kernel.checks_results
+        labels = kernel.tracks_flow and not post
         fixed = [src if src is not None and not callable(src) else EMPTY
                  for src in (agent, session, context)]
         dynamic = any(callable(src) for src in (agent, session, context))
@@ -72,6 +74,8 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
                           _APPROVAL.get() if stage == "pre_tool" else None)
 
         def after(decision: Decision, result: Any, started: int) -> Any:
+            if labels:
+                result = kernel.label_result(decision, result)
             if not post and kernel.audit is None:
                 return result
             if post:
@@ -159,7 +163,7 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
                 except BaseException as exc:
                     failed(decision, exc, started)
                     raise
-                if post:
+                if post or labels:
                     return after(decision, result, started)
                 audit = kernel.audit  # record_outcome(decision, "succeeded"), inlined
                 if audit is not None:

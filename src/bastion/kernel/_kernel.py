@@ -118,7 +118,12 @@ class Kernel:
         self._ids = itertools.count(1)
         used = frozenset().union(*(cr.variables for cr in self.compiled.rules))
         self._needs_agent_facts = "agent" in used
-        self._needs_calls = "session" in used or self.policy.budgets.session_calls is not None
+        # counting calls costs a state-store write per decision: only when something reads the
+        # count (a condition naming "calls"; one that builds the key some other way finds it
+        # missing, which fails closed) or a call budget needs it
+        self._needs_calls = self.policy.budgets.session_calls is not None or (
+            "session" in used and (self._cedar is not None or any(
+                "calls" in (cr.rule.when or "") for cr in self.compiled.rules)))
         self._needs_now = "now" in used
         self._budgeted = self._needs_calls or self.policy.budgets.any
         self._needs_agent_facts |= self._cedar is not None
@@ -139,7 +144,7 @@ class Kernel:
         self._vaults: OrderedDict[str, Quarantine] = OrderedDict()
         self._flow_lock = threading.Lock()
         self.flow_sessions_evicted = 0
-        self._checks_results = self._flow_on or self._cedar is not None or any(
+        self._checks_results = self._cedar is not None or any(
             cr.rule.stage is Stage.POST_TOOL for cr in self.compiled.rules)
 
     # -- construction -----------------------------------------------------------------------
@@ -536,9 +541,27 @@ class Kernel:
 
     @property
     def checks_results(self) -> bool:
-        """Whether results must go through ``post_tool``: the policy has ``post_tool`` rules or
-        the kernel tracks information flow (a result it never saw could launder taint)."""
+        """Whether the policy decides results: it has ``post_tool`` rules (or is Cedar). Callers
+        then send every result through ``evaluate`` at ``post_tool``."""
         return self._checks_results
+
+    @property
+    def tracks_flow(self) -> bool:
+        """Whether the kernel keeps provenance (a catalog was given or a rule reads flow facts).
+        A result the policy does not decide must still reach ``label_result``."""
+        return self._flow_on
+
+    def label_result(self, decision: Decision, result: Any) -> Any:
+        """Record the result of the call ``decision`` allowed, for a kernel that tracks flow but
+        whose policy does not decide results: its labels (and ``injection`` signal) join the
+        session's provenance; returns what the model may see (marked or quarantined as the
+        catalog says). With ``post_tool`` rules, ``evaluate`` does this instead."""
+        if not self._flow_on:
+            return result
+        seen = decision._replace(stage="post_tool", result=result, obligations=())
+        action = Action(decision.tool, decision.args or EMPTY, "post_tool",
+                        {"id": decision.agent}, {"id": decision.session}, EMPTY, result)
+        return self._observe_result(action, seen).result
 
     @property
     def clock(self) -> Callable[[], int]:
