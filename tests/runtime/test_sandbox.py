@@ -200,6 +200,22 @@ def test_write_outside_the_work_dir_fails_under_bwrap() -> None:
         os.rmdir(outside)
 
 
+@need(L.BWRAP)
+def test_total_writes_in_the_work_dir_are_bounded_under_bwrap() -> None:
+    """Many files each under the file-size limit cannot fill the host disk: under bwrap the
+    work directory lives on the sandbox's sized tmpfs."""
+    code = ("import os\nn = 0\ntry:\n    for i in range(64):\n"
+            "        with open(f'f{i}', 'wb') as f:\n            f.write(b'x' * (4 << 20))\n"
+            "        n += 1\nexcept OSError as e:\n    print('stopped', e.errno, n)\n"
+            "print('files', n, sorted(os.listdir('.'))[:2])\n")
+    r = box(L.BWRAP, memory_bytes=64 << 20, max_file_bytes=8 << 20, timeout_s=30.0,
+            ).run_python(code)
+    assert r.exit_code == 0, r.stderr
+    assert "stopped 28" in r.stdout  # ENOSPC, long before 64 files x 4 MiB = 256 MiB
+    written = int(r.stdout.split("stopped 28 ")[1].split()[0])
+    assert written <= 16  # 64 MiB of tmpfs holds at most 16 files of 4 MiB
+
+
 @need(L.NAMESPACES)
 def test_namespaces_level_makes_no_filesystem_claim() -> None:
     """Documented limit: NAMESPACES does not isolate the filesystem; BWRAP does."""

@@ -157,9 +157,12 @@ class PidsCgroup:
 # -- wrappers ------------------------------------------------------------------------------
 
 def wrap(level: IsolationLevel, caps: Capabilities, argv: list[str], workdir: str, *,
-         tmp_bytes: int = 64 << 20) -> list[str]:
+         tmp_bytes: int = 64 << 20, inputs: tuple[str, ...] = ()) -> list[str]:
     """The argv that runs ``argv`` at ``level``; the caller has checked the level is available.
-    ``tmp_bytes`` bounds the sandbox's private ``/tmp`` (bwrap), which is memory."""
+    ``tmp_bytes`` bounds the sandbox's private ``/tmp`` (bwrap), which is memory. Under bwrap
+    the work directory is a directory on that tmpfs, so everything the program writes counts
+    against ``tmp_bytes``; the ``inputs`` (plain names of files in ``workdir``) are bound into it
+    one by one, each still bounded by the file-size limit."""
     if level <= IsolationLevel.RLIMITS:
         return list(argv)
     if level == IsolationLevel.NAMESPACES:
@@ -172,7 +175,9 @@ def wrap(level: IsolationLevel, caps: Capabilities, argv: list[str], workdir: st
     return [caps.bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
             "--disable-userns", "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534",
             "--hostname", "sandbox", *_system_view(), "--dev", "/dev", "--proc", "/proc",
-            "--size", str(tmp_bytes), "--tmpfs", "/tmp", "--bind", workdir, SANDBOX_DIR,
+            "--size", str(tmp_bytes), "--tmpfs", "/tmp", "--dir", SANDBOX_DIR,
+            *(arg for name in inputs for arg in (
+                "--bind", os.path.join(workdir, name), f"{SANDBOX_DIR}/{name}")),
             "--remount-ro", "/",
             "--chdir", SANDBOX_DIR, "--", *argv]
 

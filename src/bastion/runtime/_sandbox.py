@@ -244,7 +244,8 @@ class Sandbox:
                     cgroup = PidsCgroup(self.caps.cgroup_root, self.caps.pids,
                                         f"{os.getpid()}-{threading.get_ident()}-"
                                         f"{time.monotonic_ns()}", pol.max_processes)
-            wrapped = wrap(level, self.caps, list(argv), workdir, tmp_bytes=pol.memory_bytes)
+            wrapped = wrap(level, self.caps, list(argv), workdir, tmp_bytes=pol.memory_bytes,
+                           inputs=tuple(files or ()))
             return self._spawn(level, wrapped, workdir,
                                limits, cgroup, stdin)
         except OSError as exc:
