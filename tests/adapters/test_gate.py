@@ -203,3 +203,13 @@ def test_parse_args_and_denial_message() -> None:
         d = k.evaluate(bastion.Action(tool="t", args={}))
     assert denial_message(d) == (f"The tool call 't' was denied by policy: "
                                  f"{'; '.join(d.reasons)}. Decision {d.id}.")
+
+
+def test_a_retry_before_the_approval_is_granted_keeps_waiting_for_it(
+        gate: ToolGate, kernel: bastion.Kernel) -> None:
+    pre = gate.before("pay", {"amount": 9})
+    early = gate.before("pay", {"amount": 9})
+    assert not early.run and "is not granted" in early.message
+    assert pre.pending is not None
+    kernel.approve(pre.pending, by="alice")
+    assert gate.before("pay", {"amount": 9}).run

@@ -159,13 +159,19 @@ class ToolGate:
             args = dict(decision.args) if decision.args is not None else dict(action.args)
             return Pre(True, args, "", decision, started=time.perf_counter_ns())
         pending = None
-        if action.approval is not None:  # refused, expired or used: the next retry asks anew
+        if action.approval is not None and not self._still_pending(action.approval):
+            # refused, expired or used: the next retry asks for a new approval
             self._approvals.pop(self.kernel.action_digest(action._replace(approval=None)), None)
         if decision.effect == "require_approval" and decision.approval_id is not None:
             pending = decision.approval_id
             self._approvals[self.kernel.action_digest(action._replace(approval=None))] = pending
         return Pre(False, {}, denial_message(decision), decision,
                    decision.code in self.stop_codes, pending)
+
+    def _still_pending(self, approval_id: str) -> bool:
+        found = self.kernel.state.get_approval(approval_id)
+        return found is not None and found.status == "pending" \
+            and found.expires > self.kernel.clock() / 1e9
 
     def _result_action(self, pre: Pre, result: Any) -> Action:
         d = pre.decision
