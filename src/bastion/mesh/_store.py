@@ -1,10 +1,20 @@
 """Durable mesh state: the agent registry, the revocation list and the nonce store.
 
-Three small protocols, one SQLite implementation (``SQLiteMeshStore``) that serves all three from
-one file shared by every process that opens it. The SQL is plain (text keys, integer/real columns,
-``insert ... on conflict``), so a PostgreSQL implementation is the same statements over a
-connection pool. Operations that decide something (``claim_nonce``, ``register``, ``rotate``)
-are single atomic transactions: two processes can never both accept one nonce.
+Three small protocols and one implementation of all three, ``MeshStore``, over two SQL
+backends chosen by URL (``open_mesh_store``): SQLite (``SQLiteMeshStore``, the default: one file
+shared by every process that opens it) and PostgreSQL (``PostgresMeshStore`` in
+``bastion.mesh._store_pg``, for a fleet). ``MeshStore`` holds every statement and decision, written
+once with ``?`` placeholders; a backend supplies only connections, transactions and the few
+lines of SQL that differ (column types, placeholders, how pruning and write serialisation are
+spelled). Operations that decide something are single atomic transactions:
+
+1. ``claim_nonce`` inserts with ``on conflict do nothing`` and accepts only when a row was
+   inserted, so of any number of processes racing on one nonce exactly one wins.
+2. ``register`` and ``rotate`` read and then write; the backend serialises them against each
+   other (SQLite ``begin immediate``, PostgreSQL a self-conflicting lock on ``agents``), so two
+   writers can never both take one agent id or key.
+3. ``revoke`` is idempotent; ``first_revoked`` checks every link of a chain, so revoking one link
+   refuses every token delegated from it.
 """
 
 from __future__ import annotations
@@ -13,15 +23,18 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bastion._errors import StateError
 from bastion._sqlite import connect, sqlite_path, transaction
 from bastion.mesh._errors import RegistryError
 from bastion.mesh._keys import public_from_did, verify_rotation
+
+if TYPE_CHECKING:
+    from bastion.mesh._store_pg import PostgresMeshStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,44 +84,73 @@ class NonceStore(Protocol):
         (a replay). Expired entries are purged first."""
 
 
-_SCHEMA = """
+# The schema of both backends; ``{float}`` is an 8-byte float (SQLite ``real``, PostgreSQL
+# ``double precision``: PostgreSQL's ``real`` has 4 bytes and would round timestamps).
+SCHEMA = """
 create table if not exists agents (id text primary key, did text not null unique,
-    roles text not null, created real not null, status text not null);
+    roles text not null, created {float} not null, status text not null);
 create table if not exists agent_keys (did text primary key, agent text not null,
-    since real not null, retired real, statement text);
-create table if not exists revoked (id text primary key, reason text, at real not null);
+    since {float} not null, retired {float}, statement text);
+create table if not exists revoked (id text primary key, reason text, at {float} not null);
 create table if not exists nonces (scope text not null, nonce text not null,
-    expires real not null, primary key (scope, nonce));
+    expires {float} not null, primary key (scope, nonce));
 create index if not exists nonces_expiry on nonces(expires);
 """
 
 
-def open_mesh_store(target: str | os.PathLike[str] | None) -> SQLiteMeshStore:
-    """``None``/``memory://``: in-process; a path or ``sqlite:///path``: a shared file."""
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Statements(Protocol):
+    """What a backend's transaction hands ``MeshStore``: ``execute`` with ``?`` placeholders."""
+
+    def execute(self, sql: str, params: tuple[Any, ...] = (), /) -> Cursor: ...
+
+
+def open_mesh_store(target: str | os.PathLike[str] | None) -> MeshStore:
+    """The mesh store ``target`` names: ``None``/``memory://``: in-process; a path or
+    ``sqlite:///path``: a shared SQLite file; ``postgresql://…`` (or ``postgres://…``, optional
+    ``?schema=NAME``, default ``bastion_mesh``): PostgreSQL, which needs the ``postgres`` extra.
+    Any other scheme is a ``ConfigError``."""
+    if isinstance(target, str) and target.split("://", 1)[0] in ("postgresql", "postgres"):
+        return _postgres(target)
     return SQLiteMeshStore(sqlite_path(target, "mesh store"))
 
 
-class SQLiteMeshStore:
-    """``AgentRegistry``, ``RevocationList`` and ``NonceStore`` in one SQLite file."""
+def _postgres(url: str) -> PostgresMeshStore:
+    from bastion.mesh._store_pg import PostgresMeshStore  # psycopg is imported only there
 
-    def __init__(self, path: str):
-        self.path = path
-        try:
-            self._db = connect(path, _SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise StateError(f"{path!r}: cannot open mesh store: {exc}") from exc
-        self._lock = threading.RLock()
+    return PostgresMeshStore(url)
 
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        return transaction(self._db, self._lock, lambda exc: StateError(
-            f"{self.path!r}: mesh store failed: {exc}"))
+
+class MeshStore:
+    """``AgentRegistry``, ``RevocationList`` and ``NonceStore`` over one SQL database.
+
+    Subclasses supply ``_tx`` (one transaction, serialised against other ``exclusive`` ones
+    when asked), ``_read`` (one statement outside a transaction), ``close`` and ``PRUNE_NONCES``.
+    Every method is thread-safe and safe to call from many processes at once.
+    """
+
+    where: str  # names the database in errors (never with a password)
+    PRUNE_NONCES = "delete from nonces where expires < ?"
+
+    def _tx(self, *, exclusive: bool = False) -> AbstractContextManager[Statements]:
+        raise NotImplementedError
 
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise StateError(f"{self.path!r}: mesh store failed: {exc}") from exc
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _failed(self, exc: Exception) -> StateError:
+        return StateError(f"{self.where!r}: mesh store failed: {exc}")
 
     # -- registry -----------------------------------------------------------------------------
     def register(self, agent_id: str, did: str, *, roles: Iterable[str] = (),
@@ -118,7 +160,7 @@ class SQLiteMeshStore:
             raise RegistryError("an agent id must be a non-empty string")
         public_from_did(did)  # a malformed DID is refused here, not at first use
         record = AgentRecord(agent_id, did, tuple(sorted(set(roles))), now)
-        with self._tx() as db:
+        with self._tx(exclusive=True) as db:
             if db.execute("select 1 from agents where id=?", (agent_id,)).fetchone():
                 raise RegistryError(f"agent {agent_id!r} is already registered")
             if db.execute("select 1 from agent_keys where did=?", (did,)).fetchone():
@@ -140,7 +182,7 @@ class SQLiteMeshStore:
     def rotate(self, agent_id: str, statement: dict[str, Any], *, now: float) -> AgentRecord:
         """Move ``agent_id`` to the key named by a verified rotation statement (see
         ``verify_rotation``); the old key stays on record as retired."""
-        with self._tx() as db:
+        with self._tx(exclusive=True) as db:
             row = db.execute("select id, did, roles, created, status from agents where id=?",
                              (agent_id,)).fetchone()
             if row is None:
@@ -170,8 +212,9 @@ class SQLiteMeshStore:
                 raise RegistryError(f"agent {agent_id!r} is not registered")
 
     def agents(self) -> list[AgentRecord]:
-        rows = self._read("select id, did, roles, created, status from agents order by id", ())
-        return [_record(r) for r in rows]
+        """Every agent, ordered by id (code points: the same order on every backend)."""
+        rows = self._read("select id, did, roles, created, status from agents", ())
+        return sorted((_record(r) for r in rows), key=lambda r: r.agent_id)
 
     # -- revocation ---------------------------------------------------------------------------
     def revoke(self, token_id: str, *, reason: str = "", now: float) -> None:
@@ -192,10 +235,35 @@ class SQLiteMeshStore:
     # -- nonces -------------------------------------------------------------------------------
     def claim_nonce(self, scope: str, nonce: str, *, expires: float, now: float) -> bool:
         with self._tx() as db:
-            db.execute("delete from nonces where expires < ?", (now,))
+            db.execute(self.PRUNE_NONCES, (now,))
             cur = db.execute("insert into nonces values(?,?,?) on conflict do nothing",
                              (scope, nonce, expires))
             return cur.rowcount == 1
+
+
+class SQLiteMeshStore(MeshStore):
+    """The mesh store in one SQLite file (or in memory); every process opening it shares it."""
+
+    def __init__(self, path: str):
+        self.path = self.where = path
+        try:
+            self._db = connect(path, SCHEMA.format(float="real"))
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"{path!r}: cannot open mesh store: {exc}") from exc
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def _tx(self, *, exclusive: bool = False) -> Iterator[Statements]:
+        # ``begin immediate`` already serialises every write transaction: ``exclusive`` is free.
+        with transaction(self._db, self._lock, self._failed) as db:
+            yield db
+
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._failed(exc) from exc
 
     def close(self) -> None:
         with self._lock:
