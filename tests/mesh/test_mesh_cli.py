@@ -57,3 +57,15 @@ def test_id_token_trust_commands(tmp_path: Path) -> None:
     code, report = _run("trust", "show", "alice", "--audit", str(tmp_path / "audit.db"))
     assert code == 0 and report["breakdown"][0]["kind"] == "violation"
     assert report["trust"] == 260 and report["tier"] == "probation"
+
+
+def test_an_unreachable_store_is_a_clean_error_not_a_traceback(tmp_path: Path) -> None:
+    dead = "postgresql://nobody@127.0.0.1:1/none"
+    for args in (("token", "verify", "bt1.x", "--root", "did:key:z", "--store", dead),
+                 ("trust", "show", "a1", "--audit", str(tmp_path / "x.db"), "--registry", dead)):
+        if args[0] == "trust":
+            (tmp_path / "x.db").write_bytes(b"")
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == 2, result.output
+        assert "cannot open mesh store" in result.output or "error:" in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)

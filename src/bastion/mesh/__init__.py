@@ -31,6 +31,7 @@ from bastion.mesh._keys import (
 from bastion.mesh._store import (
     AgentRecord,
     AgentRegistry,
+    MeshStore,
     NonceStore,
     RevocationList,
     SQLiteMeshStore,
@@ -58,6 +59,7 @@ __all__ = [
     "HandshakeServer",
     "Identity",
     "MeshError",
+    "MeshStore",
     "NonceStore",
     "Opened",
     "PeerCache",

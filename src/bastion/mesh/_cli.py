@@ -143,7 +143,10 @@ def token_verify(token: str, root: Annotated[list[str], typer.Option("--root")],
     """Verify TOKEN against trusted --root DIDs (and a call, with --tool): exit 0 valid, 1 not."""
     from bastion.mesh import VerificationError, open_mesh_store, verify_token
 
-    revocations = open_mesh_store(store) if store else None
+    try:
+        revocations = open_mesh_store(store) if store else None
+    except BastionError as exc:
+        _fail(f"error: {exc}")
     try:
         verified = verify_token(token, roots=root, now=time.time(), audience=aud,
                                 revocations=revocations)
@@ -193,7 +196,10 @@ def trust_show(agent: str, audit: Annotated[Path, typer.Option("--audit", help="
 
     if not audit.exists():
         _fail(f"{audit}: error: no such audit log")
-    store = open_mesh_store(registry) if registry else None
+    try:
+        store = open_mesh_store(registry) if registry else None
+    except BastionError as exc:
+        _fail(f"error: {exc}")
     try:
         engine = TrustEngine(str(audit), registry=store, verify_log=verify)
         engine.refresh()
