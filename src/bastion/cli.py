@@ -169,7 +169,8 @@ ScopeAll = Annotated[bool, typer.Option("--all", help="The whole fleet.")]
 
 
 @contextlib.contextmanager
-def _kill_switch(state: str, audit: str | None) -> Iterator[Any]:
+def _kill_switch(state: str, audit: str | None,
+                 release_keys: dict[str, str] | None = None) -> Iterator[Any]:
     """A kill switch over the state store (and audit log); errors exit 2; both are closed."""
     from bastion.runtime._kill import KillSwitch
     from bastion.state import open_store
@@ -181,7 +182,7 @@ def _kill_switch(state: str, audit: str | None) -> Iterator[Any]:
             from bastion.audit import AuditLog
 
             log = AuditLog.open(audit, durable=True)
-        yield KillSwitch(store, audit=log)
+        yield KillSwitch(store, audit=log, release_keys=release_keys)
     except BastionError as exc:
         _fail(f"error: {exc}")
     finally:
@@ -211,15 +212,46 @@ def release(state: Annotated[str, typer.Option("--state")],
             agent: ScopeAgent = None, session: ScopeSession = None, tool: ScopeTool = None,
             all_: ScopeAll = False, reason: Annotated[str, typer.Option("--reason")] = "",
             audit: Annotated[str, typer.Option("--audit", help="Audit log to record in.")] = "",
+            release_keys: Annotated[Path | None, typer.Option(
+                "--release-keys", help="YAML/JSON map of who may release to their did:key; "
+                "then --key must sign the release.")] = None,
+            key: Annotated[Path | None, typer.Option(
+                "--key", help="The releaser's private key file (bastion id new).")] = None,
             ) -> None:
     """Release one kill-switch scope (audited; exit 1 if it was not engaged)."""
     if not audit:
         _fail("error: releasing the kill switch must be audited: give --audit PATH")
-    with _kill_switch(state, audit) as switch:
+    keys, proof = None, None
+    if release_keys is not None or key is not None:
+        keys, proof = _release_authority(release_keys, key, by, reason, agent, session, tool,
+                                         all_)
+    with _kill_switch(state, audit, keys) as switch:
         released = switch.release(by=by, reason=reason, agent=agent, session=session,
-                                  tool=tool, everything=all_)
+                                  tool=tool, everything=all_, proof=proof)
     typer.echo("released" if released else "was not engaged")
     raise typer.Exit(0 if released else 1)
+
+
+def _release_authority(keys_file: Path | None, key: Path | None, by: str, reason: str,
+                       agent: str | None, session: str | None, tool: str | None,
+                       everything: bool) -> tuple[dict[str, str], str]:
+    """The release keys from their file and the proof signed with ``key`` (exit 2 on error)."""
+    if keys_file is None or key is None:
+        _fail("error: a signed release needs both --release-keys and --key")
+    from bastion.mesh import Identity
+    from bastion.policy._yaml import read_source, read_yaml
+    from bastion.runtime import release_proof
+
+    try:
+        doc = read_yaml(read_source(keys_file), str(keys_file))
+        if not isinstance(doc, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in doc.items()):
+            _fail(f"{keys_file}: error: expected a map of name to did:key")
+        proof = release_proof(Identity.load(key).private_key, by=by, reason=reason, agent=agent,
+                              session=session, tool=tool, everything=everything)
+    except BastionError as exc:
+        _fail(f"error: {exc}")
+    return {str(k): str(v) for k, v in doc.items()}, proof
 
 
 @app.command()

@@ -6,7 +6,7 @@ This module only re-exports; implementation lives in private modules.
 from bastion.runtime._errors import IsolationUnavailable, SagaError, SagaStuck, SandboxError
 from bastion.runtime._exec import RING_ISOLATION, IsolationGuard, code_tool
 from bastion.runtime._isolation import Capabilities, IsolationLevel, detect_isolation
-from bastion.runtime._kill import KillSwitch, flag_key
+from bastion.runtime._kill import KillSwitch, flag_key, release_proof
 from bastion.runtime._rings import DEFAULT_RINGS, Elevation, RingGuard
 from bastion.runtime._saga import (
     RetryPolicy,
@@ -61,5 +61,6 @@ __all__ = [
     "detect_isolation",
     "flag_key",
     "kill_all_sandboxes",
+    "release_proof",
     "running_sandboxes",
 ]

@@ -13,19 +13,26 @@ Engaging it, step by step:
 
 Other processes see the flag on their next decision; a ``KillSwitch.watch`` thread in each
 process also cancels their in-flight async calls within its polling interval. Releasing needs an
-identity (``by``) and is audited too. Sync calls cannot be interrupted safely in Python: they
-are stopped at their next decision.
+identity (``by``) and is audited too. With ``release_keys`` (name → Ed25519 public key or
+``did:key``), a release must also carry a proof (``release_proof``): a signature by that name's
+key over the flag, the reason and a timestamp within ``PROOF_SKEW_S``, usable once — so the
+authority to release is a key, not a name anyone can type. Sync calls cannot be interrupted
+safely in Python: they are stopped at their next decision.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from bastion._canon import norm_text
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from bastion._canon import canonical_json, digest, norm_text
 from bastion._errors import ConfigError
 from bastion.kernel._inflight import IN_FLIGHT, Call
 from bastion.state import StateStore
@@ -48,6 +55,32 @@ def flag_key(*, agent: str | None = None, session: str | None = None, tool: str 
         if value is None:
             raise ConfigError(f"invalid tool name {tool!r}")
     return f"kill:{kind}:{value}"
+
+
+PROOF_SKEW_S = 300  # how far a release proof's timestamp may be from the switch's clock
+
+
+def _proof_body(flag: str, by: str, reason: str, ts: int) -> bytes:
+    return canonical_json({"op": "kill.release", "flag": flag, "by": norm_text(by),
+                           "reason": reason, "ts": ts})
+
+
+def release_proof(key: Ed25519PrivateKey, *, by: str, reason: str = "", agent: str | None = None,
+                  session: str | None = None, tool: str | None = None,
+                  everything: bool = False, now: float | None = None) -> str:
+    """A single-use proof that ``by`` (holding ``key``) releases exactly this scope now."""
+    ts = int(time.time() if now is None else now)
+    flag = flag_key(agent=agent, session=session, tool=tool, everything=everything)
+    sig = key.sign(_proof_body(flag, by, reason, ts))
+    return f"{ts}.{base64.urlsafe_b64encode(sig).decode().rstrip('=')}"
+
+
+def _public(key: Ed25519PublicKey | str) -> Ed25519PublicKey:
+    if isinstance(key, Ed25519PublicKey):
+        return key
+    from bastion.mesh import public_from_did
+
+    return public_from_did(key)
 
 
 def _matcher(flags: dict[str, str]) -> Callable[[Call], str | None]:
@@ -78,10 +111,13 @@ class KillSwitch:
 
     def __init__(self, state: StateStore, *, audit: Any = None,
                  releasers: Collection[str] | None = None,
+                 release_keys: Mapping[str, Ed25519PublicKey | str] | None = None,
                  clock: Callable[[], int] = time.time_ns):
         self._state = state
         self._audit = audit
         self._releasers = None if releasers is None else {norm_text(r) for r in releasers}
+        self._keys = None if release_keys is None else {
+            norm_text(name): _public(key) for name, key in release_keys.items()}
         self._clock = clock
         self._hooks: list[Callable[[str], object]] = []
 
@@ -119,12 +155,14 @@ class KillSwitch:
 
     def release(self, *, by: str, reason: str = "", agent: str | None = None,
                 session: str | None = None, tool: str | None = None,
-                everything: bool = False) -> bool:
+                everything: bool = False, proof: str | None = None) -> bool:
         """Release one scope; False when it was not engaged.
 
         Releasing is the dangerous direction, so it is refused (``ConfigError``) without an
-        audit log to record it, by an identity outside ``releasers`` (when given), and by the
-        very agent the flag stops.
+        audit log to record it, by an identity outside ``releasers`` (when given), by the very
+        agent the flag stops and, with ``release_keys``, without a valid, fresh, unused
+        ``proof`` signed by ``by``'s key for exactly this scope and reason. A refusal is
+        audited (``kill.release_refused``).
         """
         if not by:
             raise ConfigError("releasing the kill switch needs an identity ('by')")
@@ -135,9 +173,35 @@ class KillSwitch:
         if agent is not None and norm_text(by) == norm_text(agent):
             raise ConfigError("an agent cannot release its own kill switch")
         key = flag_key(agent=agent, session=session, tool=tool, everything=everything)
+        if self._keys is not None:
+            problem = self._check_proof(key, by, reason, proof)
+            if problem is not None:
+                self._record("kill.release_refused", key, by, reason, problem=problem)
+                raise ConfigError(f"release of {key!r} refused: {problem}")
         released = self._state.clear_flag(key)
         self._record("kill.release", key, by, reason, released=released)
         return released
+
+    def _check_proof(self, flag: str, by: str, reason: str, proof: str | None) -> str | None:
+        assert self._keys is not None
+        public = self._keys.get(norm_text(by))
+        if public is None:
+            return f"{by!r} holds no release key"
+        if not proof:
+            return "a signed release proof is required"
+        ts_text, _, sig_text = proof.partition(".")
+        try:
+            ts = int(ts_text)
+            sig = base64.urlsafe_b64decode(sig_text + "=" * (-len(sig_text) % 4))
+            public.verify(sig, _proof_body(flag, by, reason, ts))
+        except (ValueError, InvalidSignature):
+            return "the proof's signature does not verify for this scope, reason and signer"
+        now = self._clock() / 1e9
+        if abs(now - ts) > PROOF_SKEW_S:
+            return f"the proof is stale (signed {int(now - ts)} s from now)"
+        fresh, _ = self._state.take(f"release-proof:{digest(proof)}", 1, 2 * PROOF_SKEW_S + 1,
+                                    now)
+        return None if fresh else "the proof was already used"
 
     def engaged(self) -> dict[str, dict[str, Any]]:
         """Every engaged flag with who engaged it, why and when."""
