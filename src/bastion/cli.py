@@ -15,6 +15,7 @@ import typer
 
 from bastion._cli_common import fail as _fail
 from bastion._errors import BastionError, PolicyError
+from bastion.gateway._cli import gateway_app
 from bastion.mesh._cli import id_app, token_app, trust_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -24,6 +25,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(id_app, name="id")
 app.add_typer(token_app, name="token")
 app.add_typer(trust_app, name="trust")
+app.add_typer(gateway_app, name="mcp-gateway")
 
 PolicyOpt = Annotated[Path, typer.Option("--policy", "-p", help="Policy file (YAML).")]
 StateOpt = Annotated[str | None, typer.Option("--state", help="State store path or URL.")]
