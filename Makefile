@@ -6,7 +6,7 @@ STAMP    := $(VENV)/.installed
 # Lanes (framework adapters, heavy extras) keep their venvs outside the clone so reruns are quick.
 LANE_CACHE ?= $(HOME)/.cache/bastion-lanes
 
-.PHONY: demo test test-core test-lanes test-adapters bench lint clean sys-deps
+.PHONY: demo test test-core test-lanes test-adapters bench bench-agentdojo lint clean sys-deps
 
 $(STAMP): pyproject.toml requirements-dev.lock
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -52,6 +52,11 @@ $(REF_STAMP):
 bench: $(STAMP) $(REF_STAMP)
 	$(BIN)/python benchmarks/bench_kernel.py
 	$(BIN)/python benchmarks/bench_audit.py
+	$(BIN)/python benchmarks/bench_flow.py
+
+# AgentDojo (banking, slack; v1.2.2) with a scripted agent, offline; its own venv in $(LANE_CACHE).
+bench-agentdojo:
+	$(MAKE) --no-print-directory -C benchmarks/agentdojo run LANE_CACHE=$(LANE_CACHE) PY=$(PY)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -7,7 +7,8 @@ passes through it (see "Flow facts" in DESIGN.md):
 2. ``post_tool`` results are recorded with the catalog's labels for the tool: integrity
    (``untrusted`` by default), confidentiality (``internal`` by default), source ``tool:NAME``.
 3. At ``pre_tool`` every argument is labelled by ``labels_of``: the whole value and each
-   identifier inside it (e-mail addresses, URLs and their hosts, IBANs, numbers, file names),
+   identifier inside it (e-mail addresses, URLs and their hosts, IBANs, dates, numbers, file
+   names),
    canonicalised by ``canonical`` so case, white space, zero-width characters, compatibility
    forms and percent-encoding cannot hide a value.
 
@@ -16,7 +17,9 @@ Invariants (the property tests hold the code to them):
 * A value that arrived only from untrusted sources is never labelled ``trusted``: an argument is
   ``trusted`` only when the whole value, or every identifier in it, appeared in trusted input
   and nothing in it is untrusted-only.
-* A value never seen is labelled ``unknown``; policies decide what that means.
+* A value never seen is labelled ``unknown``; policies decide what that means. A value the
+  trusted input holds (the whole value, one identifier typed by the user, or a quoted run of
+  whole words) was seen: it is ``trusted`` even when untrusted data shows it too.
 * Fragments count: a piece of an untrusted value (``MIN_FRAGMENT`` or more significant
   characters) is untrusted, and identifiers rebuilt from the pieces of several arguments label
   every piece (``labels_of_args``).
@@ -27,6 +30,7 @@ Invariants (the property tests hold the code to them):
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections import OrderedDict
@@ -39,34 +43,58 @@ from bastion._canon import strip_format
 TRUSTED, UNTRUSTED, UNKNOWN = "trusted", "untrusted", "unknown"
 USER = "user"
 MIN_FRAGMENT = 6  # significant characters a piece needs before it counts as a fragment
+MIN_QUOTE = 3  # significant characters a piece of trusted text needs to count as quoted
 MIN_SECRET_WORD = 16  # a word this long shared with a secret text carries its labels
 MAX_TEXT = 65_536  # characters of one value that are remembered and searched
 MAX_LEAVES = 4_096  # scalars taken from one nested value
 _PLAIN = frozenset({TRUSTED, UNTRUSTED, USER, "public", "internal"})
 
 _WS = re.compile(r"\s+")
+_NOT_ALNUM = re.compile(r"[\W_]+")  # the complement of str.isalnum
 _EMAIL = re.compile(r"[\w.+\-']+@[\w\-]+(?:\.[\w\-]+)+")
 _URL = re.compile(r"(?:[a-z][a-z0-9+.\-]*://|www\.)[^\s<>\"'`]+")
 _IBAN = re.compile(r"\b[a-z]{2}[0-9]{2}"
                    r"(?:[a-z0-9]{11,30}|(?: ?[a-z0-9]{4}){2,7}(?: ?[a-z0-9]{1,4})?)\b")
+_DATE = re.compile(r"(?<![\w.])\d{4}([-/])\d{1,2}\1\d{1,2}"
+                   r"(?:[t ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:z|[+-]\d{2}:?\d{2})?)?(?![\w])")
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,_ ]*(?:\.\d+)?(?![\w])")
 _FILE = re.compile(r"[\w\-./\\]*[\w\-]\.[a-z0-9]{1,8}\b")
 _HOSTLIKE = re.compile(r"\b(?:[a-z0-9\-]+\.)+[a-z]{2,}\b")
 _TRIM = ".,;:!?)]}>'\""
+_TRIGGER = re.compile(r"[0-9@./:]")
 
 
 def canonical(text: str) -> str:
     """Percent-decoded (up to three layers), NFKC, format characters stripped, casefolded,
-    white space collapsed to one space and trimmed."""
+    white space collapsed to one space and trimmed. Short texts are memoised: recording a value
+    canonicalises it for its identifiers, its whole form and its compact form."""
+    if len(text) <= _MEMO_TEXT:
+        return _canonical_memo(text)
+    return _canonical(text)
+
+
+_MEMO_TEXT = 2_048
+
+
+def _canonical(text: str) -> str:
     decoded = text[:MAX_TEXT]
+    if "%" not in decoded:
+        return _fold(decoded)
     for _ in range(3):
         nxt = unquote(decoded)
         if nxt == decoded:
             break
         decoded = nxt
+    return _fold(decoded)
+
+
+def _fold(decoded: str) -> str:
     folded = strip_format(unicodedata.normalize("NFKC", decoded)).casefold()
     folded = strip_format(unicodedata.normalize("NFKC", folded))
     return _WS.sub(" ", folded).strip()
+
+
+_canonical_memo = functools.lru_cache(maxsize=1_024)(_canonical)
 
 
 def compact(text: Any) -> str:
@@ -74,7 +102,7 @@ def compact(text: Any) -> str:
     split by spaces, dashes or dots still matches itself."""
     if not isinstance(text, str):
         text = _number(repr(text)) or ""
-    return "".join(ch for ch in canonical(text) if ch.isalnum())
+    return _NOT_ALNUM.sub("", canonical(text))
 
 
 def _number(text: str) -> str | None:
@@ -90,8 +118,9 @@ def _number(text: str) -> str | None:
 
 def identifiers(value: Any) -> frozenset[str]:
     """Canonical identifiers inside a scalar, each tagged by kind: ``email:``, ``url:``,
-    ``host:``, ``iban:``, ``num:``, ``file:``. Numbers give ``num:`` only; booleans and
-    ``None`` give nothing."""
+    ``host:``, ``iban:``, ``date:`` (ISO-like, ``2022-04-01``), ``num:``, ``file:``. Numbers
+    give ``num:`` only; booleans and ``None`` give nothing. A date is one identifier: its day
+    and month are not numbers of their own."""
     if isinstance(value, bool) or value is None:
         return frozenset()
     if isinstance(value, int | float):
@@ -101,6 +130,8 @@ def identifiers(value: Any) -> frozenset[str]:
         return frozenset()
     text = canonical(value)
     out: set[str] = set()
+    if not _TRIGGER.search(text):  # no digit, '@', '.', '/' or ':': no identifier can match
+        return frozenset()
     for m in _EMAIL.finditer(text):
         addr = m.group(0).strip(_TRIM)
         out.add(f"email:{addr}")
@@ -118,6 +149,9 @@ def identifiers(value: Any) -> frozenset[str]:
         out.add(f"iban:{m.group(0).replace(' ', '')}")
     # what the patterns above matched is one identifier: no numbers or names from inside it
     text = _IBAN.sub(" ", _URL.sub(" ", _EMAIL.sub(" ", text)))
+    for m in _DATE.finditer(text):  # a date's day and month are not amounts
+        out.add(f"date:{m.group(0)}")
+    text = _DATE.sub(" ", text)
     for m in _HOSTLIKE.finditer(text):
         out.add(f"host:{m.group(0)}")
     for m in _FILE.finditer(text):
@@ -217,13 +251,19 @@ class Provenance:
     # -- asking ---------------------------------------------------------------------------------
     def _haystack(self, kind: str) -> str:
         """Remembered texts joined for substring search: ``trusted``, ``untrusted`` or
-        ``sensitive`` (carrying a confidentiality label above ``internal``)."""
+        ``sensitive`` (carrying a confidentiality label above ``internal``), compacted; and
+        ``trusted_text`` and ``untrusted_text``, canonical texts with their spaces and
+        punctuation, for whole-word search."""
         if self._hay_text is None:
             self._hay_text = {
                 TRUSTED: "\x00".join(k for k, v in self._hay.items() if TRUSTED in v),
                 UNTRUSTED: "\x00".join(k for k, v in self._hay.items() if TRUSTED not in v),
                 "sensitive": "\x00".join(k for k, v in self._hay.items() if v - _PLAIN
                                           and not all(x.startswith("tool:") for x in v - _PLAIN)),
+                "trusted_text": "\x00".join(k[5:] for k, v in self._atoms.items()
+                                             if k.startswith("text:") and TRUSTED in v),
+                "untrusted_text": "\x00".join(k[5:] for k, v in self._atoms.items()
+                                               if k.startswith("text:") and TRUSTED not in v),
             }
         return self._hay_text[kind]
 
@@ -268,6 +308,21 @@ class Provenance:
                 found.update(labels)
         return found or None
 
+    def _words(self, leaf: str) -> set[str] | None:
+        """Labels of the untrusted texts that hold ``leaf`` as whole words: a name too short to
+        be a fragment ("Fred") copied out of an untrusted text is untrusted, not unknown."""
+        canon = canonical(leaf)
+        if len(compact(leaf)) < MIN_QUOTE:
+            return None
+        hay = self._haystack("untrusted_text")
+        if canon not in hay or not re.search(rf"(?<!\w){re.escape(canon)}(?!\w)", hay):
+            return None
+        found: set[str] = set()
+        for key, labels in self._atoms.items():
+            if key.startswith("text:") and TRUSTED not in labels and canon in key:
+                found |= labels
+        return found or None
+
     def labels_of(self, value: Any) -> list[str]:
         """The labels of the data ``value`` came from (sorted): ``trusted`` or ``untrusted`` or
         ``unknown``, plus the confidentiality labels and sources (``user``, ``tool:NAME``) of
@@ -288,12 +343,16 @@ class Provenance:
         seen = self._atoms.get(whole)
         if seen is not None and TRUSTED in seen:
             return {x for x in seen if x != UNTRUSTED}
+        ids = identifiers(leaf) - {whole}
+        if isinstance(leaf, str):
+            quoted = self._quoted(leaf, ids)
+            if quoted is not None:
+                return quoted | self._sensitive(compact(leaf)) | self._sensitive_words(leaf)
         out = (self._sensitive(compact(leaf)) | self._sensitive_words(leaf)
                if isinstance(leaf, str) else set())
         untrusted = seen is not None
         if seen is not None:
             out |= seen
-        ids = identifiers(leaf) - {whole}
         all_trusted = bool(ids)
         for atom in ids:
             labels = self._atoms.get(atom)
@@ -306,7 +365,7 @@ class Provenance:
                 all_trusted = False
                 out |= labels
         if isinstance(leaf, str) and not untrusted:
-            frag = self._fragment(compact(leaf))
+            frag = self._fragment(compact(leaf)) or self._words(leaf)
             if frag is not None:
                 untrusted = True
                 out |= frag
@@ -319,6 +378,36 @@ class Provenance:
             out.discard(TRUSTED)
             out.add(UNKNOWN)
         return out
+
+    def _quoted(self, leaf: str, ids: frozenset[str]) -> set[str] | None:
+        """The labels of trusted input that ``leaf`` repeats, or None. Trusted wins over an
+        untrusted sighting of the same value, as for whole values:
+
+        1. ``leaf`` is exactly one identifier (its significant characters are the identifier's)
+           and every identifier in it appeared in trusted input: an IBAN the user typed is the
+           user's even when a sender's transaction shows the same IBAN as a whole value;
+        2. ``leaf`` (``MIN_QUOTE`` or more significant characters) is a piece of a trusted text,
+           whole words only: what the user quoted ("update the password to '1j1l-2k3j'") was
+           seen, so it is not ``unknown``.
+        """
+        text = compact(leaf)
+        if len(text) < MIN_QUOTE:
+            return None
+        if ids and any(compact(a.partition(":")[2]) == text for a in ids):
+            found = [self._atoms.get(a) for a in ids]
+            if all(labels is not None and TRUSTED in labels for labels in found):
+                return {x for labels in found if labels for x in labels if x != UNTRUSTED}
+        canon = canonical(leaf)
+        hay = self._haystack("trusted_text")
+        if not hay or canon not in hay:
+            return None
+        if not re.search(rf"(?<!\w){re.escape(canon)}(?!\w)", hay):
+            return None
+        out: set[str] = set()
+        for key, labels in self._atoms.items():
+            if key.startswith("text:") and TRUSTED in labels and canon in key:
+                out |= labels - {UNTRUSTED}
+        return out or None
 
     def labels_of_args(self, args: Mapping[str, Any]) -> dict[str, list[str]]:
         """``labels_of`` for every argument, plus identifiers split across arguments: when the
