@@ -51,7 +51,8 @@ def test_id_token_trust_commands(tmp_path: Path) -> None:
 
     log = AuditLog.open(str(tmp_path / "audit.db"))
     log.append({"kind": "decision", "id": "d1", "ts": time.time_ns(), "agent": "alice",
-                "effect": "deny", "code": "policy", "rule_ids": ["no-drop"],
+                "stage": "pre_tool", "guards": ["capability_token"], "effect": "deny",
+                "code": "policy", "rule_ids": ["no-drop"],
                 "context": {"bastion_token": {"$masked": "sha256:00"}}})
     log.close()
     code, report = _run("trust", "show", "alice", "--audit", str(tmp_path / "audit.db"))

@@ -118,7 +118,8 @@ def test_trust_facts_reach_cel_and_flooding_cannot_inflate(store: SQLiteMeshStor
 def _decision(agent: str, t: float, effect: str = "allow", code: str = "policy",
               rules: tuple[str, ...] = ("allow-rest",), did: str = "") -> dict[str, object]:
     return {"kind": "decision", "id": did or f"d{t}", "ts": int(t * 1e9), "agent": agent,
-            "effect": effect, "code": code, "rule_ids": list(rules),
+            "stage": "pre_tool", "guards": ["capability_token"], "effect": effect, "code": code,
+            "rule_ids": list(rules),
             "context": {"bastion_token": {"$masked": "sha256:00"}}}  # authenticated by a token
 
 

@@ -43,9 +43,9 @@ class _Event(_Lazy):
     the event's fields and the action digest are computed on the audit writer's thread.
     """
 
-    __slots__ = ("_action", "_args", "_body", "_decision")
+    __slots__ = ("_action", "_args", "_body", "_decision", "_guards")
 
-    def __init__(self, decision: Decision, action: Action):
+    def __init__(self, decision: Decision, action: Action, guards: tuple[str, ...] = ()):
         args = decision.args if decision.args is not None else action.args
         if type(args) is dict:
             for v in args.values():
@@ -59,12 +59,15 @@ class _Event(_Lazy):
         self._args = args
         self._decision = decision
         self._action = action
+        self._guards = guards
         self._body: dict[str, Any] | None = None
 
     def _build(self) -> dict[str, Any]:
         body = self._body
         if body is None:
             body = self._body = decision_event(self._decision, self._action, self._args)
+            if self._guards:
+                body["guards"] = list(self._guards)
         return body
 
 
@@ -100,8 +103,9 @@ def decision_event(d: Decision, action: Action, args: Any) -> dict[str, Any]:
     ``code``,
     ``rule_ids``, ``errors``, ``reasons``, ``obligations``, ``policy`` (digest), ``args`` (as passed
     on: redacted when a redaction applied), ``action`` (digest of tool, stage, args, agent and
-    session), ``approval_id``, ``result`` (post_tool) and ``context`` when present. The audit log
-    adds ``v``, ``seq``, ``prev`` and the MAC over all of them.
+    session), ``approval_id``, ``result`` (post_tool) and ``context`` when present, and ``guards``
+    (the names of the kernel's guards that admitted the action) when any did. The audit log adds
+    ``v``, ``seq``, ``prev`` and the MAC over all of them.
     """
     agent, session = _ident(action.agent), _ident(action.session)
     event: dict[str, Any] = {

@@ -114,6 +114,14 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
                 key = None if task is None else IN_FLIGHT.add(Call(
                     task, asyncio.get_running_loop(), decision.tool, decision.agent,
                     decision.session))
+                # a switch engaged between the decision and the registration cancelled nothing
+                hit = kernel.kill_hit(decision)
+                if hit is not None:
+                    if key is not None:
+                        IN_FLIGHT.remove(key)
+                    raise GovernanceDenied(decision._replace(
+                        effect="deny", code="kill_switch",
+                        reasons=(f"kill switch engaged ({hit}) before the call started",)))
                 try:
                     result = await fn(*args, **kwargs)
                 except asyncio.CancelledError as exc:

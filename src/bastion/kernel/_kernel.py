@@ -61,6 +61,9 @@ _ALL_NAMES = frozenset(("tool", "args", "agent", "session", "context", "result",
                         "tool_info"))
 _TOOL_STAGES = (Stage.PRE_TOOL, Stage.POST_TOOL)
 _FLOW_WORDS = ("arg_labels", "labels", "history")  # what makes a policy flow-aware
+# decisions made before the guards ran: their events name no admitting guard
+_BEFORE_GUARDS = frozenset({"invalid_stage", "missing_tool", "invalid_tool", "invalid_identity",
+                            "kill_switch", "guard", "internal_error", "audit_unavailable"})
 MAX_FLOW_SESSIONS = 10_000  # sessions whose provenance is kept in memory (least recent out)
 
 
@@ -111,6 +114,7 @@ class Kernel:
         self._facts = agent_facts
         self._approver = approver
         self._guards = tuple(guards)
+        self._guard_names = tuple(_name(g) for g in self._guards)
         self.catalog = catalog if catalog is not None else EMPTY_CATALOG
         self._approval_ttl = approval_ttl_s
         self._clock = clock
@@ -194,7 +198,9 @@ class Kernel:
         audit = self._audit
         if audit is not None:  # step 8
             try:
-                audit.append(_Event(decision, action))
+                admitted = self._guard_names if self._guard_names and \
+                    decision.code not in _BEFORE_GUARDS else ()
+                audit.append(_Event(decision, action, admitted))
             except Exception as exc:
                 decision = _deny(did, ts, action, self.compiled.digest, "audit_unavailable",
                                  errors=(f"audit log cannot be written: {exc}",))
@@ -480,9 +486,17 @@ class Kernel:
                                 "digest": decided.digest, "tool": decided.tool})
         return decided
 
+    def kill_hit(self, decision: Decision) -> str | None:
+        """The kill flag (scope) that now covers the call ``decision`` allowed, if any: for
+        callers that start work some time after the decision (async tools)."""
+        flags = self._flags()
+        return _kill_hit(flags, decision.agent, decision.session, decision.tool) if flags \
+            else None
+
     def add_guard(self, guard: Guard) -> None:
         """Register one more guard; it runs after those already registered."""
         self._guards = (*self._guards, guard)
+        self._guard_names = (*self._guard_names, _name(guard))
 
     def pending_approvals(self) -> list[Approval]:
         return self._state.list_approvals("pending")

@@ -72,7 +72,10 @@ def verify_card(card: Any, *, did: str) -> None:
     if not isinstance(signatures, list) or not signatures:
         raise VerificationError("signature", "agent card is not signed")
     key = public_from_did(did)
-    payload = b64e(card_payload(data))
+    try:
+        payload = b64e(card_payload(data))
+    except (ValueError, TypeError) as exc:  # e.g. a NaN or a non-string key: no signature covers it
+        raise VerificationError("malformed", f"agent card cannot be encoded: {exc}") from None
     for sig in signatures:
         try:
             header = json.loads(b64d(sig["protected"]))

@@ -14,13 +14,16 @@ The kernel never imports ``bastion.mesh``; it runs the ``Guard`` callables it wa
    → deny with the first reason;
 5. at ``pre_tool``, unless ``unsafe_bearer``: checks ``context["bastion_token_proof"]``
    (``prove_call``), a signature by the token's audience key over this token, tool, arguments,
-   time and a nonce, fresh and used once — so a copied token is useless without the key.
+   time and a nonce, fresh (``|now - ts| <= skew_s``) and used once: its nonce is held until
+   ``ts + MAX_SKEW_S``, the widest skew any guard sharing the nonce store may accept — so a
+   copied token is useless without the key, and a used proof is refused by every guard.
 
 Actions without a tool (``input``/``output``) pass to the policy unchanged.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -38,6 +41,9 @@ from bastion.mesh._tokens import b64d, b64e, verify_token
 CONTEXT_KEY = "bastion_token"
 PROOF_KEY = "bastion_token_proof"
 PROOF_DOMAIN = "bastion-call-v1"
+# No guard may accept more clock skew than this: a proof's nonce is held until ``ts`` plus this,
+# so a guard sharing the nonce store with a wider window still sees every nonce it could accept.
+MAX_SKEW_S = 300
 
 
 def prove_call(holder: Identity, token: str, tool: str, args: Mapping[str, Any], *,
@@ -72,11 +78,15 @@ class TokenGuard:
                  clock: Callable[[], float] = time.time, skew_s: int = 30):
         if not roots:
             raise ValueError("a token guard needs at least one trusted root DID")
+        if not 0 < skew_s <= MAX_SKEW_S:
+            raise ValueError(f"skew_s must be in (0, {MAX_SKEW_S}]")
         if not unsafe_bearer and nonces is None:
             raise ValueError("a token guard needs a nonce store to check proofs of possession "
                              "(or unsafe_bearer=True to accept tokens as bearer credentials)")
         self._nonces = nonces
         self._bearer = unsafe_bearer
+        # what the kernel records as the admitting guard: trust counts only proven holders
+        self.name = "capability_token_bearer" if unsafe_bearer else "capability_token"
         self._roots = frozenset(roots)
         self._revocations = revocations
         self._registry = registry
@@ -126,10 +136,13 @@ class TokenGuard:
         try:
             proof = orjson.loads(b64d(raw))
             sig = b64d(proof.pop("sig"))
-            ts, nonce = float(proof["ts"]), str(proof["nonce"])
+            ts, nonce = proof["ts"], proof["nonce"]
         except (ValueError, KeyError, TypeError, AttributeError, orjson.JSONDecodeError):
             return "the proof of possession is malformed"
-        expected = _call_body(token, tool, args, proof.get("ts"), nonce)
+        if type(ts) not in (int, float) or not math.isfinite(ts) or not isinstance(nonce, str) \
+                or not 0 < len(nonce) <= 128:
+            return "the proof of possession is malformed"
+        expected = _call_body(token, tool, args, ts, nonce)
         if proof != expected:
             return "the proof of possession is for another token, tool or arguments"
         did = audience
@@ -144,7 +157,7 @@ class TokenGuard:
         if abs(now - ts) > self._skew:
             return "the proof of possession is stale"
         assert self._nonces is not None
-        if not self._nonces.claim_nonce(f"call:{did}", nonce, expires=ts + self._skew + 1,
+        if not self._nonces.claim_nonce(f"call:{did}", nonce, expires=ts + MAX_SKEW_S + 1,
                                         now=now):
             return "the proof of possession was already used (replay)"
         return None

@@ -7,9 +7,10 @@ glob characters are allowed. Tool names are matched in their canonical form (``t
 kernel's canonical tool name).
 
 **Constraints** map a scope pattern to argument rules: ``{"tool:pay": {"amount": {"max": 100}}}``.
-A rule is any of ``max``, ``min`` (numbers, inclusive), ``in`` (a list of scalars), ``eq`` (a
-scalar). A constraint applies to a call whose tool the pattern covers; the argument must then be
-present and satisfy every rule (a missing argument fails: fail closed). Booleans are not numbers.
+A rule is any of ``max``, ``min`` (numbers, inclusive), ``in`` (a list of at most ``MAX_IN``
+scalars), ``eq`` (a scalar). A constraint applies to a call whose tool the pattern covers; the
+argument must then be present and satisfy every rule (a missing argument fails: fail closed).
+Booleans are not numbers; NaN and infinities match no rule; any integer compares exactly.
 
 Narrowing (``check_narrowing``): a child's scopes must each be covered by some parent scope, and
 every parent rule must be kept, equal or tighter (``max`` lower, ``min`` higher, ``in`` a subset,
@@ -28,6 +29,10 @@ from bastion._errors import ConfigError
 
 _SCOPE = re.compile(r"[a-z][a-z0-9_]*:[a-z0-9_\-.:/]*\*?")
 _OPS = frozenset(("max", "min", "in", "eq"))
+# Checking that one link narrows another compares every pair of scopes and of ``in`` values:
+# bounded here, so a token of at most ``MAX_BYTES`` costs microseconds to verify, not minutes.
+MAX_SCOPES = 256
+MAX_IN = 256
 Constraints = dict[str, dict[str, dict[str, Any]]]
 
 
@@ -59,11 +64,20 @@ def tool_scope(tool: str) -> str | None:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool):
+        return False
+    # any int is finite (``math.isfinite`` would overflow on one beyond a float's range)
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, str | bool) or _number(value)
+
+
+def _encodable(value: Any) -> bool:
+    """A rule value a token can carry: canonical JSON writes an int beyond 64 bits as an object,
+    which would not decode back into the same rule."""
+    return not isinstance(value, int) or isinstance(value, bool) or -(2**63) <= value < 2**64
 
 
 def check_constraints(constraints: Mapping[str, Any]) -> Constraints:
@@ -85,6 +99,10 @@ def check_constraints(constraints: Mapping[str, Any]) -> Constraints:
             for op, value in rules.items():
                 ok = _number(value) if op in ("max", "min") else _scalar(value) if op == "eq" \
                     else isinstance(value, list) and all(_scalar(v) for v in value)
+                ok = ok and all(map(_encodable, value if isinstance(value, list) else [value]))
+                if op == "in" and ok and len(value) > MAX_IN:
+                    raise ConfigError(f"constraint {scope!r}.{arg!r}.in: at most {MAX_IN} "
+                                      "values")
                 if not ok:
                     raise ConfigError(f"constraint {scope!r}.{arg!r}.{op}: invalid value "
                                       f"{value!r}")

@@ -12,7 +12,8 @@ without ``sig``; revoking an id revokes every token whose chain holds it (its de
 Verification (``verify_token``), in this order; the first failure raises ``TokenError``:
 
 1. Decode strictly: size, prefix, base64url that re-encodes to the same text, canonical JSON,
-   1..``MAX_DEPTH`` links with exactly the known fields of the right types. (``malformed``)
+   1..``MAX_DEPTH`` links with exactly the known fields of the right types, at most
+   ``MAX_SCOPES`` scopes and ``MAX_IN`` values per ``in`` rule a link. (``malformed``)
 2. The root link has ``prev = null`` and its ``iss`` is a trusted root. (``untrusted_root``)
 3. Every link's signature verifies under its ``iss`` DID. (``signature``)
 4. Every later link names the previous link's id in ``prev`` and is issued by the previous
@@ -43,6 +44,7 @@ from bastion._errors import ConfigError
 from bastion.mesh._errors import TokenError, VerificationError
 from bastion.mesh._keys import Identity, verify_signature
 from bastion.mesh._scopes import (
+    MAX_SCOPES,
     Constraints,
     check_constraints,
     check_narrowing,
@@ -137,6 +139,8 @@ def _body(issuer: Identity, audience: str, scopes: Collection[str], cons: Constr
         raise ConfigError("a token needs an audience (a DID or an agent id)")
     if not scopes:
         raise ConfigError("a token needs at least one scope")
+    if len(set(scopes)) > MAX_SCOPES:
+        raise ConfigError(f"a token holds at most {MAX_SCOPES} scopes")
     return {"v": 1, "iss": issuer.did, "aud": audience,
             "scopes": sorted({check_scope(s) for s in scopes}), "cons": cons, "iat": iat,
             "exp": exp, "nonce": secrets.token_hex(16), "prev": prev}
@@ -222,8 +226,8 @@ def _check_shape(i: int, link: Any) -> None:
             raise bad(f"{key!r} must be an integer")
     if link["prev"] is not None and not isinstance(link["prev"], str):
         raise bad("'prev' must be a link id or null")
-    if not isinstance(link["scopes"], list) or not link["scopes"]:
-        raise bad("'scopes' must be a non-empty list")
+    if not isinstance(link["scopes"], list) or not 1 <= len(link["scopes"]) <= MAX_SCOPES:
+        raise bad(f"'scopes' must be a list of 1 to {MAX_SCOPES} scopes")
     try:
         for s in link["scopes"]:
             check_scope(s)

@@ -3,7 +3,10 @@
 Evidence is read from the audit log (never from the caller): ``decision`` events (allows,
 denials by rules = violations, guard refusals, refused approvals), ``outcome`` events (attributed
 through their decision id), ``approval`` events, ``slo_breach`` events and ``attestation`` events
-whose signature verifies and whose issuer is another registered, active identity.
+whose signature verifies and whose issuer is another registered, active identity. By default
+(``authenticated_only``) a decision counts only when a ``TokenGuard`` proved who asked: at
+``pre_tool``, with a token, not refused before the guards ran; a guard refusal counts against
+the agent only when it is TokenGuard's own "token does not grant this call".
 
 Scoring folds the events in log order, per agent. For each event, in this order:
 
@@ -36,7 +39,13 @@ from bastion.mesh._store import AgentRegistry
 TIERS: tuple[tuple[str, int, int], ...] = (  # name, lowest score, suggested ring
     ("untrusted", 0, 3), ("probation", 200, 3), ("standard", 400, 2), ("trusted", 600, 1),
     ("privileged", 800, 0))
-_PROVEN = "token does not grant this call"  # TokenGuard's reason once a token has verified
+# TokenGuard's refusal once a token verified (and, at pre_tool, its proof): the kernel writes it
+# as "<guard name>: <refusal>". Matched as a prefix: the rest of a reason can quote what a caller
+# sent (a forged token's fields), so a substring test could be satisfied by anyone.
+_PROVEN = "capability_token: token does not grant this call: "
+# codes the kernel decides before any guard has run: nothing about who asked was checked
+_BEFORE_GUARDS = frozenset(("invalid_stage", "missing_tool", "invalid_tool", "invalid_identity",
+                            "kill_switch"))
 _VIOLATIONS = frozenset(("violation", "severe_violation", "guard_denied", "approval_refused",
                          "invalid_tool", "negative_attestation", "severe_attestation",
                          "slo_breach"))
@@ -71,9 +80,9 @@ class TrustConfig:
     # an attestation counts only from an issuer whose own trust is at least this (standard tier),
     # and at most once per issuer, subject and period
     min_attester_trust: int = 500
-    # count only decisions that carried a capability token (a TokenGuard verified it, or refused
-    # the call): elsewhere the agent id is only the caller's claim. Set False where agent ids are
-    # authenticated some other way.
+    # count only pre_tool decisions that carried a capability token (a TokenGuard verified it and
+    # the proof of possession, or refused the call): elsewhere the agent id is only the caller's
+    # claim. Set False where agent ids are authenticated some other way.
     authenticated_only: bool = True
 
     def value(self, kind: str) -> int:
@@ -126,9 +135,21 @@ class _Agent:
         self.events = 0
 
 
-def _carried_token(event: Mapping[str, Any]) -> bool:
+def _authenticated(event: Mapping[str, Any]) -> bool:
+    """The decision passed a ``TokenGuard`` that proved who asked: a ``pre_tool`` decision (the
+    only stage where the guard checks the proof of possession; it does not run at ``input`` and
+    ``output``) that carried a token and was not decided before the guards ran, and that the
+    kernel records as admitted by ``capability_token`` (a proof-checking ``TokenGuard``; in
+    bearer mode it is named otherwise). A guard's refusal names no admitting guard: it counts
+    only as TokenGuard's own refusal (``_decision_kind``)."""
     context = event.get("context")
-    return isinstance(context, dict) and "bastion_token" in context
+    if not (event.get("stage") == "pre_tool" and isinstance(context, dict)
+            and "bastion_token" in context and event.get("code") not in _BEFORE_GUARDS):
+        return False
+    if event.get("code") == "guard":
+        return True
+    guards = event.get("guards")
+    return isinstance(guards, list) and "capability_token" in guards
 
 
 class TrustEngine:
@@ -194,7 +215,7 @@ class TrustEngine:
             agent = e.get("agent")
             if not isinstance(agent, str) or not agent:
                 return
-            if self.config.authenticated_only and not _carried_token(e):
+            if self.config.authenticated_only and not _authenticated(e):
                 return  # unauthenticated: neither credit nor blame for the claimed id
             self._remember(str(e.get("id")), agent)
             if isinstance(e.get("approval_id"), str):
@@ -225,7 +246,8 @@ class TrustEngine:
             if rules & self.config.severe_rules:
                 return "severe_violation", True
             return "violation", False
-        if code == "guard" and not any(_PROVEN in str(r) for r in e.get("reasons") or ()):
+        reasons = e.get("reasons") or ()
+        if code == "guard" and not any(str(r).startswith(_PROVEN) for r in reasons):
             # a missing or invalid token proves nothing about who asked: the id is only a claim,
             # so the denial is not held against that agent (it would let anyone sink anyone)
             return "", False

@@ -8,7 +8,10 @@ it:
    machine cannot provide the level the agent's ring requires — the decision itself fails
    closed, before anything is attempted.
 2. ``code_tool``, a governed function that runs the code with ``Sandbox``, requiring the same
-   level again at run time (``IsolationUnavailable`` if the machine changed in between).
+   level again at run time (``IsolationUnavailable`` if the machine changed in between). Its
+   sandboxes are labelled with the agent, the session and the canonical tool name, and each
+   run checks the kill flags once it is registered, so a switch engaged between the decision
+   and the start of the run still stops it.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from bastion._canon import canonical_tool
 from bastion.flow import ToolCatalog
 from bastion.kernel import Kernel, govern
 from bastion.runtime._isolation import Capabilities, IsolationLevel, detect_isolation
+from bastion.runtime._kill import kill_hit
 from bastion.runtime._rings import RingGuard
 from bastion.runtime._sandbox import Sandbox, SandboxPolicy, SandboxResult, labelled
 
@@ -71,14 +76,18 @@ def code_tool(kernel: Kernel, guard: IsolationGuard, *, agent_id: str,
               policy: SandboxPolicy | None = None) -> Callable[[str], SandboxResult]:
     """A governed ``run_python(code)`` for one agent that runs in the sandbox (step 2)."""
     base = policy or SandboxPolicy()
-
     session_id = str((session or {}).get("id", ""))
+    tool = canonical_tool(name) or name  # the spelling kill flags and the kernel use
+
+    def stopped() -> str | None:
+        hit = kill_hit(kernel.state.flags(), agent=agent_id, session=session_id, tool=tool)
+        return None if hit is None else "kill_switch"
 
     def run_python(code: str) -> SandboxResult:
         level = max(guard.required_level(agent_id), base.required_level)
         sandbox = Sandbox(replace(base, required_level=level),
-                          capabilities=guard.capabilities)
-        with labelled(agent=agent_id, session=session_id, tool=name):
+                          capabilities=guard.capabilities, stop=stopped)
+        with labelled(agent=agent_id, session=session_id, tool=tool):
             return sandbox.run_python(code)
 
     run_python.__name__ = name

@@ -19,8 +19,9 @@ Levels are cumulative; each one includes every guarantee of the levels below it:
 ``BWRAP``
     Plus ``bwrap(1)``: only the system's programs and libraries (and the Python installation)
     are visible, read-only — no home directories, /var, /run or host sockets; ``/tmp`` is a
-    private tmpfs,
-    only the work directory (mounted at ``/tmp/sandbox``) is writable, minimal ``/dev``, all
+    private tmpfs holding the work directory (``/tmp/sandbox``), and with a small ``/dev/shm``
+    it is the only writable place, both sized out of the memory limit; minimal read-only
+    ``/dev``, all
     capabilities dropped, nested user namespaces disabled, the sandbox dies with its parent.
 
 Detection (``detect_isolation``) runs a real probe for each level — it creates and removes a
@@ -159,10 +160,11 @@ class PidsCgroup:
 def wrap(level: IsolationLevel, caps: Capabilities, argv: list[str], workdir: str, *,
          tmp_bytes: int = 64 << 20, inputs: tuple[str, ...] = ()) -> list[str]:
     """The argv that runs ``argv`` at ``level``; the caller has checked the level is available.
-    ``tmp_bytes`` bounds the sandbox's private ``/tmp`` (bwrap), which is memory. Under bwrap
-    the work directory is a directory on that tmpfs, so everything the program writes counts
-    against ``tmp_bytes``; the ``inputs`` (plain names of files in ``workdir``) are bound into it
-    one by one, each still bounded by the file-size limit."""
+    ``tmp_bytes`` bounds the sandbox's writable memory (bwrap): its private ``/tmp`` and
+    ``/dev/shm`` together (``/dev`` is otherwise read-only). Under bwrap the work directory is a
+    directory on that ``/tmp``, so everything the program writes counts against ``tmp_bytes``;
+    the ``inputs`` (plain names of files in ``workdir``) are bound into it one by one, each
+    still bounded by the file-size limit."""
     if level <= IsolationLevel.RLIMITS:
         return list(argv)
     if level == IsolationLevel.NAMESPACES:
@@ -172,10 +174,16 @@ def wrap(level: IsolationLevel, caps: Capabilities, argv: list[str], workdir: st
                 caps.setpriv, "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--",
                 *argv]
     assert caps.bwrap
+    # bwrap's /dev is an unsized tmpfs the sandbox can write to: make it read-only and give
+    # /dev/shm (POSIX shared memory, semaphores) an eighth of the budget, /tmp the rest
+    shm_bytes = max(tmp_bytes // 8, 4096)
     return [caps.bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
             "--disable-userns", "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534",
-            "--hostname", "sandbox", *_system_view(), "--dev", "/dev", "--proc", "/proc",
-            "--size", str(tmp_bytes), "--tmpfs", "/tmp", "--dir", SANDBOX_DIR,
+            "--hostname", "sandbox", *_system_view(), "--dev", "/dev",
+            "--size", str(shm_bytes), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
+            "--proc", "/proc",
+            "--size", str(max(tmp_bytes - shm_bytes, 4096)), "--tmpfs", "/tmp",
+            "--dir", SANDBOX_DIR,
             *(arg for name in inputs for arg in (
                 "--bind", os.path.join(workdir, name), f"{SANDBOX_DIR}/{name}")),
             "--remount-ro", "/",

@@ -23,6 +23,7 @@ safely in Python: they are stopped at their next decision.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import time
@@ -83,13 +84,18 @@ def _public(key: Ed25519PublicKey | str) -> Ed25519PublicKey:
     return public_from_did(key)
 
 
-def _matcher(flags: dict[str, str]) -> Callable[[Call], str | None]:
+def kill_hit(flags: Mapping[str, str], *, agent: str, session: str, tool: str) -> str | None:
+    """The engaged scope (``"all"``, ``"agent:ID"``, ...) that stops this call, or ``None``;
+    ``tool`` is a canonical tool name."""
+    for key in ("kill:all", f"kill:agent:{agent}", f"kill:session:{session}", f"kill:tool:{tool}"):
+        if key in flags:
+            return key.removeprefix("kill:")
+    return None
+
+
+def _matcher(flags: Mapping[str, str]) -> Callable[[Call], str | None]:
     def match(call: Call) -> str | None:
-        for key in ("kill:all", f"kill:agent:{call.agent}", f"kill:session:{call.session}",
-                    f"kill:tool:{call.tool}"):
-            if key in flags:
-                return key.removeprefix("kill:")
-        return None
+        return kill_hit(flags, agent=call.agent, session=call.session, tool=call.tool)
 
     return match
 
@@ -120,6 +126,7 @@ class KillSwitch:
             norm_text(name): _public(key) for name, key in release_keys.items()}
         self._clock = clock
         self._hooks: list[Callable[[str], object]] = []
+        self.watch_errors = 0  # failed rounds of ``watch`` (each one is retried)
 
     @classmethod
     def for_kernel(cls, kernel: Any) -> KillSwitch:
@@ -199,8 +206,12 @@ class KillSwitch:
         now = self._clock() / 1e9
         if abs(now - ts) > PROOF_SKEW_S:
             return f"the proof is stale (signed {int(now - ts)} s from now)"
-        fresh, _ = self._state.take(f"release-proof:{digest(proof)}", 1, 2 * PROOF_SKEW_S + 1,
-                                    now)
+        # Single use is keyed on what was signed, not on the proof's text (which has many
+        # spellings: "+ts", "0ts", "t_s", padding), and counted in the window of the signed
+        # time, not of the present, so that no window boundary makes a used proof fresh again.
+        fresh, _ = self._state.take(
+            f"release-proof:{digest(_proof_body(flag, by, reason, ts))}", 1,
+            2 * PROOF_SKEW_S + 1, ts)
         return None if fresh else "the proof was already used"
 
     def engaged(self) -> dict[str, dict[str, Any]]:
@@ -217,16 +228,31 @@ class KillSwitch:
     def watch(self, *, interval_s: float = 0.05) -> Callable[[], None]:
         """Cancel in-flight calls and kill covered sandboxes here when another process engages a
         flag; returns a stop function. The check is one read of the shared generation counter
-        per interval (flags are re-read from the store only when it changed)."""
+        per interval (flags are re-read from the store only when it changed). A round that
+        fails (e.g. the store is locked) is counted in ``watch_errors``, audited as
+        ``kill.watch_error`` (the first of each run of failures) and retried: the watch never
+        ends silently."""
         stop = threading.Event()
 
         def loop() -> None:
+            failing = False
             while not stop.wait(interval_s):
-                flags = {k: v for k, v in self._state.flags().items() if k.startswith("kill:")}
-                if flags:
-                    IN_FLIGHT.cancel(_matcher(flags))
-                    for flag in flags:
-                        _stop_sandboxes(flag)
+                try:
+                    flags = {k: v for k, v in self._state.flags().items()
+                             if k.startswith("kill:")}
+                    if flags:
+                        IN_FLIGHT.cancel(_matcher(flags))
+                        for flag in flags:
+                            _stop_sandboxes(flag)
+                except Exception as exc:  # a failed round must not end the watch silently
+                    self.watch_errors += 1
+                    if not failing:  # audit the first failure of each run of failures
+                        failing = True
+                        with contextlib.suppress(Exception):
+                            self._record("kill.watch_error", "", "watch", "",
+                                         error=f"{type(exc).__name__}: {exc}")
+                else:
+                    failing = False
 
         thread = threading.Thread(target=loop, name="bastion-kill-watch", daemon=True)
         thread.start()

@@ -12,7 +12,12 @@ The check, on every action:
 1. Take the agent's base ring from ``ring_of(agent_id)`` — the trust layer's facts, never the
    caller's request. No answer means ring 3.
 2. If an unexpired elevation grant exists for the agent (state store), use the lower ring it
-   grants; an expired grant is ignored.
+   grants. A grant counts only when it names this agent and ring 0-2, and only while
+   ``granted - ELEVATION_SKEW_S <= now < expires``: an expired grant, and one granted "in the
+   future" (a clock behind the granting process's by more than the skew, which would
+   otherwise extend the grant by the difference), grant nothing. A grant that does not say
+   when it was granted (written by hand) counts only while it has at most
+   ``MAX_ELEVATION_S`` left.
 3. Look the tool up in the catalog; an undeclared tool is class ``unknown``.
 4. Deny (``code: guard``) unless the class is in the ring's set, naming tool, class and ring.
 
@@ -40,6 +45,7 @@ DEFAULT_RINGS: Mapping[int, frozenset[str]] = {
     0: frozenset(CLASSES),
 }
 MAX_ELEVATION_S = 24 * 3600
+ELEVATION_SKEW_S = 30.0  # how far behind the granting process's clock another one may be
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +55,7 @@ class Elevation:
     expires: float
     approved_by: str
     reason: str
+    granted: float | None = None  # None: a grant written without it (checked against now)
 
 
 class RingGuard:
@@ -94,18 +101,27 @@ class RingGuard:
             grant = Elevation(**json.loads(raw))
         except (TypeError, ValueError):
             return None  # unreadable: grants nothing
-        return grant if grant.expires > self._clock() else None
+        now = self._clock()
+        granted = now if grant.granted is None else grant.granted
+        if (grant.agent != agent_id or type(grant.ring) is not int or grant.ring not in (0, 1, 2)
+                or type(grant.expires) not in (int, float) or type(granted) not in (int, float)
+                or not grant.expires - granted <= MAX_ELEVATION_S + 1):
+            return None  # not a grant elevate() would write for this agent: grants nothing
+        return grant if granted - ELEVATION_SKEW_S <= now < grant.expires else None
 
     def elevate(self, agent_id: str, ring: int, *, seconds: float, approved_by: str,
                 reason: str) -> Elevation:
         """Grant ``agent_id`` ring ``ring`` for ``seconds`` (audited)."""
+        if not agent_id:
+            raise ConfigError("an elevation needs an agent id")
         if not norm_text(approved_by) or norm_text(approved_by) == norm_text(agent_id):
             raise ConfigError("an elevation needs an approver other than the agent itself")
-        if ring not in (0, 1, 2) or not 0 < seconds <= MAX_ELEVATION_S:
+        if type(ring) is not int or ring not in (0, 1, 2) or not 0 < seconds <= MAX_ELEVATION_S:
             raise ConfigError(f"elevate to ring 0-2 for 1 s to {MAX_ELEVATION_S} s")
         if not reason:
             raise ConfigError("an elevation needs a reason")
-        grant = Elevation(agent_id, ring, self._clock() + seconds, approved_by, reason)
+        now = self._clock()
+        grant = Elevation(agent_id, ring, now + seconds, approved_by, reason, now)
         self._state.set_flag(f"elevation:{agent_id}", json.dumps(_fields(grant)))
         self._record("ring.elevate", grant)
         return grant
@@ -126,4 +142,4 @@ class RingGuard:
 
 def _fields(grant: Elevation) -> dict[str, Any]:
     return {"agent": grant.agent, "ring": grant.ring, "expires": grant.expires,
-            "approved_by": grant.approved_by, "reason": grant.reason}
+            "approved_by": grant.approved_by, "reason": grant.reason, "granted": grant.granted}

@@ -93,6 +93,12 @@ class RetryPolicy:
     multiplier: float = 2.0
     max_delay_s: float = 10.0
 
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or not self.base_delay_s >= 0 or not self.multiplier >= 1 \
+                or not self.max_delay_s >= 0:
+            raise SagaError("retry policy: 'max_attempts' must be at least 1, delays "
+                            "non-negative and 'multiplier' at least 1")
+
     def delay(self, attempt: int) -> float:
         return float(min(self.max_delay_s, self.base_delay_s * self.multiplier ** (attempt - 1)))
 
@@ -131,6 +137,10 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class _Busy(SagaError):
+    """The saga is being driven by another runner (or another thread of this one)."""
+
+
 class SagaRunner:
     """Runs, resumes and compensates sagas recorded in one ``SagaLog``.
 
@@ -162,12 +172,20 @@ class SagaRunner:
         """Start saga ``name``; an existing ``saga_id`` is resumed (or its outcome returned)."""
         definition = self.registry.get(name)
         sid = saga_id or self._ids()
+        if not isinstance(sid, str) or not sid or ":" in sid:
+            # ':' separates the parts of an idempotency key: saga "x:pay" step "compensate"
+            # would share "x:pay:compensate" with the compensation of step "pay" of saga "x"
+            raise SagaError(f"saga id {sid!r} must be a non-empty string without ':'")
         try:
-            json.dumps(payload)
+            text = json.dumps(payload, sort_keys=True)
         except (TypeError, ValueError) as exc:
             raise SagaError(f"saga {name!r}: payload is not JSON: {exc}") from exc
-        self.log.create(sid, definition.name, payload, [s.name for s in definition.steps],
-                        self._clock())
+        if not self.log.create(sid, definition.name, payload,
+                               [s.name for s in definition.steps], self._clock()):
+            rec = self._record(sid)
+            if rec.name != definition.name or json.dumps(rec.payload, sort_keys=True) != text:
+                raise SagaError(f"saga id {sid!r} is already used by saga {rec.name!r} with "
+                                "another payload or name; not resuming it as this one")
         return self.resume(sid)
 
     def resume_all(self) -> list[SagaOutcome]:
@@ -176,20 +194,22 @@ class SagaRunner:
         for sid in self.log.unfinished():
             try:
                 outcomes.append(self.resume(sid))
-            except SagaError:
+            except (_Busy, SagaStuck):
                 continue  # leased by a live runner, or stuck: not this call's to drive
             except Exception as exc:  # one broken saga must not keep the others unfinished
                 self.log.event(sid, "resume_failed", "",
                                {"error": f"{type(exc).__name__}: {exc}"}, now=self._clock())
-        return outcomes
         return outcomes
 
     def resume(self, saga_id: str) -> SagaOutcome:
         """Drive one saga to ``completed``, ``compensated`` or ``stuck``.
 
         Steps:
-        1. Take the saga's lease; refuse (``SagaError``) while another runner holds it.
-        2. A ``stuck`` saga raises ``SagaStuck``: it executes nothing more.
+        1. Take the saga's lease; refuse (``SagaError``) while another runner holds it. Every
+           later write checks the lease is still ours (``SagaError`` once another runner took
+           it over) and that the saga is still in the state the write expects.
+        2. A ``stuck`` saga raises ``SagaStuck``: it executes nothing more. A saga whose logged
+           step names differ from the registered definition's raises ``SagaError``.
         3. While ``running``: skip every ``done`` step; for the next one, write ``started``,
            run the action (same idempotency key on every attempt and after a crash), write
            ``done`` with its result. A final failure writes ``failed`` and flips the saga to
@@ -203,7 +223,7 @@ class SagaRunner:
         now = self._clock()
         with self._driving_lock:  # the lease admits its owner again: one thread per saga here
             if saga_id in self._driving:
-                raise SagaError(f"saga {saga_id!r} is already being driven by this runner")
+                raise _Busy(f"saga {saga_id!r} is already being driven by this runner")
             self._driving.add(saga_id)
         try:
             return self._resume_claimed(saga_id, now)
@@ -215,7 +235,7 @@ class SagaRunner:
         if not self.log.claim(saga_id, self.owner, now, self.lease_s):
             if self.log.get(saga_id) is None:
                 raise SagaError(f"saga {saga_id!r} not found")
-            raise SagaError(f"saga {saga_id!r} is leased by another runner")
+            raise _Busy(f"saga {saga_id!r} is leased by another runner")
         try:
             rec = self._record(saga_id)
             if rec.status == "stuck":
@@ -223,6 +243,11 @@ class SagaRunner:
                               "")
                 raise SagaStuck(saga_id, failed)
             definition = self.registry.get(rec.name)
+            if [s.name for s in rec.steps] != [s.name for s in definition.steps]:
+                # the log's steps are matched to the definition's by position: never run or
+                # compensate a step under another step's record
+                raise SagaError(f"saga {saga_id!r}: its logged steps do not match the steps "
+                                f"of saga {rec.name!r} registered here")
             if rec.status == "running":
                 self._forward(definition, rec)
                 rec = self._record(saga_id)
@@ -260,13 +285,14 @@ class SagaRunner:
                     if attempt < step.max_attempts:
                         self._sleep(self.retry.delay(attempt))
                         continue
-                    self.log.step_failed(rec.id, srec.idx, _describe(exc), self._clock())
+                    self.log.step_failed(rec.id, srec.idx, _describe(exc), self._clock(),
+                                         owner=self.owner)
                     return
                 break
             result = snapshot(result)  # it ran: record it as JSON even if it is not JSON
-            self.log.step_done(rec.id, srec.idx, result, self._clock())
+            self.log.step_done(rec.id, srec.idx, result, self._clock(), owner=self.owner)
             results[step.name] = result
-        self.log.finish(rec.id, "completed", self._clock())
+        self.log.finish(rec.id, "completed", self._clock(), owner=self.owner)
 
     def _compensate(self, definition: SagaDefinition, rec: SagaRecord) -> None:
         results = {s.name: s.result for s in rec.steps if s.status in ("done", "compensating")}
@@ -290,10 +316,10 @@ class SagaRunner:
                     if attempt < self.retry.max_attempts:
                         self._sleep(self.retry.delay(attempt))
                     continue
-                self.log.compensated(rec.id, srec.idx, self._clock())
+                self.log.compensated(rec.id, srec.idx, self._clock(), owner=self.owner)
                 break
             else:
-                self.log.stuck(rec.id, srec.idx, error, self._clock())
+                self.log.stuck(rec.id, srec.idx, error, self._clock(), owner=self.owner)
                 if self._audit is not None:
                     ts = time.time_ns()
                     self._audit.append({"kind": "saga.escalated", "id": f"saga:{rec.id}:{ts}",
@@ -303,7 +329,7 @@ class SagaRunner:
                     self._alert(SagaAlert(rec.id, rec.name, step.name, error,
                                           self.retry.max_attempts))
                 return
-        self.log.finish(rec.id, "compensated", self._clock())
+        self.log.finish(rec.id, "compensated", self._clock(), owner=self.owner)
 
     @staticmethod
     def _outcome(rec: SagaRecord) -> SagaOutcome:

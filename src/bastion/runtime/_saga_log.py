@@ -24,6 +24,10 @@ from bastion._sqlite import connect, transaction
 from bastion.runtime._errors import SagaError
 
 UNFINISHED = ("running", "compensating")
+FINAL = ("completed", "compensated", "stuck")
+SAGA_STATUSES = frozenset({"running", "completed", "compensating", "compensated", "stuck"})
+STEP_STATUSES = frozenset({"pending", "started", "done", "failed", "compensating",
+                           "compensated", "compensation_failed"})
 
 _SCHEMA = """
 create table if not exists sagas (id text primary key, name text not null, payload text not null,
@@ -135,37 +139,47 @@ class SagaLog:
             steps = self._db.execute("select idx, name, status, result, error, attempts, "
                                      "comp_attempts from saga_steps where saga_id=? order by "
                                      "idx", (saga_id,)).fetchall()
-        return SagaRecord(row[0], row[1], json.loads(row[2]), row[3], row[4], tuple(
-            StepRecord(s[0], s[1], s[2], None if s[3] is None else json.loads(s[3]), s[4],
-                       s[5], s[6]) for s in steps))
+        try:
+            if row[3] not in SAGA_STATUSES or any(s[2] not in STEP_STATUSES for s in steps):
+                raise ValueError("unknown status")
+            return SagaRecord(row[0], row[1], json.loads(row[2]), row[3], row[4], tuple(
+                StepRecord(s[0], s[1], s[2], None if s[3] is None else json.loads(s[3]), s[4],
+                           s[5], s[6]) for s in steps))
+        except (TypeError, ValueError) as exc:  # never guess what a damaged row meant
+            raise SagaError(f"{self.path!r}: saga {saga_id!r} has a corrupted log row: "
+                            f"{exc}") from exc
 
     def unfinished(self) -> list[str]:
+        """Every saga not in a final state (including one whose status is damaged, so that
+        resuming it reports the damage rather than passing over it)."""
         with self._lock:
-            rows = self._db.execute("select id from sagas where status in (?,?) order by "
-                                    "created, id", UNFINISHED).fetchall()
+            rows = self._db.execute("select id from sagas where status not in (?,?,?) order by "
+                                    "created, id", FINAL).fetchall()
         return [r[0] for r in rows]
 
     def step_started(self, saga_id: str, idx: int, owner: str, now: float,
                      lease_s: float) -> None:
         """Write-ahead: the step is about to run (attempt counted, lease renewed)."""
         with self._tx() as db:
-            self._own(db, saga_id, owner)
+            self._own(db, saga_id, owner, "running")
             db.execute("update saga_steps set status='started', attempts=attempts+1 where "
                        "saga_id=? and idx=?", (saga_id, idx))
             db.execute("update sagas set lease_until=?, updated=? where id=?",
                        (now + lease_s, now, saga_id))
             self._event(db, saga_id, now, "step_started", self._name(db, saga_id, idx))
 
-    def step_done(self, saga_id: str, idx: int, result: Any, now: float) -> None:
+    def step_done(self, saga_id: str, idx: int, result: Any, now: float, *, owner: str) -> None:
         with self._tx() as db:
+            self._own(db, saga_id, owner, "running")
             db.execute("update saga_steps set status='done', result=?, error='' where "
                        "saga_id=? and idx=?", (json.dumps(snapshot(result), sort_keys=True),
                                                saga_id, idx))
             self._event(db, saga_id, now, "step_done", self._name(db, saga_id, idx))
 
-    def step_failed(self, saga_id: str, idx: int, error: str, now: float) -> None:
+    def step_failed(self, saga_id: str, idx: int, error: str, now: float, *, owner: str) -> None:
         """The step failed for good: mark it and switch the saga to compensating, atomically."""
         with self._tx() as db:
+            self._own(db, saga_id, owner, "running")
             db.execute("update saga_steps set status='failed', error=? where saga_id=? and "
                        "idx=?", (error, saga_id, idx))
             db.execute("update sagas set status='compensating', error=?, updated=? where id=?",
@@ -176,7 +190,7 @@ class SagaLog:
     def compensation_started(self, saga_id: str, idx: int, owner: str, now: float,
                              lease_s: float) -> None:
         with self._tx() as db:
-            self._own(db, saga_id, owner)
+            self._own(db, saga_id, owner, "compensating")
             db.execute("update saga_steps set status='compensating', "
                        "comp_attempts=comp_attempts+1 where saga_id=? and idx=?", (saga_id, idx))
             db.execute("update sagas set lease_until=?, updated=? where id=?",
@@ -190,15 +204,17 @@ class SagaLog:
             self._event(db, saga_id, now, "compensation_error", self._name(db, saga_id, idx),
                         {"error": error})
 
-    def compensated(self, saga_id: str, idx: int, now: float) -> None:
+    def compensated(self, saga_id: str, idx: int, now: float, *, owner: str) -> None:
         with self._tx() as db:
+            self._own(db, saga_id, owner, "compensating")
             db.execute("update saga_steps set status='compensated' where saga_id=? and idx=?",
                        (saga_id, idx))
             self._event(db, saga_id, now, "step_compensated", self._name(db, saga_id, idx))
 
-    def stuck(self, saga_id: str, idx: int, error: str, now: float) -> None:
+    def stuck(self, saga_id: str, idx: int, error: str, now: float, *, owner: str) -> None:
         """Escalate: the step's compensation kept failing; the saga executes nothing more."""
         with self._tx() as db:
+            self._own(db, saga_id, owner, "compensating")
             db.execute("update saga_steps set status='compensation_failed', error=? where "
                        "saga_id=? and idx=?", (error, saga_id, idx))
             db.execute("update sagas set status='stuck', error=?, updated=? where id=?",
@@ -206,8 +222,11 @@ class SagaLog:
             self._event(db, saga_id, now, "escalated", self._name(db, saga_id, idx),
                         {"error": error})
 
-    def finish(self, saga_id: str, status: str, now: float) -> None:
+    def finish(self, saga_id: str, status: str, now: float, *, owner: str) -> None:
+        """``running`` → ``completed`` or ``compensating`` → ``compensated``."""
         with self._tx() as db:
+            self._own(db, saga_id, owner, {"completed": "running",
+                                           "compensated": "compensating"}.get(status, ""))
             db.execute("update sagas set status=?, updated=? where id=?", (status, now, saga_id))
             self._event(db, saga_id, now, f"saga_{status}")
 
@@ -225,11 +244,17 @@ class SagaLog:
         return str(row[0]) if row else ""
 
     @staticmethod
-    def _own(db: sqlite3.Connection, saga_id: str, owner: str) -> None:
-        row = db.execute("select owner from sagas where id=?", (saga_id,)).fetchone()
+    def _own(db: sqlite3.Connection, saga_id: str, owner: str, status: str | None = None
+             ) -> None:
+        """Refuse a write by a runner that no longer holds the lease (another runner took the
+        saga over), or one that finds the saga no longer in ``status``."""
+        row = db.execute("select owner, status from sagas where id=?", (saga_id,)).fetchone()
         if row is None or row[0] != owner:
             raise SagaError(f"saga {saga_id!r}: lease lost to {row[0] if row else None!r}; "
-                            "refusing to run a step")
+                            "refusing to change it")
+        if status is not None and row[1] != status:
+            raise SagaError(f"saga {saga_id!r} is {row[1]!r}, not {status!r}; refusing to "
+                            "change it")
 
     def close(self) -> None:
         with self._lock:

@@ -185,8 +185,12 @@ class Sandbox:
 
     def __init__(self, policy: SandboxPolicy | None = None, *,
                  capabilities: Capabilities | None = None,
-                 clock: Callable[[], float] = time.monotonic, python: str | None = None):
+                 clock: Callable[[], float] = time.monotonic, python: str | None = None,
+                 stop: Callable[[], str | None] | None = None):
         self.policy = policy or SandboxPolicy()
+        # asked once a run is registered: a reason kills it at once (a kill switch engaged
+        # after the decision but before the run could be found by ``kill_sandboxes``)
+        self._stop = stop
         self.caps = capabilities if capabilities is not None else detect_isolation()
         self._clock = clock
         # the real interpreter, not a venv's symlink: bwrap gives the sandbox its own /tmp, so
@@ -218,7 +222,8 @@ class Sandbox:
         3. At ``RLIMITS`` and above, create the pids cgroup (when that is the mechanism).
         4. Fork; in the child, before exec: join the cgroup, set every rlimit, start a new
            session (so the process group id is the child's pid).
-        5. Register the run in the live registry and arm the wall-clock timer.
+        5. Register the run in the live registry; kill it at once if ``stop`` gives a reason;
+           arm the wall-clock timer.
         6. Read stdout/stderr on threads, keeping at most ``max_output_bytes`` of each.
         7. Wait for the child without reaping it, then SIGKILL its process group and cgroup so
            no descendant outlives the run; then reap it with ``wait4`` for resource usage.
@@ -233,7 +238,7 @@ class Sandbox:
         try:
             for name, data in (files or {}).items():
                 target = Path(workdir, name)
-                if target.parent != Path(workdir):
+                if target.parent != Path(workdir) or name in (".", "..") or "\0" in name:
                     raise ConfigError(f"sandbox: file name {name!r} must be a plain name")
                 target.write_bytes(data)
             limits: list[tuple[int, int, int]] = []
@@ -291,6 +296,13 @@ class Sandbox:
         live = _Live(proc.pid, cgroup, _LABELS.get())
         with _LIVE_LOCK:
             _LIVE[proc.pid] = live
+        if self._stop is not None:
+            try:
+                why = self._stop()
+            except Exception as exc:  # cannot tell whether to stop: stop
+                why = f"stop check failed: {type(exc).__name__}"
+            if why is not None:
+                live.kill(why)
         timer = threading.Timer(pol.timeout_s, live.kill, ("timeout",))
         timer.daemon = True
         timer.start()
