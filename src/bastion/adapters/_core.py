@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -32,6 +33,8 @@ Source = Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
 
 #: decision codes after which the run as a whole must stop, not only the one call
 STOP_CODES = frozenset({"kill_switch", "budget"})
+#: calls awaiting a human that one gate remembers (oldest forgotten first)
+MAX_WAITING = 1_024
 
 
 class RunStopped(GovernanceDenied):
@@ -50,6 +53,7 @@ class Pre(NamedTuple):
     stop: bool = False
     pending: str | None = None
     started: int = 0
+    context: Mapping[str, Any] | None = None  # the context the call was decided with
 
 
 class Post(NamedTuple):
@@ -75,7 +79,8 @@ class ToolGate:
         self.kernel = kernel
         self._agent, self._session, self._context = agent, session, context
         self.stop_codes = stop_codes
-        self._approvals: dict[str, str] = {}  # action digest -> approval id awaiting a human
+        # action digest -> approval id awaiting a human (bounded: the model chooses the calls)
+        self._approvals: OrderedDict[str, str] = OrderedDict()
 
     # -- before the tool -------------------------------------------------------------------
     def before(self, tool: str, args: Any, *, agent: Source = None, session: Source = None,
@@ -105,26 +110,34 @@ class ToolGate:
 
     # -- after the tool --------------------------------------------------------------------
     def after(self, pre: Pre, result: Any) -> Post:
-        """Decide the result of a call ``before`` let run, and record its outcome."""
+        """Decide the result of a call ``before`` let run, and record its outcome. The result
+        of a call ``before`` did not let run is never shown: the denial is."""
+        if not pre.run:
+            return _not_run(pre)
         try:
             if not self.kernel.checks_results:
                 return self._unchecked(pre, result)
             return self._post(pre, self.kernel.evaluate(self._result_action(pre, result)))
         except Exception as exc:
-            self._outcome(pre, "failed", f"result check failed: {exc}")
-            broken = self._broken(pre.decision.tool, "post_tool", exc)
-            return Post(False, broken.message, broken.message, broken.decision)
+            return self._after_broken(pre, exc)
 
     async def aafter(self, pre: Pre, result: Any) -> Post:
+        if not pre.run:
+            return _not_run(pre)
         try:
             if not self.kernel.checks_results:
                 return self._unchecked(pre, result)
             action = self._result_action(pre, result)
             return self._post(pre, await self.kernel.aevaluate(action))
         except Exception as exc:
+            return self._after_broken(pre, exc)
+
+    def _after_broken(self, pre: Pre, exc: Exception) -> Post:
+        """The result is withheld; recording the outcome is best effort (it may be what broke)."""
+        with contextlib.suppress(Exception):
             self._outcome(pre, "failed", f"result check failed: {exc}")
-            broken = self._broken(pre.decision.tool, "post_tool", exc)
-            return Post(False, broken.message, broken.message, broken.decision)
+        broken = self._broken(pre.decision.tool, "post_tool", exc)
+        return Post(False, broken.message, broken.message, broken.decision)
 
     def check_result(self, pre: Pre, result: Any) -> Any:
         """``after`` that returns the result the model may see, or raises when it is denied."""
@@ -157,7 +170,8 @@ class ToolGate:
                 self._approvals.pop(self.kernel.action_digest(action._replace(approval=None)),
                                     None)
             args = dict(decision.args) if decision.args is not None else dict(action.args)
-            return Pre(True, args, "", decision, started=time.perf_counter_ns())
+            return Pre(True, args, "", decision, started=time.perf_counter_ns(),
+                       context=action.context)
         pending = None
         if action.approval is not None and not self._still_pending(action.approval):
             # refused, expired or used: the next retry asks for a new approval
@@ -165,18 +179,23 @@ class ToolGate:
         if decision.effect == "require_approval" and decision.approval_id is not None:
             pending = decision.approval_id
             self._approvals[self.kernel.action_digest(action._replace(approval=None))] = pending
+            while len(self._approvals) > MAX_WAITING:
+                self._approvals.popitem(last=False)
         return Pre(False, {}, denial_message(decision), decision,
                    decision.code in self.stop_codes, pending)
 
     def _still_pending(self, approval_id: str) -> bool:
         found = self.kernel.state.get_approval(approval_id)
-        return found is not None and found.status == "pending" \
+        # a granted approval not yet used (the call was denied for another reason, e.g. a rate
+        # limit) is kept for the next retry
+        return found is not None and found.status in ("pending", "granted") \
             and found.expires > self.kernel.clock() / 1e9
 
     def _result_action(self, pre: Pre, result: Any) -> Action:
         d = pre.decision
+        context = pre.context if pre.context is not None else _get(self._context)
         return Action(d.tool, pre.args, "post_tool", {"id": d.agent}, {"id": d.session},
-                      _get(self._context), result)
+                      context, result)
 
     def _unchecked(self, pre: Pre, result: Any) -> Post:
         """A result the policy does not decide: labelled (and marked or quarantined) when the
@@ -248,6 +267,11 @@ def _get(source: Source) -> Mapping[str, Any]:
 
 
 _BROKEN = iter(range(1, 1 << 62))
+
+
+def _not_run(pre: Pre) -> Post:
+    message = pre.message or denial_message(pre.decision)
+    return Post(False, message, message, pre.decision, pre.stop)
 
 
 def _raise_unless_run(pre: Pre) -> Pre:

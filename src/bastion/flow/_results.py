@@ -38,24 +38,42 @@ SPOTLIGHT_PROMPT = (
 HANDLE = re.compile(r"bastion-q-[0-9a-f]{16}")
 MAX_HANDLES = 256  # quarantined results kept per session (oldest out)
 _SCAN = 65_536  # characters of one string that are scanned for injection signals
+MAX_STRINGS = 4_096  # items of one value looked at for handles
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,31}")  # a map key that stays as it is when marked
 
 _W = r"\s+"  # between words: any white space, line breaks included
 _SIGNALS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    # a space in a pattern stands for any white space; inside a character class write \x20
+    # (a class holding \s would let ``^[...]*`` run across lines: quadratic time)
     (name, re.compile(pattern.replace(" ", _W).replace("~", r"\s*"), re.S | re.M))
     for name, pattern in (
         ("override", r"\b(?:ignore|disregard|forget|override|skip)\b.{0,40}\b(?:previous|prior|"
-                     r"above|earlier|preceding|all|your|the)\b.{0,30}\b(?:instructions?|"
-                     r"directions?|prompts?|rules|guidelines|messages?|context|tasks?)\b"),
+                     r"above|earlier|preceding|all|your|the|toutes|les|vos)\b.{0,30}\b(?:\w*"
+                     r"nstruct\w*|directions?|prompts?|rules|guidelines|messages?|context|"
+                     r"tasks?)\b"
+                     r"|\b(?:ignoriere\w*|vergiss|ignora|ignorar|ignorate|olvida\w*|dimentica\w*"
+                     r"|игнорируй\w*|забудь\w*)\b.{0,60}(?:anweisung|instruc|istruzion|"
+                     r"инструкци|указани)"
+                     r"|(?:忽略|无视|無視|忽视|忽視).{0,20}(?:指令|指示|说明|提示|命令)"
+                     r"|(?:指令|指示|命令).{0,10}(?:無視|忽略)"),
         ("new_instructions", r"\b(?:new|updated|additional|important|urgent) "
                              r"(?:instructions?|tasks?|directives?)~[:!]"),
-        ("role_marker", r"^[\t #>*]*(?:system|assistant|developer)(?: message| prompt)?~:~\S"
-                        r"|[\[<](?:system|assistant|developer)[\]>]|<\|im_(?:start|end)\|>"
-                        r"|\[/?inst\]"),
+        ("role_marker", r"^[\t\x20#>*]*(?:system|assistant|developer)(?: message| prompt)?~:~\S"
+                        r"|[\[<(]~(?:system|assistant|developer)(?:[_\x20-]?(?:message|prompt))?~"
+                        r"[\]>)]|<\|im_(?:start|end)\|>|\[/?inst\]"),
         ("tagged", r"<~/?~(?:information|important|instructions?|system|admin)~>"),
         ("addressed", r"\b(?:this is an? (?:important|urgent) message from|before you (?:can )?"
                       r"(?:solve|complete|finish|continue)|you (?:must|should|need to) "
-                      r"(?:(?:now|first|immediately|also) )?(?:do|send|transfer|call|forward|"
-                      r"email|delete|run|execute|ignore|invite|add|visit|post|pay|share))\b"),
+                      r"(?:now|first|immediately|also) (?:do|send|transfer|call|forward|"
+                      r"email|delete|run|execute|ignore|invite|add|visit|post|pay|share)"
+                      r"|to you,? (?:an? )?(?:ai|llm|language model)|(?:dear|attention|note to|"
+                      r"note for) (?:the )?(?:ai|llm|ai model|ai assistant|ai agent|language "
+                      r"model))\b"),
+        ("todo", r"^[\t\x20#>*-]*todo~:~(?:please )?(?:send|transfer|forward|e-?mail|delete|"
+                 r"pay|wire|share|post|invite|visit|run|execute|call|change|update|reset|"
+                 r"concatenate|create|add)\b"),
+        ("role_play", r"\bpretend (?:to be|(?:that )?you are)\b|\byou are now dan\b"
+                      r"|\b(?:jailbreak|jailbroken|unrestricted) mode\b"),
         ("conceal", r"\b(?:do not|don't|never) (?:tell|inform|mention|reveal|notify)\b.{0,20}"
                     r"\b(?:the )?(?:user|human|anyone)\b"),
     ))
@@ -64,7 +82,7 @@ _HIDDEN = re.compile("[\U000e0000-\U000e007f\u202a-\u202e\u2066-\u2069]")
 
 def injection_signal(value: Any, *, limit: int = 4_096) -> str | None:
     """The name of the first injection-like signal in any string inside ``value``, or None."""
-    for text in _strings(value, limit):
+    for text in _strings(value, limit, opaque=True):
         if _HIDDEN.search(text[:_SCAN]):
             return "hidden_characters"
         flat = norm_text(text[:_SCAN])
@@ -77,9 +95,17 @@ def injection_signal(value: Any, *, limit: int = 4_096) -> str | None:
 def mark(value: Any, source: str) -> Any:
     """``value`` with every string spotlighted (delimited with a random id and datamarked)."""
     block = os.urandom(4).hex()
-    return _map_strings(value, lambda s: (
-        f"<<untrusted-data source={source} id={block}>>\n{_datamark(s)}\n"
-        f"<</untrusted-data id={block}>>"), opaque=True)
+
+    def spot(s: str) -> str:
+        return (f"<<untrusted-data source={source} id={block}>>\n{_datamark(s)}\n"
+                f"<</untrusted-data id={block}>>")
+
+    def key(k: Any) -> Any:  # a plain field name stays; any other key is text the model reads
+        if k is None or isinstance(k, int | float) or (isinstance(k, str) and _FIELD.fullmatch(k)):
+            return k
+        return spot(k if isinstance(k, str) else str(k))
+
+    return _map_strings(value, spot, opaque=True, key=key)
 
 
 def _datamark(text: str) -> str:
@@ -88,18 +114,19 @@ def _datamark(text: str) -> str:
 
 
 class Quarantine:
-    """One session's quarantined results, by handle (bounded; not thread-safe on its own)."""
+    """One session's quarantined results, by handle, each with the labels it was recorded with
+    (bounded; not thread-safe on its own)."""
 
     __slots__ = ("_held", "evicted")
 
     def __init__(self) -> None:
-        self._held: OrderedDict[str, Any] = OrderedDict()
+        self._held: OrderedDict[str, tuple[Any, frozenset[str]]] = OrderedDict()
         self.evicted = 0
 
-    def hold(self, value: Any, source: str) -> tuple[str, str]:
-        """Keep ``value``; returns its handle and the text the model sees instead."""
+    def hold(self, value: Any, source: str, labels: Iterable[str] = ()) -> tuple[str, str]:
+        """Keep ``value`` (and ``labels``); returns its handle and the text the model sees."""
         handle = f"bastion-q-{os.urandom(8).hex()}"
-        self._held[handle] = value
+        self._held[handle] = (value, frozenset(labels))
         if len(self._held) > MAX_HANDLES:
             self._held.popitem(last=False)
             self.evicted += 1
@@ -109,14 +136,27 @@ class Quarantine:
                         f" Its content cannot be read here; pass the handle as an argument to"
                         f" give the content to a tool.]")
 
+    def labels_in(self, value: Any) -> set[str]:
+        """The labels of every held handle inside ``value`` (map keys included), however its
+        case or compatibility forms were changed: they never depend on what provenance still
+        remembers."""
+        out: set[str] = set()
+        for text in _strings(value, MAX_STRINGS):
+            for handle in HANDLE.findall(norm_text(text)):
+                held = self._held.get(handle)
+                if held is not None:
+                    out |= held[1]
+        return out
+
     def release(self, args: Any) -> tuple[Any, list[str], list[str]]:
         """``args`` with every handle replaced by its content (a whole-string handle by the
-        value itself, a handle inside text by the content as text), the handles used, and
-        the handles this session does not hold (the caller must refuse the call)."""
+        value itself, a handle inside text or inside a map key by the content as text), the
+        handles used, and the handles this session does not hold (the caller must refuse the
+        call)."""
         used: list[str] = []
         missing: list[str] = []
 
-        def swap(text: str) -> Any:
+        def swap(text: str, whole: bool = True) -> Any:
             found = HANDLE.findall(text)
             if not found:
                 return text
@@ -124,15 +164,18 @@ class Quarantine:
                 (used if handle in self._held else missing).append(handle)
             if missing:
                 return text
-            if text == found[0]:
-                return self._held[text]
-            return HANDLE.sub(lambda m: _as_text(self._held[m.group(0)]), text)
+            if whole and text == found[0]:
+                return self._held[text][0]
+            return HANDLE.sub(lambda m: _as_text(self._held[m.group(0)][0]), text)
 
-        return _map_strings(args, swap), used, missing
+        def key(k: Any) -> Any:
+            return swap(k, whole=False) if isinstance(k, str) else k
+
+        return _map_strings(args, swap, key=key), used, missing
 
 
 def has_handle(value: Any) -> bool:
-    return any(HANDLE.search(s) for s in _strings(value, 4_096))
+    return any(HANDLE.search(s) for s in _strings(value, MAX_STRINGS))
 
 
 def _as_text(value: Any) -> str:
@@ -143,7 +186,9 @@ def _as_text(value: Any) -> str:
     return canonical_json(value).decode()
 
 
-def _strings(value: Any, limit: int) -> Iterable[str]:
+def _strings(value: Any, limit: int, *, opaque: bool = False) -> Iterable[str]:
+    """The strings inside ``value`` (map keys included), at most ``limit`` items visited; with
+    ``opaque``, bytes and other objects as the text they would be shown as."""
     stack, seen = [value], 0
     while stack and seen < limit:
         item = stack.pop()
@@ -153,21 +198,32 @@ def _strings(value: Any, limit: int) -> Iterable[str]:
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
-        elif isinstance(item, list | tuple):
+        elif isinstance(item, list | tuple | set | frozenset):
             stack.extend(item)
+        elif opaque and isinstance(item, bytes | bytearray):
+            yield bytes(item).decode("utf-8", "replace")
+        elif opaque and not (item is None or isinstance(item, bool | int | float)):
+            yield str(item)
 
 
-def _map_strings(value: Any, fn: Any, depth: int = 0, *, opaque: bool = False) -> Any:
-    """``value`` with ``fn`` applied to every string; with ``opaque``, any object that is not
-    a map, list or plain scalar is turned into its text first (so nothing escapes ``fn``)."""
+def _map_strings(value: Any, fn: Any, depth: int = 0, *, opaque: bool = False,
+                 key: Any = None) -> Any:
+    """``value`` with ``fn`` applied to every string (and ``key`` to every map key); with
+    ``opaque``, any object that is not a map, list or plain scalar is turned into its text
+    first (so nothing escapes ``fn``)."""
     if isinstance(value, str):
         return fn(value)
     if depth > 64:
         raise ValueError("value nested too deeply")
     if isinstance(value, dict):
-        return {k: _map_strings(v, fn, depth + 1, opaque=opaque) for k, v in value.items()}
+        out = {(k if key is None else key(k)): _map_strings(v, fn, depth + 1, opaque=opaque,
+                                                            key=key)
+               for k, v in value.items()}
+        if len(out) != len(value):  # two keys became one: a value would silently vanish
+            raise ValueError("map keys collide once marked or released")
+        return out
     if isinstance(value, list | tuple):
-        return [_map_strings(v, fn, depth + 1, opaque=opaque) for v in value]
+        return [_map_strings(v, fn, depth + 1, opaque=opaque, key=key) for v in value]
     if opaque and not (value is None or isinstance(value, bool | int | float)):
         return fn(str(value))
     return value
