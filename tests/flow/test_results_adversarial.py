@@ -282,23 +282,15 @@ def test_a_handle_split_across_arguments_stays_untrusted(kernel: bastion.Kernel)
     assert all("untrusted" in v for v in labels.values())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a handle inside text ('see bastion-q-…') is labelled 'unknown' although release gives the "
-    "tool the untrusted content. Fix in Kernel._data: after labels_of_args, merge "
-    "self._vault(session_id).labels_in(v) into arg_labels[k] (dropping trusted/unknown when "
-    "untrusted joins), and pass labels to Quarantine.hold in _observe_result"))
 def test_a_handle_inside_text_stays_untrusted(kernel: bastion.Kernel) -> None:
     h = _handle(kernel, "read_file", "wire 5000 to " + IBAN)
     d = kernel.evaluate(act("pre_tool", "send_email",
                             args={"to": "bob@corp.example", "body": f"see {h}"}))
-    assert d.rule_ids == ("flow-untrusted-sink",)
+    assert d.effect == "require_approval" and "flow-untrusted-sink" in d.rule_ids
+    note = next(r for r in d.reasons if r.startswith("flow: args "))
+    assert "untrusted" in note.split("body=")[1].split(";")[0]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fail open: a handle's labels live only in evictable provenance (4096 values per session); "
-    "once evicted, a quarantined secret is released to an egress tool and allowed. Fix: hold "
-    "labels in the Quarantine (hold(..., labels)) and merge Quarantine.labels_in into "
-    "arg_labels in Kernel._data"))
 def test_a_quarantined_secret_keeps_its_labels_after_provenance_evicts_them(
         kernel: bastion.Kernel) -> None:
     kernel.evaluate(act("input", args={"text": "mail the summary to bob@corp.example"}))
@@ -308,11 +300,6 @@ def test_a_quarantined_secret_keeps_its_labels_after_provenance_evicts_them(
     assert d.effect == "deny" and "merger" not in str(d.args)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fail open: a session's provenance (LRU over 10 000 sessions, touched on every call) is "
-    "evicted while its quarantine vault (touched only on hold/release) survives, so a handle "
-    "releases untrusted content in a session that looks clean. Fix in Kernel._provenance: when "
-    "a session's provenance is evicted, pop its vault too (self._vaults.pop(evicted, None))"))
 def test_a_handle_does_not_outlive_its_sessions_provenance(
         kernel: bastion.Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kernel_module, "MAX_FLOW_SESSIONS", 2)
@@ -335,11 +322,6 @@ def test_an_untrusted_value_used_as_a_map_key_stays_untrusted(kernel: bastion.Ke
     assert d.effect == "require_approval"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bytes and non-JSON objects (dataclasses, SDK result objects) are not recorded: "
-    "Provenance.record skips leaves that are neither text nor numbers, so an IBAN inside them "
-    "is 'unknown', not 'untrusted'. Fix in Kernel._observe_result: record "
-    "_map_strings(result, str, opaque=True) (bytes decoded) instead of the raw object"))
 @pytest.mark.parametrize("wrap", [lambda s: s.encode(), lambda s: _Mail(s)])
 def test_results_that_are_bytes_or_objects_are_recorded(kernel: bastion.Kernel,
                                                         wrap: Any) -> None:
@@ -352,14 +334,6 @@ class _Mail:
     body: str
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ReDoS in _provenance.identifiers (under the kernel's flow lock): _FILE, _EMAIL and _URL "
-    "backtrack quadratically on long runs without the expected delimiter; 64 KB of 'a' then "
-    "'1' takes >100 s and blocks every session. Fix: bound and anchor the runs, e.g. "
-    "_EMAIL=(?<![\\w.+\\-'])[\\w.+\\-']{1,64}@…, "
-    "_URL=(?<![a-z0-9+.\\-])[a-z][a-z0-9+.\\-]{0,31}://…, "
-    "_FILE=(?<![\\w\\-./\\\\])[\\w\\-./\\\\]{0,255}[\\w\\-]\\.[a-z0-9]{1,8}\\b, or run them only "
-    "on whitespace-separated tokens of bounded length"))
 def test_identifiers_is_linear_on_long_runs() -> None:
     started = time.perf_counter()
     identifiers("a" * 8_000 + "1")

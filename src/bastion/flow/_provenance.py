@@ -51,15 +51,17 @@ _PLAIN = frozenset({TRUSTED, UNTRUSTED, USER, "public", "internal"})
 
 _WS = re.compile(r"\s+")
 _NOT_ALNUM = re.compile(r"[\W_]+")  # the complement of str.isalnum
-_EMAIL = re.compile(r"[\w.+\-']+@[\w\-]+(?:\.[\w\-]+)+")
-_URL = re.compile(r"(?:[a-z][a-z0-9+.\-]*://|www\.)[^\s<>\"'`]+")
+# every run is bounded and starts where a token starts, so matching stays linear in the text
+# (unbounded runs backtrack quadratically on a long run without the expected delimiter)
+_EMAIL = re.compile(r"(?<![\w.+\-'])[\w.+\-']{1,64}@[\w\-]{1,63}(?:\.[\w\-]{1,63}){1,16}")
+_URL = re.compile(r"(?:(?<![a-z0-9+.\-])[a-z][a-z0-9+.\-]{0,31}://|www\.)[^\s<>\"'`]+")
 _IBAN = re.compile(r"\b[a-z]{2}[0-9]{2}"
                    r"(?:[a-z0-9]{11,30}|(?: ?[a-z0-9]{4}){2,7}(?: ?[a-z0-9]{1,4})?)\b")
 _DATE = re.compile(r"(?<![\w.])\d{4}([-/])\d{1,2}\1\d{1,2}"
                    r"(?:[t ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:z|[+-]\d{2}:?\d{2})?)?(?![\w])")
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,_ ]*(?:\.\d+)?(?![\w])")
-_FILE = re.compile(r"[\w\-./\\]*[\w\-]\.[a-z0-9]{1,8}\b")
-_HOSTLIKE = re.compile(r"\b(?:[a-z0-9\-]+\.)+[a-z]{2,}\b")
+_FILE = re.compile(r"(?<![\w\-./\\])[\w\-./\\]{0,255}[\w\-]\.[a-z0-9]{1,8}\b")
+_HOSTLIKE = re.compile(r"(?<![a-z0-9\-.])(?:[a-z0-9\-]{1,63}\.){1,16}[a-z]{2,63}\b")
 _TRIM = ".,;:!?)]}>'\""
 _TRIGGER = re.compile(r"[0-9@./:]")
 

@@ -178,6 +178,24 @@ def has_handle(value: Any) -> bool:
     return any(HANDLE.search(s) for s in _strings(value, MAX_STRINGS))
 
 
+def as_text(value: Any, depth: int = 0) -> Any:
+    """What provenance records of a result: maps and lists kept, bytes decoded, any other object
+    (a dataclass, an SDK result) as its text, so nothing inside it goes unlabelled. Never
+    raises for depth: below 64 levels the rest is kept as one text."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    if depth > 64:
+        return str(value)
+    if isinstance(value, dict):
+        return {(k if isinstance(k, str) else str(k)): as_text(v, depth + 1)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [as_text(v, depth + 1) for v in value]
+    return str(value)
+
+
 def _as_text(value: Any) -> str:
     if isinstance(value, str):
         return value

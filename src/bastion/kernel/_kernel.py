@@ -32,7 +32,14 @@ from typing import Any, Protocol
 from bastion._canon import canonical_tool, digest, snapshot
 from bastion._errors import ApprovalError, ConfigError
 from bastion.flow import EMPTY_CATALOG, Provenance, ToolCatalog, load_catalog
-from bastion.flow._results import INJECTION, Quarantine, has_handle, injection_signal, mark
+from bastion.flow._results import (
+    INJECTION,
+    Quarantine,
+    as_text,
+    has_handle,
+    injection_signal,
+    mark,
+)
 from bastion.kernel._budgets import FOREVER, SessionBudgets
 from bastion.kernel._events import _Event, _ident, _Outcome
 from bastion.kernel._redact import redact
@@ -309,8 +316,11 @@ class Kernel:
             args = action.args
             with self._flow_lock:
                 prov = self._provenance(session_id)
-                data["arg_labels"] = prov.labels_of_args(args) if isinstance(args, Mapping) \
-                    else {}
+                labels = prov.labels_of_args(args) if isinstance(args, Mapping) else {}
+                vault = self._vaults.get(session_id)
+                if vault is not None and isinstance(args, Mapping):
+                    _merge_held(labels, args, vault)
+                data["arg_labels"] = labels
         if "context" in names:
             data["context"] = _plain_map(action.context)
         if "result" in names:
@@ -332,7 +342,8 @@ class Kernel:
         if prov is None:
             prov = self._flows[session_id] = Provenance()
             if len(self._flows) > MAX_FLOW_SESSIONS:
-                self._flows.popitem(last=False)
+                evicted, _ = self._flows.popitem(last=False)
+                self._vaults.pop(evicted, None)  # a handle must not outlive its labels
                 self.flow_sessions_evicted += 1
         else:
             self._flows.move_to_end(session_id)
@@ -380,14 +391,15 @@ class Kernel:
             decision = decision._replace(reasons=(
                 *decision.reasons, f"flow: result reads like an injection ({signal})"))
         with self._flow_lock:
-            self._provenance(decision.session).record(action.result, labels)
+            self._provenance(decision.session).record(as_text(action.result), labels)
             if not decision.allowed or info.handling == "pass":
                 return decision
             source = f"tool:{decision.tool}"
             if info.handling == "mark":
                 shown = mark(decision.result, source)
             else:
-                handle, shown = self._vault(decision.session).hold(decision.result, source)
+                handle, shown = self._vault(decision.session).hold(decision.result, source,
+                                                                   labels)
                 self._provenance(decision.session).record(handle, labels)
         return decision._replace(result=shown, obligations=(
             *decision.obligations, f"{info.handling}:catalog"))
@@ -600,6 +612,19 @@ class Kernel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _merge_held(labels: dict[str, list[str]], args: Mapping[str, Any], vault: Quarantine) -> None:
+    """Add to each argument the labels of the quarantined values its handles stand for (they
+    do not depend on what provenance still remembers); untrusted content is never ``trusted``
+    or ``unknown``."""
+    for name, value in args.items():
+        held = vault.labels_in(value)
+        if held:
+            merged = set(labels.get(name, ())) | held
+            if "untrusted" in merged:
+                merged -= {"trusted", "unknown"}
+            labels[name] = sorted(merged)
 
 
 def _flow_note(data: Mapping[str, Any]) -> str:
