@@ -255,7 +255,8 @@ rules:
 def test_marking_never_loses_or_leaks_text(text: str) -> None:
     out = mark(text, "tool:t")
     body = out.split("\n", 1)[1].rsplit("\n", 1)[0]
-    assert body.replace(MARK, " ") == text.replace(MARK, "^")
+    assert body == re.sub(r"[^\S\n]", MARK, text.replace(MARK, "^"))
+    assert not re.search(r"[^\S\n]", body)  # no space of any kind is left unmarked
     assert out.startswith("<<untrusted-data source=tool:t id=")
 
 
