@@ -19,6 +19,7 @@ the only line of defence: labels come from the catalog whatever the text says.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections import OrderedDict
@@ -43,11 +44,10 @@ MAX_STRINGS = 4_096  # items of one value looked at for handles
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,31}")  # a map key that stays as it is when marked
 
 _W = r"\s+"  # between words: any white space, line breaks included
-_SIGNALS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    # a space in a pattern stands for any white space; inside a character class write \x20
-    # (a class holding \s would let ``^[...]*`` run across lines: quadratic time)
-    (name, re.compile(pattern.replace(" ", _W).replace("~", r"\s*"), re.S | re.M))
-    for name, pattern in (
+# a space in a pattern stands for any white space; inside a character class write \x20
+# (a class holding \s would let ``^[...]*`` run across lines: quadratic time). Compiled on first
+# use (``_signals``), not at import.
+_SIGNAL_SOURCES: tuple[tuple[str, str], ...] = (
         ("override", r"\b(?:ignore|disregard|forget|override|skip)\b.{0,40}\b(?:previous|prior|"
                      r"above|earlier|preceding|all|your|the|toutes|les|vos)\b.{0,30}\b(?:\w*"
                      r"nstruct\w*|directions?|prompts?|rules|guidelines|messages?|context|"
@@ -77,7 +77,13 @@ _SIGNALS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
                       r"|\b(?:jailbreak|jailbroken|unrestricted) mode\b"),
         ("conceal", r"\b(?:do not|don't|never) (?:tell|inform|mention|reveal|notify)\b.{0,20}"
                     r"\b(?:the )?(?:user|human|anyone)\b"),
-    ))
+)
+
+
+@functools.cache
+def _signals() -> tuple[tuple[str, re.Pattern[str]], ...]:
+    return tuple((name, re.compile(p.replace(" ", _W).replace("~", r"\s*"), re.S | re.M))
+                 for name, p in _SIGNAL_SOURCES)
 _HIDDEN = re.compile("[\U000e0000-\U000e007f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -87,7 +93,7 @@ def injection_signal(value: Any, *, limit: int = 4_096) -> str | None:
         if _HIDDEN.search(text[:_SCAN]):
             return "hidden_characters"
         flat = norm_text(text[:_SCAN])
-        for name, pattern in _SIGNALS:
+        for name, pattern in _signals():
             if pattern.search(flat):
                 return name
     return None
