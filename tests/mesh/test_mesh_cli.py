@@ -70,3 +70,16 @@ def test_an_unreachable_store_is_a_clean_error_not_a_traceback(tmp_path: Path) -
         assert result.exit_code == 2, result.output
         assert "cannot open mesh store" in result.output or "error:" in result.output
         assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_an_slo_breach_is_recorded_and_costs_trust(tmp_path: Path) -> None:
+    audit = str(tmp_path / "audit.db")
+    code, out = _run("trust", "slo-breach", "alice", "--audit", audit, "--slo", "p99-latency",
+                     "--objective", "0.5", "--observed", "2.5", "--by", "sre-bot")
+    assert code == 0 and str(out["recorded"]).startswith("slo:")
+    code, report = _run("trust", "show", "alice", "--audit", audit)
+    assert code == 0 and [b["kind"] for b in report["breakdown"]] == ["slo_breach"]
+    assert report["trust"] < report["prior"]  # below where a new agent starts
+    code, _ = _run("trust", "slo-breach", "alice", "--audit", audit, "--slo", "x",
+                   "--objective", "nan", "--observed", "1", "--by", "sre-bot")
+    assert code == 2

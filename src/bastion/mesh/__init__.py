@@ -1,7 +1,12 @@
 """Agent mesh: identities (``did:key``), capability tokens that only narrow, trust earned from
 recorded evidence, signed envelopes and a key-possession handshake. Re-exports only."""
 
-from bastion.mesh._attest import make_attestation, record_attestation, verify_attestation
+from bastion.mesh._attest import (
+    make_attestation,
+    record_attestation,
+    record_slo_breach,
+    verify_attestation,
+)
 from bastion.mesh._cards import card_payload, sign_card, verify_card
 from bastion.mesh._envelope import Opened, open_envelope, seal
 from bastion.mesh._errors import (
@@ -87,6 +92,7 @@ __all__ = [
     "prove_call",
     "public_from_did",
     "record_attestation",
+    "record_slo_breach",
     "rotation_statement",
     "seal",
     "sign_card",

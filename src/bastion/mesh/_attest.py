@@ -1,7 +1,8 @@
 """Signed attestations: one identity's statement about another agent's behaviour.
 
 An attestation is evidence for ``TrustScore`` only once bastion has recorded it in the audit log
-(``record_attestation``) and its signature verifies. Fields::
+(``record_attestation``) and its signature verifies. SLO breaches are recorded the same way
+(``record_slo_breach``) by whatever measures the objective. Fields::
 
     {"v": 1, "issuer": DID, "subject": agent-id, "kind": "positive"|"negative"|"severe",
      "weight": 1..20, "reason": str, "at": unix-s, "nonce": hex, "sig": base64url}
@@ -9,6 +10,7 @@ An attestation is evidence for ``TrustScore`` only once bastion has recorded it 
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Mapping
@@ -64,4 +66,24 @@ def record_attestation(audit: Any, att: Mapping[str, Any], *,
     event_id = "att:" + digest(checked)[7:39]
     audit.append({"kind": "attestation", "id": event_id, "ts": int(clock()),
                   "agent": checked["subject"], "attestation": checked})
+    return event_id
+
+
+def record_slo_breach(audit: Any, *, agent: str, slo: str, objective: float, observed: float,
+                      window_s: float, by: str, clock: Any = time.time_ns) -> str:
+    """Append an ``slo_breach`` event for ``agent`` to ``audit`` (an ``AuditLog``): evidence
+    for ``TrustScore`` (``slo_breach`` points), recorded by whoever measures the objective
+    (``by``) in the same tamper-evident log as the decisions. Returns the event id."""
+    if not (isinstance(agent, str) and agent and isinstance(slo, str) and slo
+            and isinstance(by, str) and by):
+        raise ConfigError("an SLO breach needs the agent, the SLO's name and who recorded it")
+    numbers = (objective, observed, window_s)
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+               for x in numbers) or window_s <= 0:
+        raise ConfigError("objective, observed and window_s must be finite numbers "
+                          "(window_s > 0)")
+    ts = int(clock())
+    event_id = f"slo:{digest([agent, slo, ts])[7:39]}"
+    audit.append({"kind": "slo_breach", "id": event_id, "ts": ts, "agent": agent, "slo": slo,
+                  "objective": objective, "observed": observed, "window_s": window_s, "by": by})
     return event_id

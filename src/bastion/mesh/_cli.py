@@ -210,3 +210,26 @@ def trust_show(agent: str, audit: Annotated[Path, typer.Option("--audit", help="
         if store is not None:
             store.close()
     _out(report.to_dict())
+
+
+@trust_app.command("slo-breach")
+def trust_slo_breach(agent: str, audit: Annotated[Path, typer.Option("--audit", help="Audit log.")],
+                     slo: Annotated[str, typer.Option("--slo", help="The objective's name.")],
+                     objective: Annotated[float, typer.Option("--objective")],
+                     observed: Annotated[float, typer.Option("--observed")],
+                     by: Annotated[str, typer.Option("--by", help="Who measured it.")],
+                     window: Annotated[float, typer.Option("--window-s")] = 3600.0) -> None:
+    """Record that AGENT breached an SLO (trust evidence, in the audit log)."""
+    from bastion.audit import AuditLog
+    from bastion.mesh import record_slo_breach
+
+    try:
+        log = AuditLog.open(str(audit), durable=True)
+        try:
+            event_id = record_slo_breach(log, agent=agent, slo=slo, objective=objective,
+                                         observed=observed, window_s=window, by=by)
+        finally:
+            log.close()
+    except BastionError as exc:
+        _fail(f"error: {exc}")
+    _out({"recorded": event_id})
