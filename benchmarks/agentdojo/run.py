@@ -43,6 +43,7 @@ from agent import ScriptedAgent  # noqa: E402
 
 ROOT = HERE.parents[1]
 POLICY = ROOT / "policies" / "flow-default.yaml"
+CATALOGS = HERE / "catalogs"
 BENCHMARK_VERSION = "v1.2.2"
 SUITES = ("banking", "slack")
 ATTACKS = ("important_instructions", "direct", "ignore_previous", "system_message")
@@ -66,15 +67,15 @@ class _Traces(NullLogger):
         return Logger.__exit__(self, *exc)
 
 
-def make_agent(suite: Any, mode: str, policy: Path) -> ScriptedAgent:
+def make_agent(suite: Any, mode: str, policy: Path, catalogs: Path = CATALOGS) -> ScriptedAgent:
     if mode == "undefended":
         return ScriptedAgent(suite, None)
-    kernel = bastion.Kernel.from_policy(policy, catalog=HERE / "catalogs" / f"{suite.name}.yaml")
+    kernel = bastion.Kernel.from_policy(policy, catalog=catalogs / f"{suite.name}.yaml")
     return ScriptedAgent(suite, kernel)
 
 
 def run_suite(name: str, attacks: tuple[str, ...], limit: int | None, policy: Path,
-              progress: Progress) -> dict[str, Any]:
+              progress: Progress, catalogs: Path = CATALOGS) -> dict[str, Any]:
     suite = get_suite(BENCHMARK_VERSION, name)
     user_tasks = list(suite.user_tasks.values())[:limit]
     injections = list(suite.injection_tasks)
@@ -82,7 +83,7 @@ def run_suite(name: str, attacks: tuple[str, ...], limit: int | None, policy: Pa
                            "benign": {}, "attacks": {a: {} for a in attacks},
                            "injection_tasks_as_user_tasks": {}}
     for mode in MODES:
-        agent = make_agent(suite, mode, policy)
+        agent = make_agent(suite, mode, policy, catalogs)
         bar = progress.add_task(f"{name} {mode}", total=len(user_tasks) * (
             1 + len(attacks) * len(injections)) + len(injections))
         # sanity: each injection task, asked by the user, is solved by its own ground truth
@@ -215,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="first N user tasks per suite")
     ap.add_argument("--policy", type=Path, default=POLICY,
                     help="policy for the governed agent (default: the generic flow-default pack)")
+    ap.add_argument("--catalogs", type=Path, default=CATALOGS,
+                    help="directory of SUITE.yaml tool catalogs (default: catalogs/)")
     ap.add_argument("--out", type=Path, default=HERE, help="where results.json/.html go")
     ap.add_argument("--logdir", type=Path, default=None,
                     help="keep AgentDojo's per-run traces here (default: a temporary directory)")
@@ -226,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/agentdojo/run.py " + " ".join(argv or sys.argv[1:]),
         "benchmark_version": BENCHMARK_VERSION, "agentdojo": version("agentdojo"),
         "bastion": bastion.__version__, "policy": _shown(args.policy),
+        "catalogs": _shown(args.catalogs),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} "
                    f"{platform.release()}, Python {platform.python_version()}",
         "limit": args.limit, "targets": {"asr_max": TARGET_ASR, "benign_utility_min":
@@ -236,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                                    console=console) as progress:
         for name in args.suites:
             results["suites"][name] = run_suite(name, tuple(args.attacks), args.limit,
-                                                args.policy, progress)
+                                                args.policy, progress, args.catalogs)
     results["meta"]["wall_s"] = time.perf_counter() - started
     console.print(table(results))
     console.print(f"total wall time {results['meta']['wall_s']:.1f} s; traces in {logdir}")

@@ -29,7 +29,7 @@ def test_pack_loads_with_bastion_check() -> None:
     proc = subprocess.run([str(cli), "check", str(PACK)], capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert "ok (8 rules" in proc.stdout
+    assert "ok (9 rules" in proc.stdout
 
 
 def test_end_to_end_injected_transfer_is_stopped_and_audited(tmp_path: Path) -> None:

@@ -2,8 +2,10 @@
 
 A catalog (YAML, beside the policy) declares per tool its **class** (``read``, ``write`` — side
 effects inside the organisation, ``egress`` — sends data out, ``code`` — executes code,
-``admin`` — privileged), whether it has side effects, which arguments are **sinks**
-(recipients, URLs, amounts, paths), the labels its **result** carries (integrity
+``admin`` — privileged), whether it has side effects, which arguments are **sinks** (the
+*address* of the call: recipients, URLs, amounts, paths, ids — what decides where it goes or what
+it changes), which are **content** (the *payload* it delivers: a body, subject, message, page
+content; an argument is one or the other, never both), the labels its **result** carries (integrity
 ``trusted``/``untrusted``, confidentiality such as ``public``/``internal``/``secret``) and how
 the result goes back to the model (``handling``: ``pass``, ``mark`` or ``quarantine``; see
 ``bastion.flow._results``).
@@ -13,7 +15,7 @@ untrusted results. Loading is strict, with ``PATH:LINE:COL`` on every mistake::
 
     version: 1
     tools:
-      send_email: {class: egress, sinks: [to, body]}
+      send_email: {class: egress, sinks: [to], content: [subject, body]}
       read_inbox: {class: read, side_effects: false,
                    result: {integrity: untrusted, confidentiality: internal, handling: mark}}
 """
@@ -31,7 +33,7 @@ from bastion.policy._yaml import Located, LocatedList, read_source, read_yaml
 
 CLASSES = ("read", "write", "egress", "code", "admin", "unknown")
 INTEGRITY = ("trusted", "untrusted")
-_TOOL_KEYS = ("class", "side_effects", "sinks", "result", "description")
+_TOOL_KEYS = ("class", "side_effects", "sinks", "content", "result", "description")
 _RESULT_KEYS = ("integrity", "confidentiality", "handling")
 
 
@@ -45,6 +47,7 @@ class ToolInfo:
     confidentiality: str = "internal"
     declared: bool = False
     handling: str = "pass"
+    content: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,12 @@ def _entry(name: str, node: Located, path: str) -> ToolInfo:
     sinks = node.get("sinks", LocatedList())
     if not isinstance(sinks, list) or not all(isinstance(s, str) and s for s in sinks):
         _fail(node, "sinks", "'sinks' must be a list of argument names", path)
+    content = node.get("content", LocatedList())
+    if not isinstance(content, list) or not all(isinstance(s, str) and s for s in content):
+        _fail(node, "content", "'content' must be a list of argument names", path)
+    both = sorted(set(sinks) & set(content))
+    if both:
+        _fail(node, "content", f"argument {both[0]!r} is both a sink and content", path)
     result = node.get("result", Located())
     if not isinstance(result, Located):
         _fail(node, "result", "'result' must be a mapping", path)
@@ -126,7 +135,7 @@ def _entry(name: str, node: Located, path: str) -> ToolInfo:
     handling = result.get("handling", "pass")
     _choice(result, "handling", handling, HANDLINGS, path)
     return ToolInfo(name, str(cls), bool(side), tuple(sinks), str(integrity), str(conf), True,
-                    str(handling))
+                    str(handling), tuple(content))
 
 
 def _keys(node: Located, allowed: tuple[str, ...], what: str, path: str) -> None:

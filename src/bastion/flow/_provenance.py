@@ -23,6 +23,11 @@ Invariants (the property tests hold the code to them):
 * Fragments count: a piece of an untrusted value (``MIN_FRAGMENT`` or more significant
   characters) is untrusted, and identifiers rebuilt from the pieces of several arguments label
   every piece (``labels_of_args``).
+* An argument that holds an *address* identifier (e-mail address, URL, host, IBAN) that appeared
+  only in untrusted data, or a piece of one (``MIN_FRAGMENT`` or more significant characters), is
+  labelled ``untrusted_identifier`` as well as ``untrusted``: policies can let untrusted or
+  composed *text* through as the payload of a call and still stop a link, address or account
+  number that a third party chose. An identifier the user typed never gets this label.
 * Memory is bounded: at most ``max_values`` remembered values per session (oldest first out);
   evictions are counted in ``evicted``, never silent. Session-level labels (``untrusted`` seen,
   confidentiality seen) are never evicted.
@@ -41,6 +46,8 @@ from urllib.parse import unquote, urlsplit
 from bastion._canon import strip_format
 
 TRUSTED, UNTRUSTED, UNKNOWN = "trusted", "untrusted", "unknown"
+UNTRUSTED_IDENTIFIER = "untrusted_identifier"
+ADDRESS_KINDS = frozenset({"email", "url", "host", "iban"})  # identifiers that say where to go
 USER = "user"
 MIN_FRAGMENT = 6  # significant characters a piece needs before it counts as a fragment
 MIN_QUOTE = 3  # significant characters a piece of trusted text needs to count as quoted
@@ -168,12 +175,14 @@ def identifiers(value: Any) -> frozenset[str]:
 
 
 def scalars(value: Any) -> list[Any]:
-    """The scalars inside a nested value (map values and list items), at most ``MAX_LEAVES``."""
+    """The scalars inside a nested value (map keys and values, list items), at most
+    ``MAX_LEAVES``: a value used as a map key keeps its labels too."""
     out: list[Any] = []
     stack = [value]
     while stack and len(out) < MAX_LEAVES:
         item = stack.pop()
         if isinstance(item, Mapping):
+            stack.extend(item.keys())
             stack.extend(item.values())
         elif isinstance(item, list | tuple | set | frozenset):
             stack.extend(item)
@@ -257,17 +266,34 @@ class Provenance:
         ``trusted_text`` and ``untrusted_text``, canonical texts with their spaces and
         punctuation, for whole-word search."""
         if self._hay_text is None:
-            self._hay_text = {
-                TRUSTED: "\x00".join(k for k, v in self._hay.items() if TRUSTED in v),
-                UNTRUSTED: "\x00".join(k for k, v in self._hay.items() if TRUSTED not in v),
-                "sensitive": "\x00".join(k for k, v in self._hay.items() if v - _PLAIN
-                                          and not all(x.startswith("tool:") for x in v - _PLAIN)),
-                "trusted_text": "\x00".join(k[5:] for k, v in self._atoms.items()
-                                             if k.startswith("text:") and TRUSTED in v),
-                "untrusted_text": "\x00".join(k[5:] for k, v in self._atoms.items()
-                                               if k.startswith("text:") and TRUSTED not in v),
-            }
-        return self._hay_text[kind]
+            self._hay_text = {}
+        found = self._hay_text.get(kind)
+        if found is None:
+            found = self._hay_text[kind] = self._build(kind)
+        return found
+
+    def _build(self, kind: str) -> str:
+        """One haystack of ``_haystack`` (each is built when first asked for after a change);
+        ``untrusted_ids``: the significant characters of untrusted-only address identifiers."""
+        if kind == TRUSTED:
+            return "\x00".join(k for k, v in self._hay.items() if TRUSTED in v)
+        if kind == UNTRUSTED:
+            return "\x00".join(k for k, v in self._hay.items() if TRUSTED not in v)
+        if kind == "sensitive":
+            return "\x00".join(k for k, v in self._hay.items() if v - _PLAIN
+                                and not all(x.startswith("tool:") for x in v - _PLAIN))
+        if kind == "untrusted_ids":
+            return "\x00".join(compact(k.partition(":")[2]) for k, v in self._atoms.items()
+                                if TRUSTED not in v and k.partition(":")[0] in ADDRESS_KINDS)
+        trusted = kind == "trusted_text"
+        return "\x00".join(k[5:] for k, v in self._atoms.items()
+                            if k.startswith("text:") and (TRUSTED in v) == trusted)
+
+    def _identifier_piece(self, text: str) -> bool:
+        """``text`` (significant characters) is a piece of an untrusted-only address identifier
+        (``MIN_FRAGMENT`` or more characters) that no trusted text holds."""
+        return (len(text) >= MIN_FRAGMENT and text in self._haystack("untrusted_ids")
+                and text not in self._haystack(TRUSTED))
 
     def _sensitive(self, text: str) -> set[str]:
         """Confidentiality labels (and sources) of remembered sensitive texts that ``text`` is a
@@ -358,19 +384,27 @@ class Provenance:
         all_trusted = bool(ids)
         for atom in ids:
             labels = self._atoms.get(atom)
+            address = atom.partition(":")[0] in ADDRESS_KINDS
             if labels is None:
                 all_trusted = False
+                if address and self._identifier_piece(compact(atom.partition(":")[2])):
+                    untrusted = True  # a cut-down untrusted link or address ("evil.com/x")
+                    out.add(UNTRUSTED_IDENTIFIER)
             elif TRUSTED in labels:
                 out |= {x for x in labels if x != UNTRUSTED}
             else:
                 untrusted = True
                 all_trusted = False
                 out |= labels
+                if address:
+                    out.add(UNTRUSTED_IDENTIFIER)
         if isinstance(leaf, str) and not untrusted:
             frag = self._fragment(compact(leaf)) or self._words(leaf)
             if frag is not None:
                 untrusted = True
                 out |= frag
+                if self._identifier_piece(compact(leaf)):
+                    out.add(UNTRUSTED_IDENTIFIER)
         if untrusted:
             out.discard(TRUSTED)
             out.add(UNTRUSTED)
@@ -425,7 +459,7 @@ class Provenance:
         trusted_hay = self._haystack(TRUSTED)
         untrusted_hay = self._haystack(UNTRUSTED)
 
-        def taint(names: Iterable[str], labels: set[str]) -> None:
+        def taint(names: Iterable[str], labels: set[str]) -> None:  # labels may add the flag
             for name in names:
                 merged = (set(out[name]) | labels) - {TRUSTED, UNKNOWN}
                 merged.add(UNTRUSTED)
@@ -438,7 +472,8 @@ class Provenance:
             text = "".join(p for _, p in run)
             if (len(text) >= MIN_FRAGMENT and text in untrusted_hay
                     and text not in trusted_hay):
-                taint({name for name, _ in run}, self._fragment(text) or set())
+                extra = {UNTRUSTED_IDENTIFIER} if self._identifier_piece(text) else set()
+                taint({name for name, _ in run}, (self._fragment(text) or set()) | extra)
         spaced = " ".join(
             canonical(s) if isinstance(s, str) else repr(s)
             for v in args.values() for s in scalars(v)
@@ -448,7 +483,10 @@ class Provenance:
             if labels is None or TRUSTED in labels:
                 continue
             whole = compact(atom.partition(":")[2])
-            taint({name for name, p in flat if len(p) >= 2 and p in whole}, labels)
+            if any(whole in p for _, p in flat):
+                continue  # one argument holds it whole: labels_of has labelled that argument
+            extra = {UNTRUSTED_IDENTIFIER} if atom.partition(":")[0] in ADDRESS_KINDS else set()
+            taint({name for name, p in flat if len(p) >= 2 and p in whole}, labels | extra)
         return out
 
     def session_labels(self) -> list[str]:

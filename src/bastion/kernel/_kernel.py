@@ -328,7 +328,8 @@ class Kernel:
         if "tool_info" in names:
             info = self.catalog.get(tool)
             data["tool_info"] = {"class": info.tool_class, "side_effects": info.side_effects,
-                                 "sinks": list(info.sinks), "declared": info.declared}
+                                 "sinks": list(info.sinks), "content": list(info.content),
+                                 "declared": info.declared}
         if "now" in names:
             import datetime as dt
 
