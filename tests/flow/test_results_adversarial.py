@@ -1,10 +1,7 @@
 """Result handling under attack: a third party writes the tool results, the model follows what
 it can read. Quarantined content must not reach the model, a marked block must not be closed
 from inside, labels must survive marking and quarantine, nothing fails open, and the injection
-signal must stay linear-time and catch the common phrasings.
-
-Tests marked ``xfail(strict=True)`` are real findings whose fix belongs outside
-``bastion.flow._results`` (kernel or provenance); the reason names the change."""
+signal must stay linear-time and catch the common phrasings."""
 
 from __future__ import annotations
 
