@@ -18,10 +18,21 @@ import unicodedata
 from functools import lru_cache
 from typing import Any
 
-import orjson
-
 _VALID_TOOL = re.compile(r"[a-z0-9_\-.:/]+")
-_JSON_OPTS = orjson.OPT_SORT_KEYS
+
+
+class _Lazy:
+    """``orjson``, imported on first use (it pulls in uuid, dataclasses and json: a fifth of
+    ``import bastion``); afterwards the module global is the module itself."""
+
+    def __getattr__(self, name: str) -> Any:
+        import orjson as real
+
+        globals()["orjson"] = real
+        return getattr(real, name)
+
+
+orjson: Any = _Lazy()
 
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
@@ -74,11 +85,11 @@ def _default(value: Any) -> Any:
 def canonical_json(value: Any) -> bytes:
     """Encode ``value`` canonically (see module docstring). Raises ``TypeError``/``ValueError``."""
     try:
-        out = orjson.dumps(value, option=_JSON_OPTS, default=_default)
+        out: bytes = orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=_default)
     except orjson.JSONEncodeError as exc:
         if "Integer exceeds" not in str(exc):
             raise ValueError(str(exc)) from exc
-        out = orjson.dumps(_widen(value), option=_JSON_OPTS, default=_default)
+        out = orjson.dumps(_widen(value), option=orjson.OPT_SORT_KEYS, default=_default)
     if b"null" in out:  # orjson writes NaN and infinities as null: refuse them instead
         _reject_non_finite(value)
     return out
