@@ -411,5 +411,9 @@ def test_demo(tmp_path: Path) -> None:
     proc = bastion("demo", "--dir", str(tmp_path / "demo"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "intact" in proc.stdout
-    proc = bastion("audit", "verify", str(tmp_path / "demo" / "audit.db"), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    assert "reads like an injection" in proc.stdout and "require_approval" in proc.stdout
+    for log in ("audit.db", "flow-audit.db"):
+        proc = bastion("audit", "verify", str(tmp_path / "demo" / log), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    again = bastion("demo", "--dir", str(tmp_path / "demo"), cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr  # a rerun starts clean
