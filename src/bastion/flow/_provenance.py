@@ -137,6 +137,12 @@ def identifiers(value: Any) -> frozenset[str]:
         return frozenset({f"num:{n}"}) if n is not None else frozenset()
     if not isinstance(value, str):
         return frozenset()
+    if len(value) <= _MEMO_TEXT:  # recurring values (recipients, ids) are found once
+        return _identifiers_memo(value)
+    return _identifiers(value)
+
+
+def _identifiers(value: str) -> frozenset[str]:
     text = canonical(value)
     out: set[str] = set()
     if not _TRIGGER.search(text):  # no digit, '@', '.', '/' or ':': no identifier can match
@@ -172,6 +178,9 @@ def identifiers(value: Any) -> frozenset[str]:
         if n is not None:
             out.add(f"num:{n}")
     return frozenset(out)
+
+
+_identifiers_memo = functools.lru_cache(maxsize=1_024)(_identifiers)
 
 
 def scalars(value: Any) -> list[Any]:
