@@ -148,7 +148,7 @@ def test_flow_tracking_is_off_without_catalog_or_flow_rules() -> None:
     with bastion.Kernel.from_text(policy, audit=False) as k:
         assert not k._flow_on
         k.evaluate(act("post_tool", "fetch", args={}, result="eve@evil.example"))
-        assert not k._flows
+        assert not k.tracks_flow and len(k._flow) == 0
 
 
 def test_session_labels_visible_to_policies(kernel: bastion.Kernel) -> None:

@@ -169,7 +169,7 @@ def test_govern_gives_the_tool_the_released_value_and_the_model_the_handle() -> 
             return "summary"
 
         shown = read_file("q3.txt")
-        assert "42" not in shown
+        assert "numbers: 42" not in shown  # the handle is random hex: it may hold "42"
         summarize(_handle(shown))
         assert seen == ["quarterly numbers: 42"]
 

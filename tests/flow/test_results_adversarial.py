@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import bastion
-import bastion.kernel._kernel as kernel_module
+import bastion.kernel._flow as kernel_module
 from bastion.adapters import ToolGate
 from bastion.flow import identifiers
 from bastion.flow._results import HANDLE, MARK, Quarantine, injection_signal, mark

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,16 +30,9 @@ from typing import Any, Protocol
 from bastion._canon import canonical_tool, digest, snapshot
 from bastion._errors import ApprovalError, ConfigError
 from bastion.flow import EMPTY_CATALOG, Provenance, ToolCatalog, load_catalog
-from bastion.flow._results import (
-    INJECTION,
-    Quarantine,
-    as_text,
-    has_handle,
-    injection_signal,
-    mark,
-)
 from bastion.kernel._budgets import FOREVER, SessionBudgets
 from bastion.kernel._events import _Event, _ident, _Outcome
+from bastion.kernel._flow import FlowTracker
 from bastion.kernel._redact import redact
 from bastion.kernel._types import EMPTY, Action, Decision
 from bastion.policy import (
@@ -71,7 +62,6 @@ _FLOW_WORDS = ("arg_labels", "labels", "history")  # what makes a policy flow-aw
 # decisions made before the guards ran: their events name no admitting guard
 _BEFORE_GUARDS = frozenset({"invalid_stage", "missing_tool", "invalid_tool", "invalid_identity",
                             "kill_switch", "guard", "internal_error", "audit_unavailable"})
-MAX_FLOW_SESSIONS = 10_000  # sessions whose provenance is kept in memory (least recent out)
 
 
 class AgentFacts(Protocol):
@@ -151,10 +141,7 @@ class Kernel:
         self._flow_on = catalog is not None or any(
             cr.rule.when and any(w in cr.rule.when for w in _FLOW_WORDS)
             for cr in self.compiled.rules)
-        self._flows: OrderedDict[str, Provenance] = OrderedDict()
-        self._vaults: OrderedDict[str, Quarantine] = OrderedDict()
-        self._flow_lock = threading.Lock()
-        self.flow_sessions_evicted = 0
+        self._flow = FlowTracker(self.catalog)
         self._checks_results = self._cedar is not None or any(
             cr.rule.stage is Stage.POST_TOOL for cr in self.compiled.rules)
 
@@ -198,7 +185,7 @@ class Kernel:
                              errors=(f"internal error: {type(exc).__name__}: {exc}",))
         if self._flow_on:
             try:
-                decision = self._observe(action, decision)
+                decision = self._flow.observe(action, decision)
             except Exception as exc:  # an unrecorded result could launder taint: fail closed
                 decision = _deny(did, ts, action, self.compiled.digest, "internal_error",
                                  errors=(f"flow tracking failed: {type(exc).__name__}: {exc}",))
@@ -307,20 +294,10 @@ class Kernel:
             if self._needs_calls:
                 session["calls"] = self._state.count(f"calls:{session_id}", FOREVER, ts / 1e9)
             if self._flow_on:
-                with self._flow_lock:
-                    prov = self._provenance(session_id)
-                    session["labels"] = prov.session_labels()
-                    session["history"] = list(prov.history)
+                session["labels"], session["history"] = self._flow.session_facts(session_id)
             data["session"] = session
         if "arg_labels" in names:
-            args = action.args
-            with self._flow_lock:
-                prov = self._provenance(session_id)
-                labels = prov.labels_of_args(args) if isinstance(args, Mapping) else {}
-                vault = self._vaults.get(session_id)
-                if vault is not None and isinstance(args, Mapping):
-                    _merge_held(labels, args, vault)
-                data["arg_labels"] = labels
+            data["arg_labels"] = self._flow.arg_labels(session_id, action.args)
         if "context" in names:
             data["context"] = _plain_map(action.context)
         if "result" in names:
@@ -337,84 +314,14 @@ class Kernel:
         return data
 
     # -- information flow -----------------------------------------------------------------------
-    def _provenance(self, session_id: str) -> Provenance:
-        """The session's provenance (created on first use); call with ``_flow_lock`` held."""
-        prov = self._flows.get(session_id)
-        if prov is None:
-            prov = self._flows[session_id] = Provenance()
-            if len(self._flows) > MAX_FLOW_SESSIONS:
-                evicted, _ = self._flows.popitem(last=False)
-                self._vaults.pop(evicted, None)  # a handle must not outlive its labels
-                self.flow_sessions_evicted += 1
-        else:
-            self._flows.move_to_end(session_id)
-        return prov
-
     def provenance(self, session_id: str) -> Provenance:
         """The provenance the kernel keeps for ``session_id`` (for inspection and tests)."""
-        with self._flow_lock:
-            return self._provenance(session_id)
+        return self._flow.provenance(session_id)
 
-    def _observe(self, action: Action, decision: Decision) -> Decision:
-        """Record flow facts (DESIGN.md "Flow facts"): allowed ``input`` text is trusted;
-        every ``post_tool`` result is recorded with its catalog labels (plus ``injection`` when
-        it reads like one), whatever the decision (more taint is the safe side), and an allowed
-        result is marked or quarantined as the catalog says; an allowed ``pre_tool`` call joins
-        the history, with any quarantine handles in its arguments released."""
-        stage = action.stage
-        if stage == "input":
-            if decision.allowed:
-                with self._flow_lock:
-                    self._provenance(decision.session).record_input(action.args)
-        elif stage == "post_tool":
-            return self._observe_result(action, decision)
-        elif stage == "pre_tool" and decision.allowed:
-            with self._flow_lock:
-                if decision.args is not None and has_handle(decision.args):
-                    vault = self._vault(decision.session)
-                    args, used, missing = vault.release(decision.args)
-                    if missing:
-                        return decision._replace(
-                            effect="deny", code="quarantine", args=None, reasons=(
-                                *decision.reasons, "unknown quarantine handle(s) in the "
-                                f"arguments: {', '.join(sorted(set(missing)))}"))
-                    decision = decision._replace(args=args, reasons=(
-                        *decision.reasons, f"flow: released {', '.join(used)}"))
-                self._provenance(decision.session).record_call(decision.tool)
-        return decision
-
-    def _observe_result(self, action: Action, decision: Decision) -> Decision:
-        info = self.catalog.get(decision.tool)
-        labels = [info.integrity, info.confidentiality, f"tool:{decision.tool}"]
-        signal = injection_signal(action.result) if info.integrity != "trusted" else None
-        if signal is not None:
-            labels.append(INJECTION)
-            decision = decision._replace(reasons=(
-                *decision.reasons, f"flow: result reads like an injection ({signal})"))
-        with self._flow_lock:
-            self._provenance(decision.session).record(as_text(action.result), labels)
-            if not decision.allowed or info.handling == "pass":
-                return decision
-            source = f"tool:{decision.tool}"
-            if info.handling == "mark":
-                shown = mark(decision.result, source)
-            else:
-                handle, shown = self._vault(decision.session).hold(decision.result, source,
-                                                                   labels)
-                self._provenance(decision.session).record(handle, labels)
-        return decision._replace(result=shown, obligations=(
-            *decision.obligations, f"{info.handling}:catalog"))
-
-    def _vault(self, session_id: str) -> Quarantine:
-        """The session's quarantined results; call with ``_flow_lock`` held."""
-        vault = self._vaults.get(session_id)
-        if vault is None:
-            vault = self._vaults[session_id] = Quarantine()
-            if len(self._vaults) > MAX_FLOW_SESSIONS:
-                self._vaults.popitem(last=False)
-        else:
-            self._vaults.move_to_end(session_id)
-        return vault
+    @property
+    def flow_sessions_evicted(self) -> int:
+        """Sessions whose provenance was dropped to stay within ``MAX_FLOW_SESSIONS``."""
+        return self._flow.evicted
 
     def _finish(self, action: Action, verdict: Verdict, stage: Stage, tool: str,
                 agent_id: str, session_id: str, did: str, ts: int) -> Decision:
@@ -585,10 +492,7 @@ class Kernel:
         catalog says). With ``post_tool`` rules, ``evaluate`` does this instead."""
         if not self._flow_on:
             return result
-        seen = decision._replace(stage="post_tool", result=result, obligations=())
-        action = Action(decision.tool, decision.args or EMPTY, "post_tool",
-                        {"id": decision.agent}, {"id": decision.session}, EMPTY, result)
-        return self._observe_result(action, seen).result
+        return self._flow.label_result(decision, result)
 
     @property
     def clock(self) -> Callable[[], int]:
@@ -613,19 +517,6 @@ class Kernel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _merge_held(labels: dict[str, list[str]], args: Mapping[str, Any], vault: Quarantine) -> None:
-    """Add to each argument the labels of the quarantined values its handles stand for (they
-    do not depend on what provenance still remembers); untrusted content is never ``trusted``
-    or ``unknown``."""
-    for name, value in args.items():
-        held = vault.labels_in(value)
-        if held:
-            merged = set(labels.get(name, ())) | held
-            if "untrusted" in merged:
-                merged -= {"trusted", "unknown"}
-            labels[name] = sorted(merged)
 
 
 def _flow_note(data: Mapping[str, Any]) -> str:
