@@ -21,18 +21,24 @@ from typing import Any
 _VALID_TOOL = re.compile(r"[a-z0-9_\-.:/]+")
 
 
-class _Lazy:
-    """``orjson``, imported on first use (it pulls in uuid, dataclasses and json: a fifth of
-    ``import bastion``); afterwards the module global is the module itself."""
+class LazyModule:
+    """A module imported on first attribute access, which then replaces this stand-in in the
+    namespace that holds it (so later uses cost a plain global lookup). For dependencies that
+    are slow to import and not needed by ``import bastion`` itself: ``orjson`` pulls in uuid,
+    dataclasses and json."""
 
-    def __getattr__(self, name: str) -> Any:
-        import orjson as real
+    def __init__(self, name: str, namespace: dict[str, Any]):
+        self._name, self._namespace = name, namespace
 
-        globals()["orjson"] = real
-        return getattr(real, name)
+    def __getattr__(self, attr: str) -> Any:
+        import importlib
+
+        module = importlib.import_module(self._name)
+        self._namespace[self._name] = module
+        return getattr(module, attr)
 
 
-orjson: Any = _Lazy()
+orjson: Any = LazyModule("orjson", globals())
 
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")

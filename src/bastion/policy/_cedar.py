@@ -24,10 +24,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from bastion._canon import LazyModule
 from bastion._errors import PolicyError
 from bastion.policy._model import Effect, Policy
+
+orjson: Any = LazyModule("orjson", globals())  # imported on first use
 
 _ERR_POLICY = re.compile(r"policy `([^`]+)`")
 
@@ -131,7 +132,7 @@ def _policy_order(pid: str) -> tuple[int, str]:
 
 
 def _quote(text: str) -> str:
-    return orjson.dumps(text).decode()
+    return str(orjson.dumps(text).decode())
 
 
 def _cedar_value(value: Any, depth: int = 0) -> Any:

@@ -22,12 +22,14 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-import orjson
 from cel_expr_python import cel
 
+from bastion._canon import LazyModule
 from bastion.policy._compile import Candidates, CompiledPolicy, CompiledRule, Tier
 from bastion.policy._fastpath import clean, values_function
 from bastion.policy._model import Effect, Stage
+
+orjson: Any = LazyModule("orjson", globals())  # imported on first use
 
 _INT64 = (-(2**63), 2**63 - 1)
 _DECIDING = (Effect.DENY, Effect.REQUIRE_APPROVAL, Effect.ALLOW)
