@@ -142,6 +142,8 @@ class Kernel:
             cr.rule.when and any(w in cr.rule.when for w in _FLOW_WORDS)
             for cr in self.compiled.rules)
         self._flow = FlowTracker(self.catalog)
+        self._needs_history = self._cedar is not None or any(
+            "history" in (cr.rule.when or "") for cr in self.compiled.rules)
         self._checks_results = self._cedar is not None or any(
             cr.rule.stage is Stage.POST_TOOL for cr in self.compiled.rules)
 
@@ -294,7 +296,9 @@ class Kernel:
             if self._needs_calls:
                 session["calls"] = self._state.count(f"calls:{session_id}", FOREVER, ts / 1e9)
             if self._flow_on:
-                session["labels"], session["history"] = self._flow.session_facts(session_id)
+                session["labels"], history = self._flow.session_facts(session_id)
+                if self._needs_history:  # 64 entries converted for CEL on every decision
+                    session["history"] = history
             data["session"] = session
         if "arg_labels" in names:
             data["arg_labels"] = self._flow.arg_labels(session_id, action.args)
