@@ -8,13 +8,19 @@ can never interleave a read-modify-write. Files use WAL.
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from bastion._canon import LazyModule
 from bastion._errors import ConfigError
+
+if TYPE_CHECKING:
+    import sqlite3
+else:  # imported on first use: not needed by `import bastion` itself
+    sqlite3 = LazyModule("sqlite3", globals())
 
 
 def sqlite_path(target: str | os.PathLike[str] | None, what: str) -> str:

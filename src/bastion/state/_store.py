@@ -14,15 +14,20 @@ cost of one 8-byte read (pread).
 from __future__ import annotations
 
 import os
-import sqlite3
 import struct
 import threading
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from bastion._canon import LazyModule
 from bastion._errors import StateError
 from bastion._sqlite import connect, sqlite_path, transaction
+
+if TYPE_CHECKING:
+    import sqlite3
+else:  # imported on first use: not needed by `import bastion` itself
+    sqlite3 = LazyModule("sqlite3", globals())
 
 
 @dataclass(frozen=True, slots=True)
