@@ -278,3 +278,13 @@ def test_without_post_tool_rules_results_are_still_labelled_and_marked() -> None
         post = gate.after(gate.before("read_file", {}), "hidden text")
         assert post.allowed and post.decision is None and "hidden" not in post.result
         assert k.label_result(gate.before("summarize", {}).decision, "plain") == "plain"
+
+
+def test_label_result_refuses_a_decision_that_did_not_allow() -> None:
+    """Marking and quarantine apply only to allowed results: handing label_result a denied
+    decision must not return the raw result as if it had been handled."""
+    with bastion.Kernel.from_text("version: 1\nrules: []\n", catalog=CATALOG) as k:
+        denied = k.evaluate(act("pre_tool", "read_file", args={}))
+        assert not denied.allowed
+        with pytest.raises(bastion.ConfigError):
+            k.label_result(denied, "raw secret text")

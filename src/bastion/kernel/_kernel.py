@@ -494,6 +494,9 @@ class Kernel:
         whose policy does not decide results: its labels (and ``injection`` signal) join the
         session's provenance; returns what the model may see (marked or quarantined as the
         catalog says). With ``post_tool`` rules, ``evaluate`` does this instead."""
+        if not decision.allowed:  # a result the model may see exists only for an allowed call
+            raise ConfigError(f"label_result needs a decision that allowed the call, not "
+                              f"{decision.effect!r} ({decision.id})")
         if not self._flow_on:
             return result
         return self._flow.label_result(decision, result)

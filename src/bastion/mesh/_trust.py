@@ -43,9 +43,6 @@ TIERS: tuple[tuple[str, int, int], ...] = (  # name, lowest score, suggested rin
 # as "<guard name>: <refusal>". Matched as a prefix: the rest of a reason can quote what a caller
 # sent (a forged token's fields), so a substring test could be satisfied by anyone.
 _PROVEN = "capability_token: token does not grant this call: "
-# codes the kernel decides before any guard has run: nothing about who asked was checked
-_BEFORE_GUARDS = frozenset(("invalid_stage", "missing_tool", "invalid_tool", "invalid_identity",
-                            "kill_switch"))
 _VIOLATIONS = frozenset(("violation", "severe_violation", "guard_denied", "approval_refused",
                          "invalid_tool", "negative_attestation", "severe_attestation",
                          "slo_breach"))
@@ -138,13 +135,14 @@ class _Agent:
 def _authenticated(event: Mapping[str, Any]) -> bool:
     """The decision passed a ``TokenGuard`` that proved who asked: a ``pre_tool`` decision (the
     only stage where the guard checks the proof of possession; it does not run at ``input`` and
-    ``output``) that carried a token and was not decided before the guards ran, and that the
-    kernel records as admitted by ``capability_token`` (a proof-checking ``TokenGuard``; in
-    bearer mode it is named otherwise). A guard's refusal names no admitting guard: it counts
-    only as TokenGuard's own refusal (``_decision_kind``)."""
+    ``output``) that carried a token and that the kernel records as admitted by
+    ``capability_token`` (a proof-checking ``TokenGuard``; in bearer mode it is named
+    otherwise). The kernel names no admitting guard for a decision made before the guards ran
+    (an invalid tool name, the kill switch) or by a guard's refusal; a refusal counts only as
+    TokenGuard's own (``_decision_kind``)."""
     context = event.get("context")
     if not (event.get("stage") == "pre_tool" and isinstance(context, dict)
-            and "bastion_token" in context and event.get("code") not in _BEFORE_GUARDS):
+            and "bastion_token" in context):
         return False
     if event.get("code") == "guard":
         return True
