@@ -3,7 +3,10 @@
 Rows (default pack ``policies/flow-default.yaml``, a catalog, audit off):
 
 * ``pre_tool`` decision of a side-effecting call with two sink arguments after N results of about
-  1 KB each were recorded in the session (N = 0, 10, 50, 200);
+  1 KB each were recorded in the session (N = 0, 10, 50, 200), the same call repeated (what
+  provenance remembers between two decisions with nothing new recorded is reused);
+* the same decision, each one right after a new result was recorded (200 to 400 results in the
+  session): what an agent that reads and acts in turn meets;
 * ``post_tool`` decision that records one such result (``pass``), marks it (``mark``) or
   quarantines it (``quarantine``);
 * for comparison, the same ``pre_tool`` call under a policy without flow (no catalog).
@@ -62,6 +65,32 @@ def per_call_us(fn: Any, n: int) -> tuple[float, float, float]:
     return statistics.median(rounds), min(rounds), max(rounds)
 
 
+def after_new_result(k: bastion.Kernel, rnd: random.Random, pay: bastion.Action
+                     ) -> tuple[float, float, float]:
+    """The decision an agent meets in practice: the first one after a new result was recorded
+    (what provenance caches from the last decision no longer holds). Only the decision is
+    timed; the session starts with 200 results and gains one before each decision."""
+    session = {"id": "fresh"}
+    k.evaluate(bastion.Action(stage="input", session=session, args={
+        "text": "pay the rent of 1200 EUR to DE89 3704 0044 0532 0130 00"}))
+    for i in range(200):
+        k.evaluate(bastion.Action(tool="read_inbox", stage="post_tool", session=session,
+                                  result=[email(rnd, 5000 + i)]))
+    call = pay._replace(session=session)
+    rounds, i = [], 200
+    for _ in range(ROUNDS):
+        spent = 0.0
+        for _ in range(40):
+            i += 1
+            k.evaluate(bastion.Action(tool="read_inbox", stage="post_tool", session=session,
+                                      result=[email(rnd, 5000 + i)]))
+            t = time.perf_counter()
+            k.evaluate(call)
+            spent += time.perf_counter() - t
+        rounds.append(spent / 40 * 1e6)
+    return statistics.median(rounds), min(rounds), max(rounds)
+
+
 def main() -> None:
     rnd = random.Random(7)
     rows: dict[str, tuple[float, float, float]] = {}
@@ -78,6 +107,7 @@ def main() -> None:
             done = n
             assert k.evaluate(pay).allowed
             rows[f"pre_tool after {n} results"] = per_call_us(lambda: k.evaluate(pay), 300)
+        rows["pre_tool after 200 results, each after a new one"] = after_new_result(k, rnd, pay)
         for tool in ("read_inbox", "read_marked", "read_quarantined"):
             results = [email(rnd, 1000 + i) for i in range(50)]
             it = iter(range(1 << 30))

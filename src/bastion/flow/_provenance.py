@@ -36,10 +36,11 @@ Invariants (the property tests hold the code to them):
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -83,6 +84,8 @@ def canonical(text: str) -> str:
 
 
 _MEMO_TEXT = 2_048
+_MAX_SCANS = 4_096
+_SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
 
 
 def _canonical(text: str) -> str:
@@ -186,6 +189,8 @@ _identifiers_memo = functools.lru_cache(maxsize=1_024)(_identifiers)
 def scalars(value: Any) -> list[Any]:
     """The scalars inside a nested value (map keys and values, list items), at most
     ``MAX_LEAVES``: a value used as a map key keeps its labels too."""
+    if type(value) in _SCALAR_TYPES:
+        return [value]
     out: list[Any] = []
     stack = [value]
     while stack and len(out) < MAX_LEAVES:
@@ -210,19 +215,73 @@ def _whole(value: Any) -> str | None:
     return None
 
 
+_HAY_KINDS = (TRUSTED, UNTRUSTED, "sensitive")  # haystacks of compact texts
+_KINDS = (*_HAY_KINDS, "trusted_text", "untrusted_text", "untrusted_ids")
+
+
+def _sensitive_labels(labels: set[str] | frozenset[str]) -> bool:
+    """Labels above ``internal`` (a confidentiality such as ``secret``), sources aside."""
+    extra = labels - _PLAIN
+    return bool(extra) and not all(x.startswith("tool:") for x in extra)
+
+
+def _kinds(hay: bool, key: str, labels: set[str] | frozenset[str]) -> tuple[str, ...]:
+    """The haystacks a remembered key belongs to (``hay``: a compact text, else an atom)."""
+    trusted = TRUSTED in labels
+    if hay:
+        first = TRUSTED if trusted else UNTRUSTED
+        return (first, "sensitive") if _sensitive_labels(labels) else (first,)
+    kind = key.partition(":")[0]
+    if kind == "text":
+        return ("trusted_text",) if trusted else ("untrusted_text",)
+    if kind in ADDRESS_KINDS and not trusted:
+        return ("untrusted_ids",)
+    return ()
+
+
+def _runs(flat: list[tuple[str, str]], absent: list[bool]) -> Iterator[list[tuple[str, str]]]:
+    """Runs of two or more adjacent pieces, then every ordered pair, leaving out any that holds
+    an ``absent`` piece."""
+    n = len(flat)
+    for i in range(n):
+        if absent[i]:
+            continue
+        for j in range(i + 1, n):
+            if absent[j]:
+                break
+            yield flat[i:j + 1]
+    for x in range(n):
+        for y in range(n):
+            if x != y and not absent[x] and not absent[y]:
+                yield [flat[x], flat[y]]
+
+
+def _piece(kind: str, key: str) -> str:
+    """What of a remembered key a haystack holds."""
+    if kind in _HAY_KINDS:
+        return key
+    if kind == "untrusted_ids":
+        return compact(key.partition(":")[2])
+    return key[5:]  # "text:..." without its tag
+
+
 class Provenance:
     """What one session has seen, and with which labels. Not thread-safe on its own: the
     kernel serialises access per session."""
 
-    __slots__ = ("_atoms", "_hay", "_hay_text", "evicted", "history", "labels", "max_history",
-                 "max_values")
+    __slots__ = ("_atoms", "_hay", "_joined", "_parts", "_scans", "_untrusted_seen", "evicted",
+                 "history", "labels", "max_history", "max_values")
 
     def __init__(self, *, max_values: int = 4_096, max_history: int = 64):
         self.max_values = max_values
         self.max_history = max_history
         self._atoms: OrderedDict[str, set[str]] = OrderedDict()  # atom -> labels it arrived with
         self._hay: OrderedDict[str, set[str]] = OrderedDict()  # compact text -> labels
-        self._hay_text: dict[str, str] | None = None
+        # haystack -> remembered key -> what the haystack holds of it; and joined, until a change
+        self._parts: dict[str, dict[str, str]] = {k: {} for k in _KINDS}
+        self._joined: dict[str, str] = {}
+        self._scans: dict[tuple[str, str], bool] = {}  # (haystack, text) -> found; per change
+        self._untrusted_seen = False  # anything not trusted was ever recorded
         self.evicted = 0
         self.labels: set[str] = set()  # session level: integrity and confidentiality seen
         self.history: list[str] = []
@@ -232,6 +291,8 @@ class Provenance:
         """Remember every scalar in ``value`` and the identifiers inside it with ``labels``."""
         labels = frozenset(labels)
         self.labels.update(x for x in labels if x != TRUSTED and ":" not in x and x != USER)
+        if TRUSTED not in labels:
+            self._untrusted_seen = True
         for leaf in scalars(value):
             atoms = set(identifiers(leaf))
             whole = _whole(leaf)
@@ -243,7 +304,7 @@ class Provenance:
                 text = compact(leaf)
                 if text:
                     self._remember(self._hay, text, labels)
-                    self._hay_text = None
+        self._scans.clear()
 
     def record_input(self, text: Any) -> None:
         self.record(text, (TRUSTED, USER))
@@ -258,51 +319,67 @@ class Provenance:
 
     def _remember(self, store: OrderedDict[str, set[str]], key: str,
                   labels: frozenset[str]) -> None:
+        """Remember ``key`` with ``labels`` in ``store`` and keep the haystacks' parts current:
+        a key joins the haystacks its labels put it in and leaves them when it is relabelled
+        into others or evicted."""
+        hay = store is self._hay
         found = store.get(key)
         if found is None:
             store[key] = set(labels)
+            self._move(key, (), _kinds(hay, key, labels))
             if len(store) > self.max_values:
-                store.popitem(last=False)
+                old, old_labels = store.popitem(last=False)
                 self.evicted += 1
+                self._move(old, _kinds(hay, old, old_labels), ())
         else:
-            found.update(labels)
+            if not labels <= found:
+                before = _kinds(hay, key, found)
+                found.update(labels)
+                self._move(key, before, _kinds(hay, key, found))
             store.move_to_end(key)
+
+    def _move(self, key: str, before: tuple[str, ...], after: tuple[str, ...]) -> None:
+        if before == after:
+            return
+        for kind in before:
+            if kind not in after:
+                self._parts[kind].pop(key, None)
+                self._joined.pop(kind, None)
+        for kind in after:
+            if kind not in before:
+                self._parts[kind][key] = _piece(kind, key)
+                self._joined.pop(kind, None)
 
     # -- asking ---------------------------------------------------------------------------------
     def _haystack(self, kind: str) -> str:
         """Remembered texts joined for substring search: ``trusted``, ``untrusted`` or
-        ``sensitive`` (carrying a confidentiality label above ``internal``), compacted; and
+        ``sensitive`` (carrying a confidentiality label above ``internal``), compacted;
         ``trusted_text`` and ``untrusted_text``, canonical texts with their spaces and
-        punctuation, for whole-word search."""
-        if self._hay_text is None:
-            self._hay_text = {}
-        found = self._hay_text.get(kind)
-        if found is None:
-            found = self._hay_text[kind] = self._build(kind)
-        return found
+        punctuation, for whole-word search; ``untrusted_ids``, the significant characters of
+        untrusted-only address identifiers. Each is kept as parts, updated as values are
+        remembered, relabelled and evicted, and joined when first asked for after a change."""
+        joined = self._joined.get(kind)
+        if joined is None:
+            joined = self._joined[kind] = "\x00".join(self._parts[kind].values())
+        return joined
 
-    def _build(self, kind: str) -> str:
-        """One haystack of ``_haystack`` (each is built when first asked for after a change);
-        ``untrusted_ids``: the significant characters of untrusted-only address identifiers."""
-        if kind == TRUSTED:
-            return "\x00".join(k for k, v in self._hay.items() if TRUSTED in v)
-        if kind == UNTRUSTED:
-            return "\x00".join(k for k, v in self._hay.items() if TRUSTED not in v)
-        if kind == "sensitive":
-            return "\x00".join(k for k, v in self._hay.items() if v - _PLAIN
-                                and not all(x.startswith("tool:") for x in v - _PLAIN))
-        if kind == "untrusted_ids":
-            return "\x00".join(compact(k.partition(":")[2]) for k, v in self._atoms.items()
-                                if TRUSTED not in v and k.partition(":")[0] in ADDRESS_KINDS)
-        trusted = kind == "trusted_text"
-        return "\x00".join(k[5:] for k, v in self._atoms.items()
-                            if k.startswith("text:") and (TRUSTED in v) == trusted)
+    def _in(self, kind: str, text: str) -> bool:
+        """``text in self._haystack(kind)``, remembered until the next change: one decision
+        asks about the same piece several times, and a big session's haystack is long."""
+        key = (kind, text)
+        found = self._scans.get(key)
+        if found is None:
+            found = self._scans[key] = text in self._haystack(kind)
+            if len(self._scans) > _MAX_SCANS:
+                self._scans.clear()
+                self._scans[key] = found
+        return found
 
     def _identifier_piece(self, text: str) -> bool:
         """``text`` (significant characters) is a piece of an untrusted-only address identifier
         (``MIN_FRAGMENT`` or more characters) that no trusted text holds."""
-        return (len(text) >= MIN_FRAGMENT and text in self._haystack("untrusted_ids")
-                and text not in self._haystack(TRUSTED))
+        return (len(text) >= MIN_FRAGMENT and self._in("untrusted_ids", text)
+                and not self._in(TRUSTED, text))
 
     def _sensitive(self, text: str) -> set[str]:
         """Confidentiality labels (and sources) of remembered sensitive texts that ``text`` is a
@@ -335,9 +412,9 @@ class Provenance:
 
     def _fragment(self, text: str) -> set[str] | None:
         """Labels of the untrusted values ``text`` is a piece of, unless trusted text holds it."""
-        if len(text) < MIN_FRAGMENT or text in self._haystack(TRUSTED):
+        if len(text) < MIN_FRAGMENT or self._in(TRUSTED, text):
             return None
-        if text not in self._haystack(UNTRUSTED):
+        if not self._in(UNTRUSTED, text):
             return None
         found: set[str] = set()
         for key, labels in self._hay.items():
@@ -459,14 +536,13 @@ class Provenance:
         arguments' texts joined together hold an untrusted-only identifier that no single
         argument holds, every argument that is a piece of it is labelled untrusted too."""
         out = {str(k): self.labels_of(v) for k, v in args.items()}
-        pieces = {str(k): [compact(s) for s in scalars(v) if isinstance(s, str | int | float)
-                           and not isinstance(s, bool)] for k, v in args.items()}
-        pieces = {k: [p for p in v if p] for k, v in pieces.items()}
-        if sum(len(v) for v in pieces.values()) < 2:
+        if not self._untrusted_seen:  # nothing untrusted to rebuild an identifier from
             return out
-        flat = [(name, p) for name, parts in pieces.items() for p in parts]
-        trusted_hay = self._haystack(TRUSTED)
-        untrusted_hay = self._haystack(UNTRUSTED)
+        leaves = [(str(k), s) for k, v in args.items() for s in scalars(v)
+                  if isinstance(s, str | int | float) and not isinstance(s, bool)]
+        flat = [(name, p) for name, s in leaves if (p := compact(s))]
+        if len(flat) < 2:
+            return out
 
         def taint(names: Iterable[str], labels: set[str]) -> None:  # labels may add the flag
             for name in names:
@@ -474,19 +550,17 @@ class Provenance:
                 merged.add(UNTRUSTED)
                 out[name] = sorted(merged)
 
-        # runs of pieces in argument order, and every ordered pair, rebuilt into one text
-        runs = [flat[i:j] for i in range(len(flat)) for j in range(i + 2, len(flat) + 1)]
-        runs += [[a, b] for a in flat for b in flat if a is not b]
-        for run in runs[:4_096]:
+        # runs of pieces in argument order, and every ordered pair, rebuilt into one text; a
+        # run is in the untrusted haystack only if each of its pieces is, so a run holding a
+        # long piece that is not there is not searched for (each search reads the haystack)
+        absent = [len(p) >= MIN_FRAGMENT and not self._in(UNTRUSTED, p) for _, p in flat]
+        for run in itertools.islice(_runs(flat, absent), 4_096):
             text = "".join(p for _, p in run)
-            if (len(text) >= MIN_FRAGMENT and text in untrusted_hay
-                    and text not in trusted_hay):
+            if (len(text) >= MIN_FRAGMENT and self._in(UNTRUSTED, text)
+                    and not self._in(TRUSTED, text)):
                 extra = {UNTRUSTED_IDENTIFIER} if self._identifier_piece(text) else set()
                 taint({name for name, _ in run}, (self._fragment(text) or set()) | extra)
-        spaced = " ".join(
-            canonical(s) if isinstance(s, str) else repr(s)
-            for v in args.values() for s in scalars(v)
-            if isinstance(s, str | int | float) and not isinstance(s, bool))
+        spaced = " ".join(canonical(s) if isinstance(s, str) else repr(s) for _, s in leaves)
         for atom in identifiers(spaced):
             labels = self._atoms.get(atom)
             if labels is None or TRUSTED in labels:
