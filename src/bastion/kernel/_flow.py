@@ -5,13 +5,22 @@ facts"). Thread-safe: one lock guards every session.
 Bounded: at most ``MAX_FLOW_SESSIONS`` sessions (least recently used out, counted in
 ``evicted``); a session's quarantine vault goes with its provenance, so a handle never outlives
 the labels of what it hides.
+
+Provenance lives in this process, but every fact recorded is also counted in the kernel's state
+store (``flow:n:SESSION``, and ``flow:l:SESSION:LABEL`` for each session-level label the first
+time this process records it). A process that finds more facts counted for a session than it
+recorded itself (another process shares the store, this one restarted, or it evicted the
+session) has not seen all of the session: it fails closed by giving the session the labels
+``untrusted`` and ``incomplete`` and every counted label, so values it never saw are ``unknown``
+in a session that has read untrusted data.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from bastion.flow import Provenance, ToolCatalog
@@ -26,24 +35,45 @@ from bastion.flow._results import (
 from bastion.kernel._types import EMPTY, Action, Decision
 
 MAX_FLOW_SESSIONS = 10_000  # sessions whose provenance is kept in memory (least recent out)
+FOREVER = 1 << 40  # a counter window no session outlives
+INCOMPLETE = "incomplete"  # session label: facts were recorded that this process has not seen
 
 
 class FlowTracker:
     """Provenance and quarantine per session, for one kernel and its tool catalog."""
 
-    def __init__(self, catalog: ToolCatalog):
+    def __init__(self, catalog: ToolCatalog, state: Any = None,
+                 clock: Callable[[], float] = time.time):
         self.catalog = catalog
         self._flows: OrderedDict[str, Provenance] = OrderedDict()
         self._vaults: dict[str, Quarantine] = {}
+        self._recorded: dict[str, int] = {}  # session -> facts this process recorded
+        self._state = state
+        self._clock = clock
+        # every session-level label a fact can carry: what the store may have counted
+        self._labels = sorted({"untrusted", INJECTION} | {
+            x for info in catalog.tools.values()
+            for x in (info.integrity, info.confidentiality) if x != "trusted"})
         self._lock = threading.Lock()
         self.evicted = 0
 
     # -- what policies see ----------------------------------------------------------------------
     def session_facts(self, session_id: str) -> tuple[list[str], list[str]]:
-        """The session's labels and its history of allowed calls."""
+        """The session's labels and its history of allowed calls; with ``incomplete`` (and the
+        labels counted in the state store) when facts were recorded that this process has not
+        seen."""
         with self._lock:
             prov = self._provenance(session_id)
-            return prov.session_labels(), list(prov.history)
+            labels, history, mine = prov.session_labels(), list(prov.history), \
+                self._recorded.get(session_id, 0)
+        if self._state is None:
+            return labels, history
+        now = self._clock()
+        if self._state.count(f"flow:n:{session_id}", FOREVER, now) <= mine:
+            return labels, history
+        counted = {x for x in self._labels
+                   if self._state.count(f"flow:l:{session_id}:{x}", FOREVER, now) > 0}
+        return sorted(set(labels) | counted | {"untrusted", INCOMPLETE}), history
 
     def arg_labels(self, session_id: str, args: Any) -> dict[str, list[str]]:
         """Each argument's labels, including those of the quarantined values its handles stand
@@ -79,6 +109,9 @@ class FlowTracker:
             if decision.allowed:
                 with self._lock:
                     self._provenance(decision.session).record_input(action.args)
+                    self._recorded[decision.session] = \
+                        self._recorded.get(decision.session, 0) + 1
+                self._count(decision.session, ())
         elif stage == "post_tool":
             return self.observe_result(action, decision)
         elif stage == "pre_tool" and decision.allowed:
@@ -104,9 +137,14 @@ class FlowTracker:
             decision = decision._replace(reasons=(
                 *decision.reasons, f"flow: result reads like an injection ({signal})"))
         with self._lock:
-            self._provenance(decision.session).record(as_text(action.result), labels)
-            if not decision.allowed or info.handling == "pass":
-                return decision
+            prov = self._provenance(decision.session)
+            new = [x for x in labels[:2] + labels[3:] if x != "trusted" and x not in prov.labels]
+            prov.record(as_text(action.result), labels)
+            self._recorded[decision.session] = self._recorded.get(decision.session, 0) + 1
+        self._count(decision.session, new)
+        if not decision.allowed or info.handling == "pass":
+            return decision
+        with self._lock:
             source = f"tool:{decision.tool}"
             if info.handling == "mark":
                 shown = mark(decision.result, source)
@@ -116,6 +154,15 @@ class FlowTracker:
                 self._provenance(decision.session).record(handle, labels)
         return decision._replace(result=shown, obligations=(
             *decision.obligations, f"{info.handling}:catalog"))
+
+    def _count(self, session_id: str, new_labels: Iterable[str]) -> None:
+        """Count one recorded fact (and labels new to this process) in the state store."""
+        if self._state is None:
+            return
+        now = self._clock()
+        for label in new_labels:
+            self._state.add(f"flow:l:{session_id}:{label}", 1, FOREVER, now)
+        self._state.add(f"flow:n:{session_id}", 1, FOREVER, now)
 
     def label_result(self, decision: Decision, result: Any) -> Any:
         """``observe_result`` for the result of a call ``decision`` allowed, outside
@@ -133,6 +180,7 @@ class FlowTracker:
             if len(self._flows) > MAX_FLOW_SESSIONS:
                 evicted, _ = self._flows.popitem(last=False)
                 self._vaults.pop(evicted, None)  # a handle must not outlive its labels
+                self._recorded.pop(evicted, None)  # its counted facts now read as unseen
                 self.evicted += 1
         else:
             self._flows.move_to_end(session_id)
