@@ -39,15 +39,17 @@ import functools
 import itertools
 import re
 import unicodedata
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from bastion._canon import strip_format
 
 TRUSTED, UNTRUSTED, UNKNOWN = "trusted", "untrusted", "unknown"
 UNTRUSTED_IDENTIFIER = "untrusted_identifier"
+SELECTED = "selected"  # an untrusted value the user's own words picked out (see _selected)
+MAX_RECORD_RESULTS = 256  # untrusted results whose records are kept for selection
 ADDRESS_KINDS = frozenset({"email", "url", "host", "iban"})  # identifiers that say where to go
 USER = "user"
 MIN_FRAGMENT = 6  # significant characters a piece needs before it counts as a fragment
@@ -239,6 +241,35 @@ def _kinds(hay: bool, key: str, labels: set[str] | frozenset[str]) -> tuple[str,
     return ()
 
 
+class _Records(NamedTuple):
+    """The records of one untrusted result: each a tuple of (field, whole atom, value), and
+    how many records hold each (field, whole atom)."""
+
+    records: list[tuple[tuple[str, str, Any], ...]]
+    counts: Counter[tuple[str, str]]
+
+
+def _records(value: Any) -> list[tuple[tuple[str, str, Any], ...]]:
+    """The maps inside ``value`` with two or more scalar fields (strings and numbers), at most
+    ``MAX_LEAVES`` maps visited."""
+    out: list[tuple[tuple[str, str, Any], ...]] = []
+    stack, seen = [value], 0
+    while stack and seen < MAX_LEAVES:
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, Mapping):
+            fields = tuple((str(k), atom, v) for k, v in item.items()
+                           if isinstance(v, str | int | float) and not isinstance(v, bool)
+                           and (atom := _whole(v)) is not None)
+            if len(fields) >= 2:
+                out.append(fields)
+            stack.extend(v for v in item.values() if isinstance(v, Mapping | list | tuple))
+        elif isinstance(item, list | tuple):
+            stack.extend(v for v in item if isinstance(v, Mapping | list | tuple))
+    out.reverse()
+    return out
+
+
 def _runs(flat: list[tuple[str, str]], absent: list[bool]) -> Iterator[list[tuple[str, str]]]:
     """Runs of two or more adjacent pieces, then every ordered pair, leaving out any that holds
     an ``absent`` piece."""
@@ -269,8 +300,9 @@ class Provenance:
     """What one session has seen, and with which labels. Not thread-safe on its own: the
     kernel serialises access per session."""
 
-    __slots__ = ("_atoms", "_hay", "_joined", "_parts", "_scans", "_untrusted_seen", "evicted",
-                 "history", "labels", "max_history", "max_values")
+    __slots__ = ("_atoms", "_by_atom", "_hay", "_joined", "_parts", "_results", "_scans",
+                 "_untrusted_seen", "evicted", "history", "labels", "max_history", "max_values",
+                 "results_seen")
 
     def __init__(self, *, max_values: int = 4_096, max_history: int = 64):
         self.max_values = max_values
@@ -282,6 +314,11 @@ class Provenance:
         self._joined: dict[str, str] = {}
         self._scans: dict[tuple[str, str], bool] = {}  # (haystack, text) -> found; per change
         self._untrusted_seen = False  # anything not trusted was ever recorded
+        # records (maps of scalar fields) of untrusted results, for selection: result number ->
+        # its records, and a field's whole atom -> where it is (result number, record index)
+        self._results: OrderedDict[int, _Records] = OrderedDict()
+        self._by_atom: dict[str, list[tuple[int, int]]] = {}
+        self.results_seen = 0
         self.evicted = 0
         self.labels: set[str] = set()  # session level: integrity and confidentiality seen
         self.history: list[str] = []
@@ -304,7 +341,32 @@ class Provenance:
                 text = compact(leaf)
                 if text:
                     self._remember(self._hay, text, labels)
+        if TRUSTED not in labels:
+            self._remember_records(value)
         self._scans.clear()
+
+    def _remember_records(self, value: Any) -> None:
+        """Keep the records of an untrusted result (each map with two or more scalar fields:
+        a transaction, a message, a contact) for ``_selected``; the oldest results go first."""
+        records = _records(value)
+        if not records:
+            return
+        number = self.results_seen
+        self.results_seen += 1
+        self._results[number] = _Records(records, Counter(
+            (name, atom) for record in records for name, atom, _ in record))
+        for i, record in enumerate(records):
+            for _, atom, _ in record:
+                self._by_atom.setdefault(atom, []).append((number, i))
+        if len(self._results) > MAX_RECORD_RESULTS:
+            old, gone = self._results.popitem(last=False)
+            for record in gone.records:
+                for _, atom, _ in record:
+                    where = self._by_atom.get(atom)
+                    if where is not None:
+                        where[:] = [w for w in where if w[0] != old]
+                        if not where:
+                            del self._by_atom[atom]
 
     def record_input(self, text: Any) -> None:
         self.record(text, (TRUSTED, USER))
@@ -442,13 +504,41 @@ class Provenance:
         ``unknown``, plus the confidentiality labels and sources (``user``, ``tool:NAME``) of
         what it matched."""
         out: set[str] = set()
+        selected = None  # every untrusted scalar was picked out by the user's words
         for leaf in scalars(value):
-            out |= self._leaf(leaf)
+            found = self._leaf(leaf)
+            if UNTRUSTED in found and selected is not False:
+                selected = self._selected(leaf)
+            out |= found
         if UNTRUSTED in out or UNKNOWN in out:
             out.discard(TRUSTED)
         if UNTRUSTED in out:
             out.discard(UNKNOWN)
+            if selected:
+                out.add(SELECTED)
         return sorted(out) if out else [UNKNOWN]
+
+    def _selected(self, leaf: Any) -> bool:
+        """Whether the user's own words picked ``leaf`` out of an untrusted result: ``leaf`` is
+        the whole of one field of a record (a map of scalars) whose other field is a *key*, a
+        value the user typed (``_leaf`` calls it trusted), and no other record of the same
+        result has that key in that field. "Refund GB29… for what they sent me" picks the one
+        transaction whose sender is GB29…, and so its amount.
+
+        Only whole field values are picked out, never an identifier inside a field's text: an
+        IBAN written into a transaction's subject is not selected with the transaction."""
+        whole = _whole(leaf)
+        if whole is None:
+            return False
+        for number, index in self._by_atom.get(whole, ()):
+            result = self._results.get(number)
+            if result is None:
+                continue
+            for name, atom, raw in result.records[index]:
+                if (atom != whole and result.counts[(name, atom)] == 1
+                        and TRUSTED in self._leaf(raw)):
+                    return True
+        return False
 
     def _leaf(self, leaf: Any) -> set[str]:
         whole = _whole(leaf)
@@ -545,8 +635,8 @@ class Provenance:
             return out
 
         def taint(names: Iterable[str], labels: set[str]) -> None:  # labels may add the flag
-            for name in names:
-                merged = (set(out[name]) | labels) - {TRUSTED, UNKNOWN}
+            for name in names:  # a piece of something untrusted is not what the user picked
+                merged = (set(out[name]) | labels) - {TRUSTED, UNKNOWN, SELECTED}
                 merged.add(UNTRUSTED)
                 out[name] = sorted(merged)
 

@@ -88,8 +88,8 @@ class FlowTracker:
                     held = vault.labels_in(value)
                     if held:
                         merged = set(labels.get(name, ())) | held
-                        if "untrusted" in merged:
-                            merged -= {"trusted", "unknown"}
+                        if "untrusted" in merged:  # a handle is never the user's pick
+                            merged -= {"trusted", "unknown", "selected"}
                         labels[name] = sorted(merged)
             return labels
 
