@@ -197,3 +197,15 @@ def test_selected_never_comes_with_trusted_and_needs_a_unique_key(
         assert not ("selected" in labels and "trusted" in labels)
         if "selected" in labels:  # only a record the typed key picks out alone
             assert unique and any(kk == key and vv == v for kk, vv in rows)
+
+
+def test_a_value_from_a_trusted_tool_result_is_not_a_key() -> None:
+    prov = Provenance()
+    prov.record_input("check my transactions")
+    # the user's own standing orders (trusted) name an account that the ledger also shows
+    prov.record([{"id": 7, "recipient": "US122000000121212121212", "amount": 1100.0}],
+                ("trusted", "internal", "tool:standing_orders"))
+    prov.record([{"id": 4, "recipient": "US122000000121212121212", "amount": 1000.0}],
+                UNTRUSTED)
+    assert "selected" not in prov.labels_of(4)
+    assert "selected" not in prov.labels_of(1000)

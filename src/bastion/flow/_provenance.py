@@ -521,8 +521,9 @@ class Provenance:
     def _selected(self, leaf: Any) -> bool:
         """Whether the user's own words picked ``leaf`` out of an untrusted result: ``leaf`` is
         the whole of one field of a record (a map of scalars) whose other field is a *key*, a
-        value the user typed (``_leaf`` calls it trusted), and no other record of the same
-        result has that key in that field. "Refund GB29… for what they sent me" picks the one
+        value the user typed (``_leaf`` calls it trusted, from ``user`` input: a trusted tool
+        result does not pick records), and no other record of the same result has that key in
+        that field. "Refund GB29… for what they sent me" picks the one
         transaction whose sender is GB29…, and so its amount.
 
         Only whole field values are picked out, never an identifier inside a field's text: an
@@ -535,9 +536,10 @@ class Provenance:
             if result is None:
                 continue
             for name, atom, raw in result.records[index]:
-                if (atom != whole and result.counts[(name, atom)] == 1
-                        and TRUSTED in self._leaf(raw)):
-                    return True
+                if atom != whole and result.counts[(name, atom)] == 1:
+                    key = self._leaf(raw)
+                    if TRUSTED in key and USER in key:
+                        return True
         return False
 
     def _leaf(self, leaf: Any) -> set[str]:
