@@ -104,8 +104,8 @@ class _BrokenStore:
         return int(self._inner.count(key, window_s, now))
 
 
-def test_an_unreadable_store_denies() -> None:
-    store = _BrokenStore(bastion.state.open_store(None))
+def test_an_unreadable_store_denies(tmp_path: Path) -> None:
+    store = _BrokenStore(bastion.state.open_store(str(tmp_path / "state.db")))
     with bastion.Kernel.from_policy(PACK, catalog=CATALOG, state=store) as k:
         decision = k.evaluate(act("pre_tool", "send_money",
                                   args={"recipient": "DE89370400440532013000", "amount": 1}))

@@ -12,7 +12,9 @@ time this process records it). A process that finds more facts counted for a ses
 recorded itself (another process shares the store, this one restarted, or it evicted the
 session) has not seen all of the session: it fails closed by giving the session the labels
 ``untrusted`` and ``incomplete`` and every counted label, so values it never saw are ``unknown``
-in a session that has read untrusted data.
+in a session that has read untrusted data. An in-process store (``:memory:``) cannot be shared,
+so its counts are kept in this tracker instead (the same check, without a store read per
+decision); they outlive an evicted session's provenance, so eviction still fails closed.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ class FlowTracker:
         self._vaults: dict[str, Quarantine] = {}
         self._recorded: dict[str, int] = {}  # session -> facts this process recorded
         self._state = state
+        # an in-process store (":memory:") is nobody else's: its counts are kept here, so only
+        # eviction can make them differ from what this tracker recorded
+        self._local: dict[str, tuple[int, set[str]]] | None = \
+            {} if getattr(state, "path", None) == ":memory:" else None
         self._clock = clock
         # every session-level label a fact can carry: what the store may have counted
         self._labels = sorted({"untrusted", INJECTION} | {
@@ -68,11 +74,17 @@ class FlowTracker:
                 self._recorded.get(session_id, 0)
         if self._state is None:
             return labels, history
-        now = self._clock()
-        if self._state.count(f"flow:n:{session_id}", FOREVER, now) <= mine:
-            return labels, history
-        counted = {x for x in self._labels
-                   if self._state.count(f"flow:l:{session_id}:{x}", FOREVER, now) > 0}
+        if self._local is not None:
+            with self._lock:
+                total, counted = self._local.get(session_id, (0, set()))
+            if total <= mine:
+                return labels, history
+        else:
+            now = self._clock()
+            if self._state.count(f"flow:n:{session_id}", FOREVER, now) <= mine:
+                return labels, history
+            counted = {x for x in self._labels
+                       if self._state.count(f"flow:l:{session_id}:{x}", FOREVER, now) > 0}
         return sorted(set(labels) | counted | {"untrusted", INCOMPLETE}), history
 
     def arg_labels(self, session_id: str, args: Any) -> dict[str, list[str]]:
@@ -158,6 +170,12 @@ class FlowTracker:
     def _count(self, session_id: str, new_labels: Iterable[str]) -> None:
         """Count one recorded fact (and labels new to this process) in the state store."""
         if self._state is None:
+            return
+        if self._local is not None:
+            with self._lock:
+                total, counted = self._local.get(session_id, (0, set()))
+                counted.update(new_labels)
+                self._local[session_id] = (total + 1, counted)
             return
         now = self._clock()
         for label in new_labels:
