@@ -197,8 +197,15 @@ def as_text(value: Any, depth: int = 0) -> Any:
     if depth > 64:
         return str(value)
     if isinstance(value, dict):
-        return {(k if isinstance(k, str) else str(k)): as_text(v, depth + 1)
-                for k, v in value.items()}
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            key = k if isinstance(k, str) else str(k)
+            n = 0
+            while key in out:  # {1: x, "1": y}: two keys, one text; keep both values
+                n += 1
+                key = f"{k!r} ({type(k).__name__} {n})"
+            out[key] = as_text(v, depth + 1)
+        return out
     if isinstance(value, list | tuple | set | frozenset):
         return [as_text(v, depth + 1) for v in value]
     return str(value)

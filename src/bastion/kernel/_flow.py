@@ -12,15 +12,19 @@ time this process records it). A process that finds more facts counted for a ses
 recorded itself (another process shares the store, this one restarted, or it evicted the
 session) has not seen all of the session: it fails closed by giving the session the labels
 ``untrusted`` and ``incomplete`` and every counted label, so values it never saw are ``unknown``
-in a session that has read untrusted data. An in-process store (``:memory:``) cannot be shared,
-so its counts are kept in this tracker instead (the same check, without a store read per
-decision); they outlive an evicted session's provenance, so eviction still fails closed.
+in a session that has read untrusted data. An in-process store (``:memory:``) cannot be shared
+between processes, so its counts are kept in this process, per store object (every kernel given
+that store shares them), without a store read per decision; they outlive an evicted session's
+provenance, so eviction still fails closed. A fact is claimed as this process's only after its
+count is written, so a failed write never hides another process's fact. Allowed calls are facts
+too when a policy reads ``session.history``.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -39,13 +43,16 @@ from bastion.kernel._types import EMPTY, Action, Decision
 MAX_FLOW_SESSIONS = 10_000  # sessions whose provenance is kept in memory (least recent out)
 FOREVER = 1 << 40  # a counter window no session outlives
 INCOMPLETE = "incomplete"  # session label: facts were recorded that this process has not seen
+# the counts of each in-process store, shared by every tracker given that store object
+_LOCAL_COUNTS: weakref.WeakKeyDictionary[Any, dict[str, tuple[int, set[str]]]] = \
+    weakref.WeakKeyDictionary()
 
 
 class FlowTracker:
     """Provenance and quarantine per session, for one kernel and its tool catalog."""
 
     def __init__(self, catalog: ToolCatalog, state: Any = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, *, count_calls: bool = False):
         self.catalog = catalog
         self._flows: OrderedDict[str, Provenance] = OrderedDict()
         self._vaults: dict[str, Quarantine] = {}
@@ -53,8 +60,14 @@ class FlowTracker:
         self._state = state
         # an in-process store (":memory:") is nobody else's: its counts are kept here, so only
         # eviction can make them differ from what this tracker recorded
-        self._local: dict[str, tuple[int, set[str]]] | None = \
-            {} if getattr(state, "path", None) == ":memory:" else None
+        self._local: dict[str, tuple[int, set[str]]] | None = None
+        if getattr(state, "path", None) == ":memory:":
+            try:  # every tracker given this store object shares its counts
+                self._local = _LOCAL_COUNTS.setdefault(state, {})
+            except TypeError:  # a store that cannot be weakly referenced: count in it
+                self._local = None
+        self._count_calls = count_calls
+        self._counted: dict[str, set[str]] = {}  # session -> labels this process counted
         self._clock = clock
         # every session-level label a fact can carry: what the store may have counted
         self._labels = sorted({"untrusted", INJECTION} | {
@@ -120,10 +133,9 @@ class FlowTracker:
         if stage == "input":
             if decision.allowed:
                 with self._lock:
-                    self._provenance(decision.session).record_input(action.args)
-                    self._recorded[decision.session] = \
-                        self._recorded.get(decision.session, 0) + 1
-                self._count(decision.session, ())
+                    prov = self._provenance(decision.session)
+                    prov.record_input(action.args)
+                self._counted_fact(decision.session, prov)
         elif stage == "post_tool":
             return self.observe_result(action, decision)
         elif stage == "pre_tool" and decision.allowed:
@@ -137,7 +149,10 @@ class FlowTracker:
                                 f"arguments: {', '.join(sorted(set(missing)))}"))
                     decision = decision._replace(args=args, reasons=(
                         *decision.reasons, f"flow: released {', '.join(used)}"))
-                self._provenance(decision.session).record_call(decision.tool)
+                prov = self._provenance(decision.session)
+                prov.record_call(decision.tool)
+            if self._count_calls:  # a policy reads session.history: other processes lack it
+                self._counted_fact(decision.session, prov)
         return decision
 
     def observe_result(self, action: Action, decision: Decision) -> Decision:
@@ -150,10 +165,9 @@ class FlowTracker:
                 *decision.reasons, f"flow: result reads like an injection ({signal})"))
         with self._lock:
             prov = self._provenance(decision.session)
-            new = [x for x in labels[:2] + labels[3:] if x != "trusted" and x not in prov.labels]
-            prov.record(as_text(action.result), labels)
-            self._recorded[decision.session] = self._recorded.get(decision.session, 0) + 1
-        self._count(decision.session, new)
+            prov.record(as_text(action.result), labels, info.keys)
+        self._counted_fact(decision.session, prov, [x for x in labels if x != "trusted"
+                                                    and ":" not in x])
         if not decision.allowed or info.handling == "pass":
             return decision
         with self._lock:
@@ -166,6 +180,18 @@ class FlowTracker:
                 self._provenance(decision.session).record(handle, labels)
         return decision._replace(result=shown, obligations=(
             *decision.obligations, f"{info.handling}:catalog"))
+
+    def _counted_fact(self, session_id: str, prov: Provenance,
+                      labels: Iterable[str] = ()) -> None:
+        """Count a fact ``prov`` recorded, then claim it as this process's: a count that fails
+        (or has not happened yet) must never let this process claim more than it counted."""
+        with self._lock:
+            new = set(labels) - self._counted.get(session_id, set())
+        self._count(session_id, new)
+        with self._lock:
+            if self._flows.get(session_id) is prov:  # not evicted meanwhile
+                self._recorded[session_id] = self._recorded.get(session_id, 0) + 1
+                self._counted.setdefault(session_id, set()).update(new)
 
     def _count(self, session_id: str, new_labels: Iterable[str]) -> None:
         """Count one recorded fact (and labels new to this process) in the state store."""
@@ -199,6 +225,7 @@ class FlowTracker:
                 evicted, _ = self._flows.popitem(last=False)
                 self._vaults.pop(evicted, None)  # a handle must not outlive its labels
                 self._recorded.pop(evicted, None)  # its counted facts now read as unseen
+                self._counted.pop(evicted, None)
                 self.evicted += 1
         else:
             self._flows.move_to_end(session_id)

@@ -141,9 +141,10 @@ class Kernel:
         self._flow_on = catalog is not None or any(
             cr.rule.when and any(w in cr.rule.when for w in _FLOW_WORDS)
             for cr in self.compiled.rules)
-        self._flow = FlowTracker(self.catalog, self._state, clock=lambda: self._clock() / 1e9)
         self._needs_history = self._cedar is not None or any(
             "history" in (cr.rule.when or "") for cr in self.compiled.rules)
+        self._flow = FlowTracker(self.catalog, self._state, clock=lambda: self._clock() / 1e9,
+                                 count_calls=self._needs_history)
         self._checks_results = self._cedar is not None or any(
             cr.rule.stage is Stage.POST_TOOL for cr in self.compiled.rules)
 
