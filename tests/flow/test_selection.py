@@ -1,5 +1,8 @@
 """Selection: the user's own words pick one record out of an untrusted result.
 
+Only fields the catalog declares as ``keys`` (fields the system sets: a sender, an amount, a
+date) can name a record; ``KEYS`` below plays that part for the unit tests.
+
 "Refund GB29… for what they sent me" names the transaction by its sender; its amount is then
 what the user referred to, though a third party wrote it. The label ``selected`` says so, and
 the default pack lets a selected value through a sink. What must never be selected: an
@@ -22,6 +25,7 @@ from bastion.flow._provenance import MAX_RECORD_RESULTS
 FRIEND = "GB29NWBK60161331926819"
 ATTACKER = "US133000000121212121212"
 UNTRUSTED = ("untrusted", "internal", "tool:ledger")
+KEYS = ("sender", "recipient", "amount", "date", "key")  # fields that name a record
 
 
 def _ledger() -> list[dict[str, Any]]:
@@ -36,7 +40,7 @@ def _ledger() -> list[dict[str, Any]]:
 def _prov(prompt: str = f"Please refund {FRIEND} for what they sent me") -> Provenance:
     prov = Provenance()
     prov.record_input(prompt)
-    prov.record(_ledger(), UNTRUSTED)
+    prov.record(_ledger(), UNTRUSTED, KEYS)
     return prov
 
 
@@ -76,7 +80,7 @@ def test_a_key_two_records_share_in_one_field_selects_neither() -> None:
     prov = Provenance()
     prov.record_input(f"refund {FRIEND}")
     prov.record([{"sender": FRIEND, "amount": 10.0}, {"sender": FRIEND, "amount": 7000.0}],
-                UNTRUSTED)
+                UNTRUSTED, KEYS)
     assert "selected" not in prov.labels_of(10)
     assert "selected" not in prov.labels_of(7000)
 
@@ -85,7 +89,7 @@ def test_the_same_key_in_different_fields_selects_each_record() -> None:
     prov = Provenance()
     prov.record_input(f"what did I exchange with {FRIEND}")
     prov.record([{"sender": FRIEND, "amount": 10.0}, {"recipient": FRIEND, "amount": 200.0}],
-                UNTRUSTED)
+                UNTRUSTED, KEYS)
     assert "selected" in prov.labels_of(10)
     assert "selected" in prov.labels_of(200)
 
@@ -113,7 +117,7 @@ def test_a_piece_of_a_split_untrusted_identifier_is_not_selected() -> None:
 def test_records_of_old_results_are_forgotten() -> None:
     prov = _prov()
     for i in range(MAX_RECORD_RESULTS):
-        prov.record([{"n": f"row {i}", "v": i + 100_000}], UNTRUSTED)
+        prov.record([{"n": f"row {i}", "v": i + 100_000}], UNTRUSTED, KEYS)
     assert "selected" not in prov.labels_of(10)
     assert len(prov._results) == MAX_RECORD_RESULTS
 
@@ -126,20 +130,25 @@ def test_trusted_results_keep_no_records() -> None:
 
 # -- through the kernel and the default pack ------------------------------------------------------
 
+LEDGER_CATALOG = CATALOG + (
+    "  read_ledger: {class: read, side_effects: false,\n"
+    "                result: {integrity: untrusted, keys: [sender, recipient, amount, date]}}\n")
+
+
 def _kernel_session(k: bastion.Kernel) -> None:
     k.evaluate(act("input", args={"text": f"Please refund {FRIEND} for what they sent me"}))
-    k.evaluate(act("post_tool", "read_inbox", result=_ledger()))
+    k.evaluate(act("post_tool", "read_ledger", result=_ledger()))
 
 
 def test_the_pack_lets_the_picked_amount_through() -> None:
-    with bastion.Kernel.from_policy(PACK, catalog=CATALOG) as k:
+    with bastion.Kernel.from_policy(PACK, catalog=LEDGER_CATALOG) as k:
         _kernel_session(k)
         assert k.evaluate(act("pre_tool", "send_money",
                               args={"recipient": FRIEND, "amount": 10})).allowed
 
 
 def test_the_pack_holds_the_injected_recipient_and_an_unpicked_amount() -> None:
-    with bastion.Kernel.from_policy(PACK, catalog=CATALOG) as k:
+    with bastion.Kernel.from_policy(PACK, catalog=LEDGER_CATALOG) as k:
         _kernel_session(k)
         held = k.evaluate(act("pre_tool", "send_money",
                               args={"recipient": ATTACKER, "amount": 10}))
@@ -175,7 +184,7 @@ def test_nothing_is_selected_without_a_typed_key(rows: list[dict[str, str]], typ
                                                  probe: str) -> None:
     prov = Provenance()
     prov.record_input(f"zz{typed}zz")  # a word the records cannot hold whole
-    prov.record(rows, UNTRUSTED)
+    prov.record(rows, UNTRUSTED, KEYS)
     for row in rows:
         for value in row.values():
             assert "selected" not in prov.labels_of(value)
@@ -190,8 +199,8 @@ def test_selected_never_comes_with_trusted_and_needs_a_unique_key(
     key = rows[pick % len(rows)][0]
     prov.record_input(f"the one with {key}")
     records = [{"key": k, "value": f"{v} {extra} 77"} for k, v in rows]
-    prov.record(records, UNTRUSTED)
-    unique = sum(1 for k, _ in rows if k == key) == 1
+    prov.record(records, UNTRUSTED, KEYS)
+    unique = len({(k, v) for k, v in rows if k == key}) == 1  # the same record twice is one
     for _, v in rows:
         labels = prov.labels_of(f"{v} {extra} 77")
         assert not ("selected" in labels and "trusted" in labels)
@@ -209,3 +218,44 @@ def test_a_value_from_a_trusted_tool_result_is_not_a_key() -> None:
                 UNTRUSTED)
     assert "selected" not in prov.labels_of(4)
     assert "selected" not in prov.labels_of(1000)
+
+
+def test_only_declared_key_fields_name_a_record() -> None:
+    prov = Provenance()
+    prov.record_input(f"Please refund {FRIEND} for what they sent me")
+    # the attacker wrote the user's friend's IBAN (and a word of the prompt) into free text
+    prov.record([{"sender": ATTACKER, "amount": 900.0, "subject": FRIEND},
+                 {"sender": ATTACKER, "amount": 901.0, "subject": "what"}],
+                UNTRUSTED, ("sender", "amount"))
+    assert "selected" not in prov.labels_of(ATTACKER)
+    assert "selected" not in prov.labels_of(900)
+    prov.record([{"sender": FRIEND, "amount": 10.0}], UNTRUSTED)  # a tool with no keys
+    assert "selected" not in prov.labels_of(10)
+
+
+def test_a_catalog_declares_keys_and_rejects_bad_ones() -> None:
+    from bastion import PolicyError
+    from bastion.flow import parse_catalog
+
+    catalog = parse_catalog("version: 1\ntools:\n  ledger: {result: {keys: [sender, amount]}}\n")
+    assert catalog.get("ledger").keys == ("sender", "amount")
+    for bad in ("keys: sender", "keys: [1]", "keys: ['']"):
+        try:
+            parse_catalog(f"version: 1\ntools:\n  ledger: {{result: {{{bad}}}}}\n")
+        except PolicyError as exc:
+            assert ":3:" in str(exc) and "keys" in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_the_same_record_read_twice_is_still_one_pick() -> None:
+    prov = _prov()
+    prov.record(_ledger(), UNTRUSTED, KEYS)  # the agent reads the ledger again
+    assert "selected" in prov.labels_of(10)
+
+
+def test_a_key_in_a_second_result_makes_both_picks_ambiguous() -> None:
+    prov = _prov()
+    prov.record([{"sender": FRIEND, "amount": 7000.0}], UNTRUSTED, KEYS)
+    assert "selected" not in prov.labels_of(10)
+    assert "selected" not in prov.labels_of(7000)

@@ -8,7 +8,9 @@ it changes), which are **content** (the *payload* it delivers: a body, subject, 
 content; an argument is one or the other, never both), the labels its **result** carries (integrity
 ``trusted``/``untrusted``, confidentiality such as ``public``/``internal``/``secret``) and how
 the result goes back to the model (``handling``: ``pass``, ``mark`` or ``quarantine``; see
-``bastion.flow._results``).
+``bastion.flow._results``) and which fields of its records the system itself sets, so that a
+value the user typed there names the record (``keys``: a transaction's ``sender``, a message's
+author; never free text a third party writes; see "Selection" in docs/flow.md).
 Tool names are canonicalised like everywhere else. A tool the catalog does not name gets the
 safe defaults: class ``unknown`` (only the most privileged ring may call it), side effects,
 untrusted results. Loading is strict, with ``PATH:LINE:COL`` on every mistake::
@@ -17,7 +19,8 @@ untrusted results. Loading is strict, with ``PATH:LINE:COL`` on every mistake::
     tools:
       send_email: {class: egress, sinks: [to], content: [subject, body]}
       read_inbox: {class: read, side_effects: false,
-                   result: {integrity: untrusted, confidentiality: internal, handling: mark}}
+                   result: {integrity: untrusted, confidentiality: internal, handling: mark,
+                            keys: [from, date]}}
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from bastion.policy._yaml import Located, LocatedList, read_source, read_yaml
 CLASSES = ("read", "write", "egress", "code", "admin", "unknown")
 INTEGRITY = ("trusted", "untrusted")
 _TOOL_KEYS = ("class", "side_effects", "sinks", "content", "result", "description")
-_RESULT_KEYS = ("integrity", "confidentiality", "handling")
+_RESULT_KEYS = ("integrity", "confidentiality", "handling", "keys")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,7 @@ class ToolInfo:
     declared: bool = False
     handling: str = "pass"
     content: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()  # fields of the result's records that can name a record
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +138,11 @@ def _entry(name: str, node: Located, path: str) -> ToolInfo:
         _fail(result, "confidentiality", "'confidentiality' must be a label", path)
     handling = result.get("handling", "pass")
     _choice(result, "handling", handling, HANDLINGS, path)
+    keys = result.get("keys", LocatedList())
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        _fail(result, "keys", "'keys' must be a list of field names", path)
     return ToolInfo(name, str(cls), bool(side), tuple(sinks), str(integrity), str(conf), True,
-                    str(handling), tuple(content))
+                    str(handling), tuple(content), tuple(keys))
 
 
 def _keys(node: Located, allowed: tuple[str, ...], what: str, path: str) -> None:

@@ -50,6 +50,7 @@ TRUSTED, UNTRUSTED, UNKNOWN = "trusted", "untrusted", "unknown"
 UNTRUSTED_IDENTIFIER = "untrusted_identifier"
 SELECTED = "selected"  # an untrusted value the user's own words picked out (see _selected)
 MAX_RECORD_RESULTS = 256  # untrusted results whose records are kept for selection
+MAX_PICKS = 64  # records one value may be picked from; a value held by more is no pick
 ADDRESS_KINDS = frozenset({"email", "url", "host", "iban"})  # identifiers that say where to go
 USER = "user"
 MIN_FRAGMENT = 6  # significant characters a piece needs before it counts as a fragment
@@ -243,10 +244,11 @@ def _kinds(hay: bool, key: str, labels: set[str] | frozenset[str]) -> tuple[str,
 
 class _Records(NamedTuple):
     """The records of one untrusted result: each a tuple of (field, whole atom, value), and
-    how many records hold each (field, whole atom)."""
+    which records hold each key, by content (the same record read twice is one record)."""
 
     records: list[tuple[tuple[str, str, Any], ...]]
-    counts: Counter[tuple[str, str]]
+    keys: Counter[tuple[tuple[str, str], tuple[tuple[str, str], ...]]]  # (key, record) -> n
+    fields: frozenset[str]  # the fields that are keys (the catalog's result.keys)
 
 
 def _records(value: Any) -> list[tuple[tuple[str, str, Any], ...]]:
@@ -268,6 +270,17 @@ def _records(value: Any) -> list[tuple[tuple[str, str, Any], ...]]:
             stack.extend(v for v in item if isinstance(v, Mapping | list | tuple))
     out.reverse()
     return out
+
+
+def _identity(atom: str, value: Any) -> str:
+    """What makes two field values one key: the identifier a text is whole (an IBAN with or
+    without spaces, an e-mail address in angle brackets), else its whole atom."""
+    if isinstance(value, str) and _TRIGGER.search(value):
+        text = compact(value)
+        for ident in identifiers(value):
+            if compact(ident.partition(":")[2]) == text:
+                return ident
+    return atom
 
 
 def _runs(flat: list[tuple[str, str]], absent: list[bool]) -> Iterator[list[tuple[str, str]]]:
@@ -300,7 +313,8 @@ class Provenance:
     """What one session has seen, and with which labels. Not thread-safe on its own: the
     kernel serialises access per session."""
 
-    __slots__ = ("_atoms", "_by_atom", "_hay", "_joined", "_parts", "_results", "_scans",
+    __slots__ = ("_atoms", "_by_atom", "_hay", "_joined", "_keys", "_parts", "_results",
+                 "_scans",
                  "_untrusted_seen", "evicted", "history", "labels", "max_history", "max_values",
                  "results_seen")
 
@@ -317,15 +331,19 @@ class Provenance:
         # records (maps of scalar fields) of untrusted results, for selection: result number ->
         # its records, and a field's whole atom -> where it is (result number, record index)
         self._results: OrderedDict[int, _Records] = OrderedDict()
-        self._by_atom: dict[str, list[tuple[int, int]]] = {}
+        self._by_atom: dict[str, dict[int, list[int]]] = {}
+        # key (field, identity) -> the distinct records holding it, over every kept result
+        self._keys: dict[tuple[str, str], Counter[tuple[tuple[str, str], ...]]] = {}
         self.results_seen = 0
         self.evicted = 0
         self.labels: set[str] = set()  # session level: integrity and confidentiality seen
         self.history: list[str] = []
 
     # -- recording ------------------------------------------------------------------------------
-    def record(self, value: Any, labels: Iterable[str]) -> None:
-        """Remember every scalar in ``value`` and the identifiers inside it with ``labels``."""
+    def record(self, value: Any, labels: Iterable[str], keys: Iterable[str] = ()) -> None:
+        """Remember every scalar in ``value`` and the identifiers inside it with ``labels``;
+        for an untrusted result, also its records, whose ``keys`` fields can name one of them
+        (see ``_selected``)."""
         labels = frozenset(labels)
         self.labels.update(x for x in labels if x != TRUSTED and ":" not in x and x != USER)
         if TRUSTED not in labels:
@@ -341,11 +359,11 @@ class Provenance:
                 text = compact(leaf)
                 if text:
                     self._remember(self._hay, text, labels)
-        if TRUSTED not in labels:
-            self._remember_records(value)
+        if TRUSTED not in labels and keys:
+            self._remember_records(value, frozenset(keys))
         self._scans.clear()
 
-    def _remember_records(self, value: Any) -> None:
+    def _remember_records(self, value: Any, key_fields: frozenset[str]) -> None:
         """Keep the records of an untrusted result (each map with two or more scalar fields:
         a transaction, a message, a contact) for ``_selected``; the oldest results go first."""
         records = _records(value)
@@ -353,26 +371,40 @@ class Provenance:
             return
         number = self.results_seen
         self.results_seen += 1
-        self._results[number] = _Records(records, Counter(
-            (name, atom) for record in records for name, atom, _ in record))
+        keys: Counter[tuple[tuple[str, str], tuple[tuple[str, str], ...]]] = Counter()
+        for record in records:
+            content = tuple((name, atom) for name, atom, _ in record)
+            for name, atom, raw in record:
+                if name in key_fields:
+                    keys[((name, _identity(atom, raw)), content)] += 1
+        self._results[number] = _Records(records, keys, key_fields)
+        for key, content in keys:
+            self._keys.setdefault(key, Counter())[content] += keys[(key, content)]
         for i, record in enumerate(records):
             for _, atom, _ in record:
-                self._by_atom.setdefault(atom, []).append((number, i))
+                self._by_atom.setdefault(atom, {}).setdefault(number, []).append(i)
         if len(self._results) > MAX_RECORD_RESULTS:
             old, gone = self._results.popitem(last=False)
-            for record in gone.records:
-                for _, atom, _ in record:
-                    where = self._by_atom.get(atom)
-                    if where is not None:
-                        where[:] = [w for w in where if w[0] != old]
-                        if not where:
-                            del self._by_atom[atom]
+            for (key, content), n in gone.keys.items():
+                held = self._keys[key]
+                held[content] -= n
+                if held[content] <= 0:
+                    del held[content]
+                    if not held:
+                        del self._keys[key]
+            for atom in {atom for record in gone.records for _, atom, _ in record}:
+                where = self._by_atom.get(atom)
+                if where is not None:
+                    where.pop(old, None)
+                    if not where:
+                        del self._by_atom[atom]
 
     def record_input(self, text: Any) -> None:
         self.record(text, (TRUSTED, USER))
 
-    def record_result(self, tool: str, result: Any, integrity: str, confidentiality: str) -> None:
-        self.record(result, (integrity, confidentiality, f"tool:{tool}"))
+    def record_result(self, tool: str, result: Any, integrity: str, confidentiality: str,
+                      keys: Iterable[str] = ()) -> None:
+        self.record(result, (integrity, confidentiality, f"tool:{tool}"), keys)
 
     def record_call(self, tool: str) -> None:
         self.history.append(tool)
@@ -507,7 +539,9 @@ class Provenance:
         selected = None  # every untrusted scalar was picked out by the user's words
         for leaf in scalars(value):
             found = self._leaf(leaf)
-            if UNTRUSTED in found and selected is not False:
+            if UNKNOWN in found:  # a composed value beside a pick is still composed
+                selected = False
+            elif UNTRUSTED in found and selected is not False:
                 selected = self._selected(leaf)
             out |= found
         if UNTRUSTED in out or UNKNOWN in out:
@@ -520,27 +554,49 @@ class Provenance:
 
     def _selected(self, leaf: Any) -> bool:
         """Whether the user's own words picked ``leaf`` out of an untrusted result: ``leaf`` is
-        the whole of one field of a record (a map of scalars) whose other field is a *key*, a
-        value the user typed (``_leaf`` calls it trusted, from ``user`` input: a trusted tool
-        result does not pick records), and no other record of the same result has that key in
-        that field. "Refund GB29… for what they sent me" picks the one
-        transaction whose sender is GB29…, and so its amount.
+        the whole of one field of a record (a map of scalars) whose other field is a *key*:
 
-        Only whole field values are picked out, never an identifier inside a field's text: an
-        IBAN written into a transaction's subject is not selected with the transaction."""
+        * a field the catalog names in the tool's ``result.keys`` (one the system sets, such as
+          a transaction's sender; never free text a third party writes),
+        * holding a value the user typed (``_typed``: the whole value, the one identifier it
+          is, or a run of whole words of user input; a trusted tool result picks nothing),
+        * that no other kept record holds in that field, in this result or another (an IBAN
+          with or without spaces is one key).
+
+        "Refund GB29… for what they sent me" picks the one transaction whose sender is GB29…,
+        and so its amount. Only whole field values are picked out, never an identifier inside a
+        field's text: an IBAN written into that transaction's subject is not selected. A value
+        held by more than ``MAX_PICKS`` records picks nothing (and costs nothing to ask)."""
         whole = _whole(leaf)
         if whole is None:
             return False
-        for number, index in self._by_atom.get(whole, ()):
-            result = self._results.get(number)
-            if result is None:
-                continue
-            for name, atom, raw in result.records[index]:
-                if atom != whole and result.counts[(name, atom)] == 1:
-                    key = self._leaf(raw)
-                    if TRUSTED in key and USER in key:
+        where = self._by_atom.get(whole, {})
+        if sum(len(v) for v in where.values()) > MAX_PICKS:
+            return False  # in that many records it names none of them
+        for number, indexes in where.items():
+            for index in indexes:
+                result = self._results[number]
+                for name, atom, raw in result.records[index]:
+                    if atom == whole:
+                        continue
+                    key = (name, _identity(atom, raw))
+                    if (len(self._keys.get(key, ())) == 1 and name in result.fields
+                            and self._typed(raw)):
                         return True
         return False
+
+    def _typed(self, raw: Any) -> bool:
+        """``raw`` is what the user typed: the whole value, the one identifier it is, or a run
+        of whole words of user input (``_quoted``); not a text that merely holds typed
+        identifiers among other words."""
+        whole = _whole(raw)
+        labels = self._atoms.get(whole) if whole is not None else None
+        if labels is not None and TRUSTED in labels:
+            return USER in labels
+        if not isinstance(raw, str):
+            return False
+        quoted = self._quoted(raw, identifiers(raw) - {whole})
+        return quoted is not None and TRUSTED in quoted and USER in quoted
 
     def _leaf(self, leaf: Any) -> set[str]:
         whole = _whole(leaf)
