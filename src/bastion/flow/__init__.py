@@ -15,10 +15,9 @@ from bastion.flow._provenance import (
     UNTRUSTED,
     UNTRUSTED_IDENTIFIER,
     Provenance,
-    canonical,
-    identifiers,
 )
 from bastion.flow._results import SPOTLIGHT_PROMPT, injection_signal
+from bastion.flow._values import canonical, identifiers
 
 __all__ = [
     "CLASSES",

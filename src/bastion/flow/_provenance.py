@@ -35,16 +35,20 @@ Invariants (the property tests hold the code to them):
 
 from __future__ import annotations
 
-import functools
 import itertools
 import re
-import unicodedata
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
-from urllib.parse import unquote, urlsplit
 
-from bastion._canon import strip_format
+from bastion.flow._values import (
+    MAX_LEAVES,
+    canonical,
+    compact,
+    identifiers,
+    scalars,
+    whole_atom,
+)
 
 TRUSTED, UNTRUSTED, UNKNOWN = "trusted", "untrusted", "unknown"
 UNTRUSTED_IDENTIFIER = "untrusted_identifier"
@@ -56,167 +60,9 @@ USER = "user"
 MIN_FRAGMENT = 6  # significant characters a piece needs before it counts as a fragment
 MIN_QUOTE = 3  # significant characters a piece of trusted text needs to count as quoted
 MIN_SECRET_WORD = 16  # a word this long shared with a secret text carries its labels
-MAX_TEXT = 65_536  # characters of one value that are remembered and searched
-MAX_LEAVES = 4_096  # scalars taken from one nested value
 _PLAIN = frozenset({TRUSTED, UNTRUSTED, USER, "public", "internal"})
 
-_WS = re.compile(r"\s+")
-_NOT_ALNUM = re.compile(r"[\W_]+")  # the complement of str.isalnum
-# every run is bounded and starts where a token starts, so matching stays linear in the text
-# (unbounded runs backtrack quadratically on a long run without the expected delimiter)
-_EMAIL = re.compile(r"(?<![\w.+\-'])[\w.+\-']{1,64}@[\w\-]{1,63}(?:\.[\w\-]{1,63}){1,16}")
-_URL = re.compile(r"(?:(?<![a-z0-9+.\-])[a-z][a-z0-9+.\-]{0,31}://|www\.)[^\s<>\"'`]+")
-_IBAN = re.compile(r"\b[a-z]{2}[0-9]{2}"
-                   r"(?:[a-z0-9]{11,30}|(?: ?[a-z0-9]{4}){2,7}(?: ?[a-z0-9]{1,4})?)\b")
-_DATE = re.compile(r"(?<![\w.])\d{4}([-/])\d{1,2}\1\d{1,2}"
-                   r"(?:[t ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:z|[+-]\d{2}:?\d{2})?)?(?![\w])")
-_NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,_ ]*(?:\.\d+)?(?![\w])")
-_FILE = re.compile(r"(?<![\w\-./\\])[\w\-./\\]{0,255}[\w\-]\.[a-z0-9]{1,8}\b")
-_HOSTLIKE = re.compile(r"(?<![a-z0-9\-.])(?:[a-z0-9\-]{1,63}\.){1,16}[a-z]{2,63}\b")
-_TRIM = ".,;:!?)]}>'\""
-_TRIGGER = re.compile(r"[0-9@./:]")
-
-
-def canonical(text: str) -> str:
-    """Percent-decoded (up to three layers), NFKC, format characters stripped, casefolded,
-    white space collapsed to one space and trimmed. Short texts are memoised: recording a value
-    canonicalises it for its identifiers, its whole form and its compact form."""
-    if len(text) <= _MEMO_TEXT:
-        return _canonical_memo(text)
-    return _canonical(text)
-
-
-_MEMO_TEXT = 2_048
 _MAX_SCANS = 4_096
-_SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
-
-
-def _canonical(text: str) -> str:
-    decoded = text[:MAX_TEXT]
-    if "%" not in decoded:
-        return _fold(decoded)
-    for _ in range(3):
-        nxt = unquote(decoded)
-        if nxt == decoded:
-            break
-        decoded = nxt
-    return _fold(decoded)
-
-
-def _fold(decoded: str) -> str:
-    folded = strip_format(unicodedata.normalize("NFKC", decoded)).casefold()
-    folded = strip_format(unicodedata.normalize("NFKC", folded))
-    return _WS.sub(" ", folded).strip()
-
-
-_canonical_memo = functools.lru_cache(maxsize=1_024)(_canonical)
-
-
-def compact(text: Any) -> str:
-    """The significant characters of ``canonical(text)``: letters and digits only, so a value
-    split by spaces, dashes or dots still matches itself."""
-    if not isinstance(text, str):
-        text = _number(repr(text)) or ""
-    return _NOT_ALNUM.sub("", canonical(text))
-
-
-def _number(text: str) -> str | None:
-    raw = text.replace(",", "").replace("_", "").replace(" ", "")
-    try:
-        value = float(raw)
-    except ValueError:
-        return None
-    if value != value or value in (float("inf"), float("-inf")):
-        return None
-    return str(int(value)) if value.is_integer() and abs(value) < 2**63 else repr(value)
-
-
-def identifiers(value: Any) -> frozenset[str]:
-    """Canonical identifiers inside a scalar, each tagged by kind: ``email:``, ``url:``,
-    ``host:``, ``iban:``, ``date:`` (ISO-like, ``2022-04-01``), ``num:``, ``file:``. Numbers
-    give ``num:`` only; booleans and ``None`` give nothing. A date is one identifier: its day
-    and month are not numbers of their own."""
-    if isinstance(value, bool) or value is None:
-        return frozenset()
-    if isinstance(value, int | float):
-        n = _number(repr(value))
-        return frozenset({f"num:{n}"}) if n is not None else frozenset()
-    if not isinstance(value, str):
-        return frozenset()
-    if len(value) <= _MEMO_TEXT:  # recurring values (recipients, ids) are found once
-        return _identifiers_memo(value)
-    return _identifiers(value)
-
-
-def _identifiers(value: str) -> frozenset[str]:
-    text = canonical(value)
-    out: set[str] = set()
-    if not _TRIGGER.search(text):  # no digit, '@', '.', '/' or ':': no identifier can match
-        return frozenset()
-    for m in _EMAIL.finditer(text):
-        addr = m.group(0).strip(_TRIM)
-        out.add(f"email:{addr}")
-        out.add(f"host:{addr.rpartition('@')[2]}")
-    for m in _URL.finditer(text):
-        url = m.group(0).rstrip(_TRIM)
-        out.add(f"url:{url}")
-        try:
-            netloc = urlsplit(url if "://" in url else "//" + url).hostname
-        except ValueError:
-            netloc = None
-        if netloc:
-            out.add(f"host:{netloc.rstrip('.')}")
-    for m in _IBAN.finditer(text):
-        out.add(f"iban:{m.group(0).replace(' ', '')}")
-    # what the patterns above matched is one identifier: no numbers or names from inside it
-    text = _IBAN.sub(" ", _URL.sub(" ", _EMAIL.sub(" ", text)))
-    for m in _DATE.finditer(text):  # a date's day and month are not amounts
-        out.add(f"date:{m.group(0)}")
-    text = _DATE.sub(" ", text)
-    for m in _HOSTLIKE.finditer(text):
-        out.add(f"host:{m.group(0)}")
-    for m in _FILE.finditer(text):
-        name = m.group(0).replace("\\", "/").rsplit("/", 1)[-1]
-        if name and not name[0].isdigit():
-            out.add(f"file:{name}")
-    for m in _NUMBER.finditer(text):
-        n = _number(m.group(0).strip())
-        if n is not None:
-            out.add(f"num:{n}")
-    return frozenset(out)
-
-
-_identifiers_memo = functools.lru_cache(maxsize=1_024)(_identifiers)
-
-
-def scalars(value: Any) -> list[Any]:
-    """The scalars inside a nested value (map keys and values, list items), at most
-    ``MAX_LEAVES``: a value used as a map key keeps its labels too."""
-    if type(value) in _SCALAR_TYPES:
-        return [value]
-    out: list[Any] = []
-    stack = [value]
-    while stack and len(out) < MAX_LEAVES:
-        item = stack.pop()
-        if isinstance(item, Mapping):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple | set | frozenset):
-            stack.extend(item)
-        else:
-            out.append(item)
-    return out
-
-
-def _whole(value: Any) -> str | None:
-    if isinstance(value, str):
-        text = canonical(value)
-        return f"text:{text}" if text else None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        n = _number(repr(value))
-        return f"num:{n}" if n is not None else None
-    return None
-
 
 _HAY_KINDS = (TRUSTED, UNTRUSTED, "sensitive")  # haystacks of compact texts
 _KINDS = (*_HAY_KINDS, "trusted_text", "untrusted_text", "untrusted_ids")
@@ -262,7 +108,7 @@ def _records(value: Any) -> list[tuple[tuple[str, str, Any], ...]]:
         if isinstance(item, Mapping):
             fields = tuple((str(k), atom, v) for k, v in item.items()
                            if isinstance(v, str | int | float) and not isinstance(v, bool)
-                           and (atom := _whole(v)) is not None)
+                           and (atom := whole_atom(v)) is not None)
             if len(fields) >= 2:
                 out.append(fields)
             stack.extend(v for v in item.values() if isinstance(v, Mapping | list | tuple))
@@ -275,7 +121,7 @@ def _records(value: Any) -> list[tuple[tuple[str, str, Any], ...]]:
 def _identity(atom: str, value: Any) -> str:
     """What makes two field values one key: the identifier a text is whole (an IBAN with or
     without spaces, an e-mail address in angle brackets), else its whole atom."""
-    if isinstance(value, str) and _TRIGGER.search(value):
+    if isinstance(value, str):
         text = compact(value)
         for ident in identifiers(value):
             if compact(ident.partition(":")[2]) == text:
@@ -350,7 +196,7 @@ class Provenance:
             self._untrusted_seen = True
         for leaf in scalars(value):
             atoms = set(identifiers(leaf))
-            whole = _whole(leaf)
+            whole = whole_atom(leaf)
             if whole is not None:
                 atoms.add(whole)
             for atom in atoms:
@@ -567,7 +413,7 @@ class Provenance:
         and so its amount. Only whole field values are picked out, never an identifier inside a
         field's text: an IBAN written into that transaction's subject is not selected. A value
         held by more than ``MAX_PICKS`` records picks nothing (and costs nothing to ask)."""
-        whole = _whole(leaf)
+        whole = whole_atom(leaf)
         if whole is None:
             return False
         where = self._by_atom.get(whole, {})
@@ -589,7 +435,7 @@ class Provenance:
         """``raw`` is what the user typed: the whole value, the one identifier it is, or a run
         of whole words of user input (``_quoted``); not a text that merely holds typed
         identifiers among other words."""
-        whole = _whole(raw)
+        whole = whole_atom(raw)
         labels = self._atoms.get(whole) if whole is not None else None
         if labels is not None and TRUSTED in labels:
             return USER in labels
@@ -599,7 +445,7 @@ class Provenance:
         return quoted is not None and TRUSTED in quoted and USER in quoted
 
     def _leaf(self, leaf: Any) -> set[str]:
-        whole = _whole(leaf)
+        whole = whole_atom(leaf)
         if whole is None:
             return set()
         seen = self._atoms.get(whole)
