@@ -209,10 +209,18 @@ def chart(results: dict[str, Any]) -> str:
             f"{html.escape(results['meta']['machine'])}</p></body>")
 
 
+def _registered() -> list[str]:
+    from agentdojo.attacks.attack_registry import ATTACKS as REGISTERED
+
+    return sorted(REGISTERED)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--suites", nargs="+", default=list(SUITES), choices=SUITES)
-    ap.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
+    ap.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=_registered(),
+                    help="default: the four the issue names; any attack AgentDojo registers "
+                         "that places an injection task's goal in the environment works")
     ap.add_argument("--limit", type=int, default=None, help="first N user tasks per suite")
     ap.add_argument("--policy", type=Path, default=POLICY,
                     help="policy for the governed agent (default: the generic flow-default pack)")
