@@ -55,6 +55,9 @@ UNTRUSTED_IDENTIFIER = "untrusted_identifier"
 SELECTED = "selected"  # an untrusted value the user's own words picked out (see _selected)
 MAX_RECORD_RESULTS = 256  # untrusted results whose records are kept for selection
 MAX_PICKS = 64  # records one value may be picked from; a value held by more is no pick
+MAX_FIELDS = 64  # fields of one record that are kept
+MAX_TOOLS_SEEN = 1_024  # distinct tools kept beyond the history window (then: incomplete)
+_KEY_KINDS = ("num:", "date:")  # never keys: typed for other reasons, and a sender sets them
 ADDRESS_KINDS = frozenset({"email", "url", "host", "iban"})  # identifiers that say where to go
 USER = "user"
 MIN_FRAGMENT = 6  # significant characters a piece needs before it counts as a fragment
@@ -97,9 +100,11 @@ class _Records(NamedTuple):
     fields: frozenset[str]  # the fields that are keys (the catalog's result.keys)
 
 
-def _records(value: Any) -> list[tuple[tuple[str, str, Any], ...]]:
-    """The maps inside ``value`` with two or more scalar fields (strings and numbers), at most
-    ``MAX_LEAVES`` maps visited."""
+def _records(value: Any) -> tuple[list[tuple[tuple[str, str, Any], ...]], bool]:
+    """The maps inside ``value`` with two or more scalar fields (strings and numbers; at most
+    ``MAX_FIELDS`` of them), and whether the walk stopped early (``MAX_LEAVES`` items visited).
+    A record's own nested maps are its content, not records of their own: a forwarded message
+    inside a message is not named by the outer message's keys."""
     out: list[tuple[tuple[str, str, Any], ...]] = []
     stack, seen = [value], 0
     while stack and seen < MAX_LEAVES:
@@ -110,12 +115,13 @@ def _records(value: Any) -> list[tuple[tuple[str, str, Any], ...]]:
                            if isinstance(v, str | int | float) and not isinstance(v, bool)
                            and (atom := whole_atom(v)) is not None)
             if len(fields) >= 2:
-                out.append(fields)
-            stack.extend(v for v in item.values() if isinstance(v, Mapping | list | tuple))
+                out.append(fields[:MAX_FIELDS])
+            else:
+                stack.extend(v for v in item.values() if isinstance(v, Mapping | list | tuple))
         elif isinstance(item, list | tuple):
             stack.extend(v for v in item if isinstance(v, Mapping | list | tuple))
     out.reverse()
-    return out
+    return out, bool(stack)
 
 
 def _identity(atom: str, value: Any) -> str:
@@ -162,7 +168,7 @@ class Provenance:
     __slots__ = ("_atoms", "_by_atom", "_hay", "_joined", "_keys", "_parts", "_results",
                  "_scans",
                  "_untrusted_seen", "evicted", "history", "labels", "max_history", "max_values",
-                 "results_seen")
+                 "picks_lost", "results_seen", "tools_seen")
 
     def __init__(self, *, max_values: int = 4_096, max_history: int = 64):
         self.max_values = max_values
@@ -181,6 +187,8 @@ class Provenance:
         # key (field, identity) -> the distinct records holding it, over every kept result
         self._keys: dict[tuple[str, str], Counter[tuple[tuple[str, str], ...]]] = {}
         self.results_seen = 0
+        self.picks_lost = False  # a record was cut or forgotten: keys may be ambiguous unseen
+        self.tools_seen: dict[str, None] = {}  # every tool called, in first-call order
         self.evicted = 0
         self.labels: set[str] = set()  # session level: integrity and confidentiality seen
         self.history: list[str] = []
@@ -212,7 +220,9 @@ class Provenance:
     def _remember_records(self, value: Any, key_fields: frozenset[str]) -> None:
         """Keep the records of an untrusted result (each map with two or more scalar fields:
         a transaction, a message, a contact) for ``_selected``; the oldest results go first."""
-        records = _records(value)
+        records, cut = _records(value)
+        if cut:  # a record left out could make a key ambiguous: no more picks in this session
+            self.picks_lost = True
         if not records:
             return
         number = self.results_seen
@@ -230,6 +240,8 @@ class Provenance:
             for _, atom, _ in record:
                 self._by_atom.setdefault(atom, {}).setdefault(number, []).append(i)
         if len(self._results) > MAX_RECORD_RESULTS:
+            # a forgotten record could have made a key ambiguous: no more picks in this session
+            self.picks_lost = True
             old, gone = self._results.popitem(last=False)
             for (key, content), n in gone.keys.items():
                 held = self._keys[key]
@@ -256,6 +268,17 @@ class Provenance:
         self.history.append(tool)
         if len(self.history) > self.max_history:
             del self.history[0]
+        if len(self.tools_seen) < MAX_TOOLS_SEEN or tool in self.tools_seen:
+            self.tools_seen.setdefault(tool, None)
+        else:
+            self.labels.add("incomplete")  # a tool called beyond what is kept
+
+    def full_history(self) -> list[str]:
+        """``history`` (the last ``max_history`` calls, oldest first), preceded by every other
+        tool called earlier in the session (in first-call order): a call that left the window
+        is still "in" the history, so 64 harmless calls cannot wash out a download."""
+        recent = set(self.history)
+        return [t for t in self.tools_seen if t not in recent] + self.history
 
     def _remember(self, store: OrderedDict[str, set[str]], key: str,
                   labels: frozenset[str]) -> None:
@@ -414,7 +437,7 @@ class Provenance:
         field's text: an IBAN written into that transaction's subject is not selected. A value
         held by more than ``MAX_PICKS`` records picks nothing (and costs nothing to ask)."""
         whole = whole_atom(leaf)
-        if whole is None:
+        if whole is None or self.picks_lost:
             return False
         where = self._by_atom.get(whole, {})
         if sum(len(v) for v in where.values()) > MAX_PICKS:
@@ -423,26 +446,39 @@ class Provenance:
             for index in indexes:
                 result = self._results[number]
                 for name, atom, raw in result.records[index]:
-                    if atom == whole:
+                    if atom == whole or name not in result.fields or atom.startswith(_KEY_KINDS):
                         continue
                     key = (name, _identity(atom, raw))
-                    if (len(self._keys.get(key, ())) == 1 and name in result.fields
+                    if (not key[1].startswith(_KEY_KINDS) and len(self._keys.get(key, ())) == 1
                             and self._typed(raw)):
                         return True
         return False
 
     def _typed(self, raw: Any) -> bool:
-        """``raw`` is what the user typed: the whole value, the one identifier it is, or a run
-        of whole words of user input (``_quoted``); not a text that merely holds typed
-        identifiers among other words."""
+        """``raw`` is what the user typed: the whole value, the one identifier it is (every
+        identifier in it typed by the user), or a run of whole words of one user input; not a
+        text that merely holds typed identifiers among other words, nor words a trusted tool
+        result holds."""
         whole = whole_atom(raw)
         labels = self._atoms.get(whole) if whole is not None else None
         if labels is not None and TRUSTED in labels:
             return USER in labels
         if not isinstance(raw, str):
             return False
-        quoted = self._quoted(raw, identifiers(raw) - {whole})
-        return quoted is not None and TRUSTED in quoted and USER in quoted
+        text = compact(raw)
+        if len(text) < MIN_QUOTE:
+            return False
+        ids = identifiers(raw) - {whole}
+        if ids and any(compact(a.partition(":")[2]) == text for a in ids):
+            return all((found := self._atoms.get(a)) is not None and TRUSTED in found
+                       and USER in found for a in ids)
+        canon = canonical(raw)
+        if canon not in self._haystack("trusted_text"):
+            return False
+        word = re.compile(rf"(?<!\w){re.escape(canon)}(?!\w)")
+        return any(key.startswith("text:") and TRUSTED in found and USER in found
+                   and canon in key and word.search(key, 5) is not None
+                   for key, found in self._atoms.items())
 
     def _leaf(self, leaf: Any) -> set[str]:
         whole = whole_atom(leaf)
