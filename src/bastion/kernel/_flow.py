@@ -44,15 +44,17 @@ MAX_FLOW_SESSIONS = 10_000  # sessions whose provenance is kept in memory (least
 FOREVER = 1 << 40  # a counter window no session outlives
 INCOMPLETE = "incomplete"  # session label: facts were recorded that this process has not seen
 # the counts of each in-process store, shared by every tracker given that store object
-_LOCAL_COUNTS: weakref.WeakKeyDictionary[Any, dict[str, tuple[int, set[str]]]] = \
+_LOCAL_COUNTS: weakref.WeakKeyDictionary[Any, dict[str, tuple[int, frozenset[str]]]] = \
     weakref.WeakKeyDictionary()
+_LOCAL_LOCK = threading.Lock()  # guards every tracker's use of _LOCAL_COUNTS
 
 
 class FlowTracker:
     """Provenance and quarantine per session, for one kernel and its tool catalog."""
 
     def __init__(self, catalog: ToolCatalog, state: Any = None,
-                 clock: Callable[[], float] = time.time, *, count_calls: bool = False):
+                 clock: Callable[[], float] = time.time, *, count_calls: bool = False,
+                 labels: Iterable[str] = ()):
         self.catalog = catalog
         self._flows: OrderedDict[str, Provenance] = OrderedDict()
         self._vaults: dict[str, Quarantine] = {}
@@ -60,17 +62,19 @@ class FlowTracker:
         self._state = state
         # an in-process store (":memory:") is nobody else's: its counts are kept here, so only
         # eviction can make them differ from what this tracker recorded
-        self._local: dict[str, tuple[int, set[str]]] | None = None
+        self._local: dict[str, tuple[int, frozenset[str]]] | None = None
         if getattr(state, "path", None) == ":memory:":
             try:  # every tracker given this store object shares its counts
-                self._local = _LOCAL_COUNTS.setdefault(state, {})
+                with _LOCAL_LOCK:
+                    self._local = _LOCAL_COUNTS.setdefault(state, {})
             except TypeError:  # a store that cannot be weakly referenced: count in it
                 self._local = None
         self._count_calls = count_calls
         self._counted: dict[str, set[str]] = {}  # session -> labels this process counted
         self._clock = clock
-        # every session-level label a fact can carry: what the store may have counted
-        self._labels = sorted({"untrusted", INJECTION} | {
+        # every session-level label a fact can carry (this catalog's, and any the policy names:
+        # another worker's catalog may label what this one does not)
+        self._labels = sorted({"untrusted", INJECTION, *labels} | {
             x for info in catalog.tools.values()
             for x in (info.integrity, info.confidentiality) if x != "trusted"})
         self._lock = threading.Lock()
@@ -83,13 +87,14 @@ class FlowTracker:
         seen."""
         with self._lock:
             prov = self._provenance(session_id)
-            labels, history, mine = prov.session_labels(), list(prov.history), \
+            labels, history, mine = prov.session_labels(), prov.full_history(), \
                 self._recorded.get(session_id, 0)
         if self._state is None:
             return labels, history
+        counted: frozenset[str] | set[str]
         if self._local is not None:
-            with self._lock:
-                total, counted = self._local.get(session_id, (0, set()))
+            with _LOCAL_LOCK:
+                total, counted = self._local.get(session_id, (0, frozenset()))
             if total <= mine:
                 return labels, history
         else:
@@ -131,11 +136,11 @@ class FlowTracker:
         any quarantine handles in its arguments released (an unknown handle denies)."""
         stage = action.stage
         if stage == "input":
-            if decision.allowed:
+            if decision.allowed:  # counted first: an input whose count fails is not recorded
+                self._count(decision.session, ())
                 with self._lock:
-                    prov = self._provenance(decision.session)
-                    prov.record_input(action.args)
-                self._counted_fact(decision.session, prov)
+                    self._provenance(decision.session).record_input(action.args)
+                    self._claim(decision.session, ())
         elif stage == "post_tool":
             return self.observe_result(action, decision)
         elif stage == "pre_tool" and decision.allowed:
@@ -149,10 +154,15 @@ class FlowTracker:
                                 f"arguments: {', '.join(sorted(set(missing)))}"))
                     decision = decision._replace(args=args, reasons=(
                         *decision.reasons, f"flow: released {', '.join(used)}"))
-                prov = self._provenance(decision.session)
-                prov.record_call(decision.tool)
-            if self._count_calls:  # a policy reads session.history: other processes lack it
-                self._counted_fact(decision.session, prov)
+                if not self._count_calls:
+                    self._provenance(decision.session).record_call(decision.tool)
+                    return decision
+            # a policy reads session.history, which other processes lack: counted first, so a
+            # call whose count fails (and is denied) never joins the history
+            self._count(decision.session, ())
+            with self._lock:
+                self._provenance(decision.session).record_call(decision.tool)
+                self._claim(decision.session, ())
         return decision
 
     def observe_result(self, action: Action, decision: Decision) -> Decision:
@@ -190,18 +200,21 @@ class FlowTracker:
         self._count(session_id, new)
         with self._lock:
             if self._flows.get(session_id) is prov:  # not evicted meanwhile
-                self._recorded[session_id] = self._recorded.get(session_id, 0) + 1
-                self._counted.setdefault(session_id, set()).update(new)
+                self._claim(session_id, new)
+
+    def _claim(self, session_id: str, labels: Iterable[str]) -> None:
+        """This process saw one more counted fact of the session (call with the lock held)."""
+        self._recorded[session_id] = self._recorded.get(session_id, 0) + 1
+        self._counted.setdefault(session_id, set()).update(labels)
 
     def _count(self, session_id: str, new_labels: Iterable[str]) -> None:
         """Count one recorded fact (and labels new to this process) in the state store."""
         if self._state is None:
             return
         if self._local is not None:
-            with self._lock:
-                total, counted = self._local.get(session_id, (0, set()))
-                counted.update(new_labels)
-                self._local[session_id] = (total + 1, counted)
+            with _LOCAL_LOCK:
+                total, counted = self._local.get(session_id, (0, frozenset()))
+                self._local[session_id] = (total + 1, counted | frozenset(new_labels))
             return
         now = self._clock()
         for label in new_labels:

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,6 +63,10 @@ _FLOW_WORDS = ("arg_labels", "labels", "history")  # what makes a policy flow-aw
 # decisions made before the guards ran: their events name no admitting guard
 _BEFORE_GUARDS = frozenset({"invalid_stage", "missing_tool", "invalid_tool", "invalid_identity",
                             "kill_switch", "guard", "internal_error", "audit_unavailable"})
+_INCOMPLETE = "incomplete"
+_HISTORY_UNKNOWN = ("a rule reads session.history, but this kernel has not seen every flow fact of "
+                    "the session (another process, a restart or eviction): its history is not "
+                    "known")
 
 
 class AgentFacts(Protocol):
@@ -144,7 +149,8 @@ class Kernel:
         self._needs_history = self._cedar is not None or any(
             "history" in (cr.rule.when or "") for cr in self.compiled.rules)
         self._flow = FlowTracker(self.catalog, self._state, clock=lambda: self._clock() / 1e9,
-                                 count_calls=self._needs_history)
+                                 count_calls=self._needs_history, labels=_literals(
+                                     cr.rule.when for cr in self.compiled.rules))
         self._checks_results = self._cedar is not None or any(
             cr.rule.stage is Stage.POST_TOOL for cr in self.compiled.rules)
 
@@ -258,6 +264,9 @@ class Kernel:
         verdict = cands.static
         if verdict is None:
             data = self._data(action, tool, agent_id, session_id, ts, cands.variables)
+            if self._history_unknown(data):
+                return _deny(did, ts, action, self.compiled.digest, "flow_incomplete",
+                             errors=(_HISTORY_UNKNOWN,))
             verdict = evaluate_tiers(self.policy.default, cands, agent_id, data)
             if verdict.effect is not _ALLOW and "arg_labels" in data:
                 verdict = verdict._replace(reasons=(*verdict.reasons, _flow_note(data)))
@@ -274,10 +283,20 @@ class Kernel:
                       session_id: str, did: str, ts: int) -> Decision:
         assert self._cedar is not None
         data = self._data(action, tool, agent_id, session_id, ts)
+        if self._history_unknown(data):
+            return _deny(did, ts, action, self.compiled.digest, "flow_incomplete",
+                         errors=(_HISTORY_UNKNOWN,))
         effect, ids, reasons, errors = self._cedar.decide(stage.value, tool, agent_id,
                                                           dict(data["agent"]), data)
         verdict = Verdict(effect, (), errors, (), not ids, ids, reasons, False)
         return self._finish(action, verdict, stage, tool, agent_id, session_id, did, ts)
+
+    def _history_unknown(self, data: Mapping[str, Any]) -> bool:
+        """A rule reads ``session.history`` but the session is ``incomplete``: calls another
+        process allowed are missing from it, so no answer from it can be trusted."""
+        session = data.get("session")
+        return (self._needs_history and self._flow_on and isinstance(session, dict)
+                and _INCOMPLETE in session.get("labels", ()))
 
     def _data(self, action: Action, tool: str, agent_id: str, session_id: str, ts: int,
               names: frozenset[str] = _ALL_NAMES) -> dict[str, Any]:
@@ -525,6 +544,18 @@ class Kernel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _literals(conditions: Iterable[str | None]) -> set[str]:
+    """The string literals of the conditions: the labels a policy may ask about."""
+    found: set[str] = set()
+    for text in conditions:
+        if text:
+            found.update(a or b for a, b in _LITERAL.findall(text))
+    return {x for x in found if 0 < len(x) <= 64 and ":" not in x}
+
+
+_LITERAL = re.compile(r'"([^"\\]*)"|\'([^\'\\]*)\'')
 
 
 def _flow_note(data: Mapping[str, Any]) -> str:
