@@ -1,7 +1,7 @@
 """Second adversarial review of selection and shared flow facts (after 985322e and 9f2669c).
 
-``xfail(strict=True)`` tests are open findings: each passes once the problem is fixed (and then
-its marker must go). The other tests are attacks the current code stops, kept as regressions.
+The one ``xfail(strict=True)`` test is an open finding (it passes, and its marker must go, once
+fixed). The other tests are findings of the review (fixed) or attacks the code already stopped.
 """
 
 from __future__ import annotations

@@ -38,6 +38,9 @@ CLASSES = ("read", "write", "egress", "code", "admin", "unknown")
 INTEGRITY = ("trusted", "untrusted")
 _TOOL_KEYS = ("class", "side_effects", "sinks", "content", "result", "description")
 _RESULT_KEYS = ("integrity", "confidentiality", "handling", "keys")
+# labels with another meaning: integrity, sources and flow states
+_RESERVED = frozenset({"trusted", "untrusted", "unknown", "user", "selected", "incomplete",
+                       "injection", "untrusted_identifier"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,9 @@ def _entry(name: str, node: Located, path: str) -> ToolInfo:
     conf = result.get("confidentiality", "internal")
     if not isinstance(conf, str) or not conf:
         _fail(result, "confidentiality", "'confidentiality' must be a label", path)
+    if ":" in conf or conf in _RESERVED:  # never reaches session.labels, so no rule sees it
+        _fail(result, "confidentiality", f"{conf!r} cannot be a confidentiality label (no "
+              f"':', and none of {', '.join(sorted(_RESERVED))})", path)
     handling = result.get("handling", "pass")
     _choice(result, "handling", handling, HANDLINGS, path)
     keys = result.get("keys", LocatedList())

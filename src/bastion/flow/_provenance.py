@@ -48,6 +48,7 @@ from bastion.flow._values import (
     identifiers,
     scalars,
     whole_atom,
+    without_identifiers,
 )
 
 TRUSTED, UNTRUSTED, UNKNOWN = "trusted", "untrusted", "unknown"
@@ -100,28 +101,37 @@ class _Records(NamedTuple):
     fields: frozenset[str]  # the fields that are keys (the catalog's result.keys)
 
 
-def _records(value: Any) -> tuple[list[tuple[tuple[str, str, Any], ...]], bool]:
+_Record = tuple[tuple[str, str, Any], ...]
+
+
+def _records(value: Any) -> tuple[list[_Record], list[_Record], bool]:
     """The maps inside ``value`` with two or more scalar fields (strings and numbers; at most
-    ``MAX_FIELDS`` of them), and whether the walk stopped early (``MAX_LEAVES`` items visited).
-    A record's own nested maps are its content, not records of their own: a forwarded message
-    inside a message is not named by the outer message's keys."""
-    out: list[tuple[tuple[str, str, Any], ...]] = []
-    stack, seen = [value], 0
+    ``MAX_FIELDS`` of them): the records that can be picked, the records nested inside a record
+    (its content: never picked, but their keys still make a key ambiguous), and whether
+    anything was left out (``MAX_LEAVES`` items visited, or a record wider than
+    ``MAX_FIELDS``)."""
+    out: list[_Record] = []
+    inner: list[_Record] = []
+    cut = False
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    seen = 0
     while stack and seen < MAX_LEAVES:
-        item = stack.pop()
+        item, nested = stack.pop()
         seen += 1
         if isinstance(item, Mapping):
             fields = tuple((str(k), atom, v) for k, v in item.items()
                            if isinstance(v, str | int | float) and not isinstance(v, bool)
                            and (atom := whole_atom(v)) is not None)
-            if len(fields) >= 2:
-                out.append(fields[:MAX_FIELDS])
-            else:
-                stack.extend(v for v in item.values() if isinstance(v, Mapping | list | tuple))
+            record = len(fields) >= 2
+            if record:
+                cut |= len(fields) > MAX_FIELDS
+                (inner if nested else out).append(fields[:MAX_FIELDS])
+            stack.extend((v, nested or record) for v in item.values()
+                         if isinstance(v, Mapping | list | tuple))
         elif isinstance(item, list | tuple):
-            stack.extend(v for v in item if isinstance(v, Mapping | list | tuple))
+            stack.extend((v, nested) for v in item if isinstance(v, Mapping | list | tuple))
     out.reverse()
-    return out, bool(stack)
+    return out, inner, cut or bool(stack)
 
 
 def _identity(atom: str, value: Any) -> str:
@@ -188,7 +198,7 @@ class Provenance:
         self._keys: dict[tuple[str, str], Counter[tuple[tuple[str, str], ...]]] = {}
         self.results_seen = 0
         self.picks_lost = False  # a record was cut or forgotten: keys may be ambiguous unseen
-        self.tools_seen: dict[str, None] = {}  # every tool called, in first-call order
+        self.tools_seen: dict[str, None] = {}  # every tool called, in last-call order
         self.evicted = 0
         self.labels: set[str] = set()  # session level: integrity and confidentiality seen
         self.history: list[str] = []
@@ -220,15 +230,15 @@ class Provenance:
     def _remember_records(self, value: Any, key_fields: frozenset[str]) -> None:
         """Keep the records of an untrusted result (each map with two or more scalar fields:
         a transaction, a message, a contact) for ``_selected``; the oldest results go first."""
-        records, cut = _records(value)
+        records, inner, cut = _records(value)
         if cut:  # a record left out could make a key ambiguous: no more picks in this session
             self.picks_lost = True
-        if not records:
+        if not records and not inner:
             return
         number = self.results_seen
         self.results_seen += 1
         keys: Counter[tuple[tuple[str, str], tuple[tuple[str, str], ...]]] = Counter()
-        for record in records:
+        for record in records + inner:  # nested records are never picked, but count as keys
             content = tuple((name, atom) for name, atom, _ in record)
             for name, atom, raw in record:
                 if name in key_fields:
@@ -268,15 +278,20 @@ class Provenance:
         self.history.append(tool)
         if len(self.history) > self.max_history:
             del self.history[0]
-        if len(self.tools_seen) < MAX_TOOLS_SEEN or tool in self.tools_seen:
-            self.tools_seen.setdefault(tool, None)
+        if tool in self.tools_seen:  # kept in last-call order
+            del self.tools_seen[tool]
+            self.tools_seen[tool] = None
+        elif len(self.tools_seen) < MAX_TOOLS_SEEN:
+            self.tools_seen[tool] = None
         else:
             self.labels.add("incomplete")  # a tool called beyond what is kept
 
     def full_history(self) -> list[str]:
         """``history`` (the last ``max_history`` calls, oldest first), preceded by every other
-        tool called earlier in the session (in first-call order): a call that left the window
-        is still "in" the history, so 64 harmless calls cannot wash out a download."""
+        tool called earlier in the session, once each, in the order of their last calls: a
+        call that left the window is still "in" the history (64 harmless calls cannot wash out
+        a download), and the order of every tool's last call is exact; positions and counts in
+        that prefix are not."""
         recent = set(self.history)
         return [t for t in self.tools_seen if t not in recent] + self.history
 
@@ -446,8 +461,9 @@ class Provenance:
             for index in indexes:
                 result = self._results[number]
                 for name, atom, raw in result.records[index]:
-                    if atom == whole or name not in result.fields or atom.startswith(_KEY_KINDS):
-                        continue
+                    if (atom == whole or name not in result.fields or atom.startswith(_KEY_KINDS)
+                            or (isinstance(raw, str) and compact(raw).isdigit())):
+                        continue  # numbers and dates, as numbers or as text, name no record
                     key = (name, _identity(atom, raw))
                     if (not key[1].startswith(_KEY_KINDS) and len(self._keys.get(key, ())) == 1
                             and self._typed(raw)):
@@ -477,7 +493,7 @@ class Provenance:
             return False
         word = re.compile(rf"(?<!\w){re.escape(canon)}(?!\w)")
         return any(key.startswith("text:") and TRUSTED in found and USER in found
-                   and canon in key and word.search(key, 5) is not None
+                   and canon in key and word.search(without_identifiers(key[5:])) is not None
                    for key, found in self._atoms.items())
 
     def _leaf(self, leaf: Any) -> set[str]:

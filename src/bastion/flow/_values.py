@@ -152,6 +152,12 @@ def _identifiers(value: str) -> frozenset[str]:
 _identifiers_memo = functools.lru_cache(maxsize=1_024)(_identifiers)
 
 
+def without_identifiers(text: str) -> str:
+    """Canonical ``text`` with its e-mail addresses, URLs and host names blanked out: the words
+    a person wrote, not the pieces of an address ("weekly" in ``news.example/weekly``)."""
+    return _HOSTLIKE.sub(" ", _URL.sub(" ", _EMAIL.sub(" ", text)))
+
+
 def scalars(value: Any) -> list[Any]:
     """The scalars inside a nested value (map keys and values, list items), at most
     ``MAX_LEAVES``: a value used as a map key keeps its labels too."""

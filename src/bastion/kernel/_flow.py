@@ -22,11 +22,13 @@ too when a policy reads ``session.history``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from bastion.flow import Provenance, ToolCatalog
@@ -77,33 +79,45 @@ class FlowTracker:
         self._labels = sorted({"untrusted", INJECTION, *labels} | {
             x for info in catalog.tools.values()
             for x in (info.integrity, info.confidentiality) if x != "trusted"})
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.evicted = 0
 
     # -- what policies see ----------------------------------------------------------------------
-    def session_facts(self, session_id: str) -> tuple[list[str], list[str]]:
-        """The session's labels and its history of allowed calls; with ``incomplete`` (and the
-        labels counted in the state store) when facts were recorded that this process has not
-        seen."""
+    def session_facts(self, session_id: str, *, history: bool = True
+                      ) -> tuple[list[str], list[str]]:
+        """The session's labels and (with ``history``) its history of allowed calls; with
+        ``incomplete`` (and the labels counted in the state store) when facts were recorded
+        that this process has not seen."""
         with self._lock:
             prov = self._provenance(session_id)
-            labels, history, mine = prov.session_labels(), prov.full_history(), \
-                self._recorded.get(session_id, 0)
+            labels = prov.session_labels()
+            calls = prov.full_history() if history else []
+        counted = self._missing(session_id)
+        if counted is None:
+            return labels, calls
+        return sorted(set(labels) | counted | {"untrusted", INCOMPLETE}), calls
+
+    def _missing(self, session_id: str) -> set[str] | None:
+        """``None`` when this process has seen every counted fact of the session; else the
+        labels counted for it (the store's, read with one query where the store can)."""
         if self._state is None:
-            return labels, history
-        counted: frozenset[str] | set[str]
-        if self._local is not None:
-            with _LOCAL_LOCK:
+            return None
+        if self._local is not None:  # read together: a fact is counted and claimed at once
+            with self._lock, _LOCAL_LOCK:
+                mine = self._recorded.get(session_id, 0)
                 total, counted = self._local.get(session_id, (0, frozenset()))
-            if total <= mine:
-                return labels, history
-        else:
-            now = self._clock()
-            if self._state.count(f"flow:n:{session_id}", FOREVER, now) <= mine:
-                return labels, history
-            counted = {x for x in self._labels
-                       if self._state.count(f"flow:l:{session_id}:{x}", FOREVER, now) > 0}
-        return sorted(set(labels) | counted | {"untrusted", INCOMPLETE}), history
+            return None if total <= mine else set(counted)
+        with self._lock:
+            mine = self._recorded.get(session_id, 0)
+        now = self._clock()
+        if self._state.count(f"flow:n:{session_id}", FOREVER, now) <= mine:
+            return None
+        prefix = f"flow:l:{session_id}:"
+        many = getattr(self._state, "counts", None)
+        if many is not None:
+            return {k[len(prefix):] for k, n in many(prefix, FOREVER, now).items() if n > 0}
+        return {x for x in self._labels
+                if self._state.count(f"{prefix}{x}", FOREVER, now) > 0}
 
     def arg_labels(self, session_id: str, args: Any) -> dict[str, list[str]]:
         """Each argument's labels, including those of the quarantined values its handles stand
@@ -121,7 +135,11 @@ class FlowTracker:
                         if "untrusted" in merged:  # a handle is never the user's pick
                             merged -= {"trusted", "unknown", "selected"}
                         labels[name] = sorted(merged)
-            return labels
+        if any("selected" in v for v in labels.values()) and \
+                self._missing(session_id) is not None:
+            # another process may hold a record that makes the key ambiguous: no pick here
+            labels = {k: [x for x in v if x != "selected"] for k, v in labels.items()}
+        return labels
 
     def provenance(self, session_id: str) -> Provenance:
         with self._lock:
@@ -137,10 +155,11 @@ class FlowTracker:
         stage = action.stage
         if stage == "input":
             if decision.allowed:  # counted first: an input whose count fails is not recorded
-                self._count(decision.session, ())
-                with self._lock:
-                    self._provenance(decision.session).record_input(action.args)
-                    self._claim(decision.session, ())
+                with self._span():
+                    self._count(decision.session, ())
+                    with self._lock:
+                        self._provenance(decision.session).record_input(action.args)
+                        self._claim(decision.session, ())
         elif stage == "post_tool":
             return self.observe_result(action, decision)
         elif stage == "pre_tool" and decision.allowed:
@@ -159,10 +178,11 @@ class FlowTracker:
                     return decision
             # a policy reads session.history, which other processes lack: counted first, so a
             # call whose count fails (and is denied) never joins the history
-            self._count(decision.session, ())
-            with self._lock:
-                self._provenance(decision.session).record_call(decision.tool)
-                self._claim(decision.session, ())
+            with self._span():
+                self._count(decision.session, ())
+                with self._lock:
+                    self._provenance(decision.session).record_call(decision.tool)
+                    self._claim(decision.session, ())
         return decision
 
     def observe_result(self, action: Action, decision: Decision) -> Decision:
@@ -173,11 +193,12 @@ class FlowTracker:
             labels.append(INJECTION)
             decision = decision._replace(reasons=(
                 *decision.reasons, f"flow: result reads like an injection ({signal})"))
-        with self._lock:
-            prov = self._provenance(decision.session)
-            prov.record(as_text(action.result), labels, info.keys)
-        self._counted_fact(decision.session, prov, [x for x in labels if x != "trusted"
-                                                    and ":" not in x])
+        with self._span():
+            with self._lock:
+                prov = self._provenance(decision.session)
+                prov.record(as_text(action.result), labels, info.keys)
+            self._counted_fact(decision.session, prov, [x for x in labels if x != "trusted"
+                                                        and ":" not in x])
         if not decision.allowed or info.handling == "pass":
             return decision
         with self._lock:
@@ -201,6 +222,18 @@ class FlowTracker:
         with self._lock:
             if self._flows.get(session_id) is prov:  # not evicted meanwhile
                 self._claim(session_id, new)
+
+    @property
+    def shares_store(self) -> bool:
+        """Flow facts are counted in a store that does I/O (not kept in this process)."""
+        return self._state is not None and self._local is None
+
+    def _span(self) -> AbstractContextManager[Any]:
+        """Where counting costs no I/O (an in-process store), a fact is counted, recorded and
+        claimed under the lock, so a concurrent decision of the same session never sees it
+        counted but not yet claimed (a false ``incomplete``). A shared store's count is I/O and
+        is not held under the lock: there the gap remains, on the safe side."""
+        return self._lock if self._local is not None else contextlib.nullcontext()
 
     def _claim(self, session_id: str, labels: Iterable[str]) -> None:
         """This process saw one more counted fact of the session (call with the lock held)."""

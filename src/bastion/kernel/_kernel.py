@@ -48,6 +48,7 @@ from bastion.policy import (
     parse_policy,
 )
 from bastion.policy._cedar import CedarPolicy, load_cedar
+from bastion.policy._celast import checked_expr
 from bastion.policy._eval import evaluate_tiers
 from bastion.state import Approval, StateStore, open_store
 
@@ -146,11 +147,13 @@ class Kernel:
         self._flow_on = catalog is not None or any(
             cr.rule.when and any(w in cr.rule.when for w in _FLOW_WORDS)
             for cr in self.compiled.rules)
-        self._needs_history = self._cedar is not None or any(
-            "history" in (cr.rule.when or "") for cr in self.compiled.rules)
+        # rules that read session.history (Cedar's context has no history)
+        self._history_rules = frozenset(cr.rule.id for cr in self.compiled.rules
+                                        if _HISTORY_REF.search(cr.rule.when or ""))
+        self._needs_history = bool(self._history_rules)
         self._flow = FlowTracker(self.catalog, self._state, clock=lambda: self._clock() / 1e9,
                                  count_calls=self._needs_history, labels=_literals(
-                                     cr.rule.when for cr in self.compiled.rules))
+                                     cr.program for cr in self.compiled.rules))
         self._checks_results = self._cedar is not None or any(
             cr.rule.stage is Stage.POST_TOOL for cr in self.compiled.rules)
 
@@ -211,9 +214,10 @@ class Kernel:
 
     async def aevaluate(self, action: Action) -> Decision:
         """``evaluate`` for event loops: when the decision may touch the state store (limits,
-        budgets, approvals) or the audit log commits synchronously (``durable=True``), it runs
-        in a worker thread so the loop never blocks on I/O."""
-        if self._stateful or action.approval is not None or self._durable_audit:
+        budgets, approvals, flow facts in a shared store) or the audit log commits synchronously
+        (``durable=True``), it runs in a worker thread so the loop never blocks on I/O."""
+        if (self._stateful or action.approval is not None or self._durable_audit
+                or (self._flow_on and self._flow.shares_store)):
             import asyncio
 
             return await asyncio.to_thread(self.evaluate, action)
@@ -264,7 +268,7 @@ class Kernel:
         verdict = cands.static
         if verdict is None:
             data = self._data(action, tool, agent_id, session_id, ts, cands.variables)
-            if self._history_unknown(data):
+            if self._history_unknown(data, cands):
                 return _deny(did, ts, action, self.compiled.digest, "flow_incomplete",
                              errors=(_HISTORY_UNKNOWN,))
             verdict = evaluate_tiers(self.policy.default, cands, agent_id, data)
@@ -283,20 +287,20 @@ class Kernel:
                       session_id: str, did: str, ts: int) -> Decision:
         assert self._cedar is not None
         data = self._data(action, tool, agent_id, session_id, ts)
-        if self._history_unknown(data):
-            return _deny(did, ts, action, self.compiled.digest, "flow_incomplete",
-                         errors=(_HISTORY_UNKNOWN,))
         effect, ids, reasons, errors = self._cedar.decide(stage.value, tool, agent_id,
                                                           dict(data["agent"]), data)
         verdict = Verdict(effect, (), errors, (), not ids, ids, reasons, False)
         return self._finish(action, verdict, stage, tool, agent_id, session_id, did, ts)
 
-    def _history_unknown(self, data: Mapping[str, Any]) -> bool:
-        """A rule reads ``session.history`` but the session is ``incomplete``: calls another
-        process allowed are missing from it, so no answer from it can be trusted."""
+    def _history_unknown(self, data: Mapping[str, Any], cands: Any) -> bool:
+        """A rule that could decide this action reads ``session.history``, but the session is
+        ``incomplete``: calls another process allowed are missing from it, so no answer from it
+        can be trusted."""
         session = data.get("session")
         return (self._needs_history and self._flow_on and isinstance(session, dict)
-                and _INCOMPLETE in session.get("labels", ()))
+                and _INCOMPLETE in session.get("labels", ())
+                and any(cr.rule.id in self._history_rules for t in cands.tiers
+                        for cr in (*t.unconditional, *t.conditional)))
 
     def _data(self, action: Action, tool: str, agent_id: str, session_id: str, ts: int,
               names: frozenset[str] = _ALL_NAMES) -> dict[str, Any]:
@@ -316,7 +320,8 @@ class Kernel:
             if self._needs_calls:
                 session["calls"] = self._state.count(f"calls:{session_id}", FOREVER, ts / 1e9)
             if self._flow_on:
-                session["labels"], history = self._flow.session_facts(session_id)
+                session["labels"], history = self._flow.session_facts(
+                    session_id, history=self._needs_history)
                 if self._needs_history:  # 64 entries converted for CEL on every decision
                     session["history"] = history
             data["session"] = session
@@ -546,16 +551,29 @@ class Kernel:
         self.close()
 
 
-def _literals(conditions: Iterable[str | None]) -> set[str]:
-    """The string literals of the conditions: the labels a policy may ask about."""
+def _literals(programs: Iterable[Any]) -> set[str]:
+    """The string literals of compiled conditions (read from CEL's checked AST, so escapes and
+    raw strings are CEL's own): the labels a policy may ask about."""
     found: set[str] = set()
-    for text in conditions:
-        if text:
-            found.update(a or b for a, b in _LITERAL.findall(text))
+
+    def walk(node: Any) -> None:
+        if isinstance(node, tuple | list):
+            if len(node) == 2 and node[0] == "const" and isinstance(node[1], str):
+                found.add(node[1])
+            for item in node:
+                walk(item)
+
+    for program in programs:
+        if program is not None:
+            try:
+                walk(checked_expr(program))
+            except (ValueError, KeyError, IndexError, StopIteration, UnicodeDecodeError):
+                continue  # a literal missed here only costs the per-label fallback a label
     return {x for x in found if 0 < len(x) <= 64 and ":" not in x}
 
 
-_LITERAL = re.compile(r'"([^"\\]*)"|\'([^\'\\]*)\'')
+# session.history, session["history"] (the only ways CEL can read it)
+_HISTORY_REF = re.compile(r"\bsession\s*(?:\.\s*history\b|\[\s*[\"']history[\"']\s*\])")
 
 
 def _flow_note(data: Mapping[str, Any]) -> str:

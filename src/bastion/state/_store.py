@@ -192,6 +192,16 @@ class SQLiteStore:
                                    (key,)).fetchone()
         return int(row[1]) if row and row[0] == window else 0
 
+    def counts(self, prefix: str, window_s: int, now: float) -> dict[str, int]:
+        """Every counter whose key starts with ``prefix`` (exactly: no LIKE wildcards), in the
+        current window, in one query."""
+        window = int(now // window_s)
+        with self._lock:
+            rows = self._db.execute(
+                "select key, n from counters where substr(key, 1, ?) = ? and window = ?",
+                (len(prefix), prefix, window)).fetchall()
+        return {str(k): int(n) for k, n in rows}
+
     def flags(self) -> dict[str, str]:
         gen = self._gen.read()
         if gen != self._flags_gen:
