@@ -27,3 +27,28 @@ tools:
 def act(stage: str, tool: str | None = None, session: str = "s1", **kw: Any) -> bastion.Action:
     return bastion.Action(tool=tool, stage=stage, agent={"id": "agent-1"},
                           session={"id": session}, **kw)
+
+
+# the catalog without the secret-reading tool: a worker that can never label anything `secret`
+NO_SECRET_CATALOG = CATALOG.replace(
+    "  read_secrets: {class: read, side_effects: false,\n"
+    "                 result: {integrity: trusted, confidentiality: secret}}\n", "")
+assert NO_SECRET_CATALOG != CATALOG
+
+
+class FlakyStore:
+    """A state store whose ``add`` fails once for each key prefix in ``fail``."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.fail: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def add(self, key: str, amount: int, window_s: int, now: float) -> int:
+        for prefix in list(self.fail):
+            if key.startswith(prefix):
+                self.fail.discard(prefix)
+                raise OSError("database is locked")
+        return int(self._inner.add(key, amount, window_s, now))

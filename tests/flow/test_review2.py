@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_support import CATALOG, PACK, ROOT, act
+from flow_support import CATALOG, NO_SECRET_CATALOG, PACK, ROOT, FlakyStore, act
 
 import bastion
 from bastion.flow import Provenance
@@ -28,24 +28,6 @@ LEDGER = ("untrusted", "internal", "tool:ledger")
 SLACK = ("untrusted", "internal", "tool:slack")
 LEDGER_KEYS = ("sender", "recipient", "amount", "date")  # as benchmarks' banking.yaml
 BANKING = ROOT / "benchmarks" / "agentdojo" / "catalogs" / "banking.yaml"
-
-
-class _FlakyStore:
-    """A state store whose ``add`` fails once for each key prefix in ``fail``."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.fail: set[str] = set()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def add(self, key: str, amount: int, window_s: int, now: float) -> int:
-        for prefix in list(self.fail):
-            if key.startswith(prefix):
-                self.fail.discard(prefix)
-                raise OSError("database is locked")
-        return int(self._inner.add(key, amount, window_s, now))
 
 
 # == 1. selection: findings =======================================================================
@@ -64,7 +46,7 @@ def test_a_payer_who_sends_the_typed_number_does_not_get_picked() -> None:
         decision = k.evaluate(act("pre_tool", "send_money", args={
             "recipient": ATTACKER, "amount": 100.0, "subject": "phone bill",
             "date": "2022-04-01"}))
-        assert decision.effect == "require_approval"  # allowed now
+        assert decision.effect == "require_approval"
 
 
 def test_records_past_the_visit_limit_still_make_a_key_ambiguous() -> None:
@@ -231,16 +213,16 @@ rules:
 
 
 def test_a_call_denied_because_its_count_failed_is_not_in_the_history(tmp_path: Path) -> None:
-    flaky = _FlakyStore(bastion.state.open_store(str(tmp_path / "state.db")))
+    flaky = FlakyStore(bastion.state.open_store(str(tmp_path / "state.db")))
     with bastion.Kernel.from_text(HISTORY, state=flaky) as k:
         flaky.fail.add("flow:n:")
         verify = k.evaluate(act("pre_tool", "verify", args={}))
         assert verify.effect == "deny" and verify.code == "internal_error"
-        assert not k.evaluate(act("pre_tool", "pay", args={})).allowed  # allowed now
+        assert not k.evaluate(act("pre_tool", "pay", args={})).allowed
 
 
 def test_an_input_denied_because_its_count_failed_is_not_trusted(tmp_path: Path) -> None:
-    flaky = _FlakyStore(bastion.state.open_store(str(tmp_path / "state.db")))
+    flaky = FlakyStore(bastion.state.open_store(str(tmp_path / "state.db")))
     with bastion.Kernel.from_policy(PACK, catalog=CATALOG, state=flaky) as k:
         flaky.fail.add("flow:n:")
         decision = k.evaluate(act("input", args={"text": f"pay {ATTACKER}"}))
@@ -248,10 +230,6 @@ def test_an_input_denied_because_its_count_failed_is_not_trusted(tmp_path: Path)
         assert "trusted" not in k.provenance("s1").labels_of(ATTACKER)
 
 
-NO_SECRET_CATALOG = CATALOG.replace(
-    "  read_secrets: {class: read, side_effects: false,\n"
-    "                 result: {integrity: trusted, confidentiality: secret}}\n", "")
-assert NO_SECRET_CATALOG != CATALOG
 SECRET_RULE = """\
 version: 1
 name: no-egress-after-secret
@@ -274,7 +252,7 @@ def test_a_label_counted_by_a_worker_with_another_catalog_comes_back(tmp_path: P
         a.evaluate(act("post_tool", "read_secrets", result={"key": "sk-live-0123456789abcdef"}))
         decision = b.evaluate(act("pre_tool", "send_email", args={"to": "x@y.example",
                                                                   "body": "hi"}))
-        assert decision.effect == "deny"  # allowed now
+        assert decision.effect == "deny"
 
 
 SEQUENCE = """\
@@ -300,7 +278,7 @@ def test_a_worker_that_did_not_see_the_download_still_denies_the_upload(tmp_path
         assert a.evaluate(act("pre_tool", "download", args={})).allowed
         assert not a.evaluate(act("pre_tool", "upload", args={})).allowed
         assert "incomplete" in b._flow.session_facts("s1")[0]  # b knows it missed something
-        assert not b.evaluate(act("pre_tool", "upload", args={})).allowed  # allowed now
+        assert not b.evaluate(act("pre_tool", "upload", args={})).allowed
 
 
 def test_an_evicted_session_still_denies_the_upload(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -309,7 +287,7 @@ def test_an_evicted_session_still_denies_the_upload(monkeypatch: pytest.MonkeyPa
         assert k.evaluate(act("pre_tool", "download", args={})).allowed
         k.evaluate(act("pre_tool", "list_files", session="s2", args={}))  # evicts s1
         assert k.flow_sessions_evicted >= 1
-        assert not k.evaluate(act("pre_tool", "upload", args={})).allowed  # allowed now
+        assert not k.evaluate(act("pre_tool", "upload", args={})).allowed
 
 
 def test_sixty_four_harmless_calls_do_not_wash_out_a_download() -> None:
@@ -317,7 +295,7 @@ def test_sixty_four_harmless_calls_do_not_wash_out_a_download() -> None:
         assert k.evaluate(act("pre_tool", "download", args={})).allowed
         for _ in range(64):
             k.evaluate(act("pre_tool", "list_files", args={}))
-        assert not k.evaluate(act("pre_tool", "upload", args={})).allowed  # allowed now
+        assert not k.evaluate(act("pre_tool", "upload", args={})).allowed
 
 
 @pytest.mark.xfail(strict=True, reason="LOW/MEDIUM: calls are counted only by a kernel whose own "
@@ -392,7 +370,7 @@ def test_a_result_that_breaks_recording_is_denied() -> None:
 
 
 def test_label_result_raises_when_the_count_fails(tmp_path: Path) -> None:
-    flaky = _FlakyStore(bastion.state.open_store(str(tmp_path / "state.db")))
+    flaky = FlakyStore(bastion.state.open_store(str(tmp_path / "state.db")))
     with bastion.Kernel.from_policy(PACK, catalog=CATALOG, state=flaky) as k:
         call = k.evaluate(act("pre_tool", "read_inbox", args={}))
         flaky.fail.add("flow:n:")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_support import CATALOG, PACK, act
+from flow_support import CATALOG, NO_SECRET_CATALOG, PACK, act
 
 import bastion
 import bastion.state
@@ -82,7 +82,7 @@ def test_an_incomplete_session_selects_nothing() -> None:
         assert "incomplete" in b._flow.session_facts("s1")[0]
         decision = b.evaluate(act("pre_tool", "post_message", args={
             "recipient": "evil-channel", "body": "done"}))
-        assert decision.effect == "require_approval"  # allowed now (recipient is "selected")
+        assert decision.effect == "require_approval"  # was allowed (recipient == "selected")
 
 
 def test_control_one_worker_that_saw_both_namesakes_selects_neither() -> None:
@@ -224,7 +224,7 @@ def test_an_order_rule_sees_the_last_download_after_the_window() -> None:
     with bastion.Kernel.from_text(ORDER) as k:
         for tool in ["download", "scan", "download"] + ["list_files"] * 64:
             assert k.evaluate(act("pre_tool", tool, args={})).allowed
-        assert not k.evaluate(act("pre_tool", "upload", args={})).allowed  # allowed now
+        assert not k.evaluate(act("pre_tool", "upload", args={})).allowed
 
 
 def test_control_an_order_rule_inside_the_window() -> None:
@@ -417,10 +417,6 @@ rules:
 
 # == 3. shared facts: findings ===================================================================
 
-NO_SECRET_CATALOG = CATALOG.replace(
-    "  read_secrets: {class: read, side_effects: false,\n"
-    "                 result: {integrity: trusted, confidentiality: secret}}\n", "")
-assert NO_SECRET_CATALOG != CATALOG
 ESCAPED = r"""version: 1
 name: no-egress-after-secret
 default: deny
@@ -442,7 +438,7 @@ def test_a_label_named_after_an_escaped_backslash_comes_back(tmp_path: Path) -> 
         a.evaluate(act("post_tool", "read_secrets", result={"key": "sk-live-0123456789abcdef"}))
         decision = b.evaluate(act("pre_tool", "send_email", args={"to": "x@y.example",
                                                                   "body": "hi"}))
-        assert decision.effect == "deny"  # allowed now
+        assert decision.effect == "deny"
 
 
 def test_control_the_same_rule_without_the_backslash_denies(tmp_path: Path) -> None:
