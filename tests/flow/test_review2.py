@@ -158,9 +158,9 @@ def test_a_value_held_by_more_than_max_picks_records_is_no_pick() -> None:
 
 def test_key_and_atom_indexes_match_a_rebuild_after_every_eviction(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from bastion.flow import _provenance
+    from bastion.flow import _records
 
-    monkeypatch.setattr(_provenance, "MAX_RECORD_RESULTS", 4)
+    monkeypatch.setattr(_records, "MAX_RECORD_RESULTS", 4)
     rnd = random.Random(7)
     values = ["a1", "A1", 1, 1.0, "1", FRIEND, "GB29 NWBK 6016 1331 9268 19", "x@y.example",
               "<x@y.example>"]
@@ -173,13 +173,13 @@ def test_key_and_atom_indexes_match_a_rebuild_after_every_eviction(
             prov.record(rnd.choice([rows, {"w": rows}]), LEDGER, ("a", "b"))
             keys: dict[Any, Counter[Any]] = {}
             where: dict[str, dict[int, list[int]]] = {}
-            for number, result in prov._results.items():
+            for number, result in prov.records._results.items():
                 for (key, content), n in result.keys.items():
                     keys.setdefault(key, Counter())[content] += n
                 for i, record in enumerate(result.records):
                     for _, atom, _ in record:
                         where.setdefault(atom, {}).setdefault(number, []).append(i)
-            assert keys == prov._keys and where == prov._by_atom
+            assert keys == prov.records._keys and where == prov.records._by_atom
             for value in values:
                 prov.labels_of(value)  # never a KeyError on a stale index
 

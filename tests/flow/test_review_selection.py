@@ -17,7 +17,7 @@ from flow_support import CATALOG, PACK, FlakyStore, act
 
 import bastion
 from bastion.flow import Provenance
-from bastion.flow._provenance import MAX_RECORD_RESULTS
+from bastion.flow._records import MAX_RECORD_RESULTS
 
 FRIEND = "GB29NWBK60161331926819"
 ATTACKER = "US133000000121212121212"
@@ -179,7 +179,7 @@ def test_canonical_variants_of_a_key_are_one_key(variant: str) -> None:
 def test_nan_inf_bool_and_none_are_neither_fields_nor_keys(odd: Any) -> None:
     prov = _prov("refund true none nan inf", [{"flag": odd, "to": ATTACKER}])
     assert "selected" not in prov.labels_of(ATTACKER)
-    assert not prov._results  # one scalar field: not a record
+    assert not prov.records._results  # one scalar field: not a record
 
 
 def test_a_value_in_a_nested_map_is_not_selected_with_its_parent() -> None:
@@ -200,8 +200,8 @@ def test_records_of_evicted_results_leave_the_index() -> None:
     prov = _prov(PROMPT, [HONEST])
     for i in range(MAX_RECORD_RESULTS):
         prov.record([{"n": f"row {i}", "v": i}], LEDGER, KEYS)
-    kept = set(prov._results)
-    assert all(number in kept for where in prov._by_atom.values() for number in where)
+    kept = set(prov.records._results)
+    assert all(number in kept for where in prov.records._by_atom.values() for number in where)
 
 
 # == 1b. a non-string map key (as_text, not new today) ============================================

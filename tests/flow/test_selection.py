@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import bastion
 from bastion.flow import Provenance
-from bastion.flow._provenance import MAX_RECORD_RESULTS
+from bastion.flow._records import MAX_RECORD_RESULTS
 
 FRIEND = "GB29NWBK60161331926819"
 ATTACKER = "US133000000121212121212"
@@ -119,13 +119,13 @@ def test_records_of_old_results_are_forgotten() -> None:
     for i in range(MAX_RECORD_RESULTS):
         prov.record([{"n": f"row {i}", "v": i + 100_000}], UNTRUSTED, KEYS)
     assert "selected" not in prov.labels_of(10)
-    assert len(prov._results) == MAX_RECORD_RESULTS
+    assert len(prov.records._results) == MAX_RECORD_RESULTS
 
 
 def test_trusted_results_keep_no_records() -> None:
     prov = Provenance()
     prov.record([{"a": "x1", "b": "y1"}], ("trusted", "internal", "tool:mine"))
-    assert not prov._results
+    assert not prov.records._results
 
 
 # -- through the kernel and the default pack ------------------------------------------------------

@@ -37,12 +37,12 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
+from bastion.flow._records import RecordIndex
 from bastion.flow._values import (
-    MAX_LEAVES,
     canonical,
     compact,
     identifiers,
@@ -54,11 +54,7 @@ from bastion.flow._values import (
 TRUSTED, UNTRUSTED, UNKNOWN = "trusted", "untrusted", "unknown"
 UNTRUSTED_IDENTIFIER = "untrusted_identifier"
 SELECTED = "selected"  # an untrusted value the user's own words picked out (see _selected)
-MAX_RECORD_RESULTS = 256  # untrusted results whose records are kept for selection
-MAX_PICKS = 64  # records one value may be picked from; a value held by more is no pick
-MAX_FIELDS = 64  # fields of one record that are kept
 MAX_TOOLS_SEEN = 1_024  # distinct tools kept beyond the history window (then: incomplete)
-_KEY_KINDS = ("num:", "date:")  # never keys: typed for other reasons, and a sender sets them
 ADDRESS_KINDS = frozenset({"email", "url", "host", "iban"})  # identifiers that say where to go
 USER = "user"
 MIN_FRAGMENT = 6  # significant characters a piece needs before it counts as a fragment
@@ -92,59 +88,6 @@ def _kinds(hay: bool, key: str, labels: set[str] | frozenset[str]) -> tuple[str,
     return ()
 
 
-class _Records(NamedTuple):
-    """The records of one untrusted result: each a tuple of (field, whole atom, value), and
-    which records hold each key, by content (the same record read twice is one record)."""
-
-    records: list[tuple[tuple[str, str, Any], ...]]
-    keys: Counter[tuple[tuple[str, str], tuple[tuple[str, str], ...]]]  # (key, record) -> n
-    fields: frozenset[str]  # the fields that are keys (the catalog's result.keys)
-
-
-_Record = tuple[tuple[str, str, Any], ...]
-
-
-def _records(value: Any) -> tuple[list[_Record], list[_Record], bool]:
-    """The maps inside ``value`` with two or more scalar fields (strings and numbers; at most
-    ``MAX_FIELDS`` of them): the records that can be picked, the records nested inside a record
-    (its content: never picked, but their keys still make a key ambiguous), and whether
-    anything was left out (``MAX_LEAVES`` items visited, or a record wider than
-    ``MAX_FIELDS``)."""
-    out: list[_Record] = []
-    inner: list[_Record] = []
-    cut = False
-    stack: list[tuple[Any, bool]] = [(value, False)]
-    seen = 0
-    while stack and seen < MAX_LEAVES:
-        item, nested = stack.pop()
-        seen += 1
-        if isinstance(item, Mapping):
-            fields = tuple((str(k), atom, v) for k, v in item.items()
-                           if isinstance(v, str | int | float) and not isinstance(v, bool)
-                           and (atom := whole_atom(v)) is not None)
-            record = len(fields) >= 2
-            if record:
-                cut |= len(fields) > MAX_FIELDS
-                (inner if nested else out).append(fields[:MAX_FIELDS])
-            stack.extend((v, nested or record) for v in item.values()
-                         if isinstance(v, Mapping | list | tuple))
-        elif isinstance(item, list | tuple):
-            stack.extend((v, nested) for v in item if isinstance(v, Mapping | list | tuple))
-    out.reverse()
-    return out, inner, cut or bool(stack)
-
-
-def _identity(atom: str, value: Any) -> str:
-    """What makes two field values one key: the identifier a text is whole (an IBAN with or
-    without spaces, an e-mail address in angle brackets), else its whole atom."""
-    if isinstance(value, str):
-        text = compact(value)
-        for ident in identifiers(value):
-            if compact(ident.partition(":")[2]) == text:
-                return ident
-    return atom
-
-
 def _runs(flat: list[tuple[str, str]], absent: list[bool]) -> Iterator[list[tuple[str, str]]]:
     """Runs of two or more adjacent pieces, then every ordered pair, leaving out any that holds
     an ``absent`` piece."""
@@ -175,10 +118,8 @@ class Provenance:
     """What one session has seen, and with which labels. Not thread-safe on its own: the
     kernel serialises access per session."""
 
-    __slots__ = ("_atoms", "_by_atom", "_hay", "_joined", "_keys", "_parts", "_results",
-                 "_scans",
-                 "_untrusted_seen", "evicted", "history", "labels", "max_history", "max_values",
-                 "picks_lost", "results_seen", "tools_seen")
+    __slots__ = ("_atoms", "_hay", "_joined", "_parts", "_scans", "_untrusted_seen", "evicted",
+                 "history", "labels", "max_history", "max_values", "records", "tools_seen")
 
     def __init__(self, *, max_values: int = 4_096, max_history: int = 64):
         self.max_values = max_values
@@ -190,14 +131,7 @@ class Provenance:
         self._joined: dict[str, str] = {}
         self._scans: dict[tuple[str, str], bool] = {}  # (haystack, text) -> found; per change
         self._untrusted_seen = False  # anything not trusted was ever recorded
-        # records (maps of scalar fields) of untrusted results, for selection: result number ->
-        # its records, and a field's whole atom -> where it is (result number, record index)
-        self._results: OrderedDict[int, _Records] = OrderedDict()
-        self._by_atom: dict[str, dict[int, list[int]]] = {}
-        # key (field, identity) -> the distinct records holding it, over every kept result
-        self._keys: dict[tuple[str, str], Counter[tuple[tuple[str, str], ...]]] = {}
-        self.results_seen = 0
-        self.picks_lost = False  # a record was cut or forgotten: keys may be ambiguous unseen
+        self.records = RecordIndex()  # the records of untrusted results, for selection
         self.tools_seen: dict[str, None] = {}  # every tool called, in last-call order
         self.evicted = 0
         self.labels: set[str] = set()  # session level: integrity and confidentiality seen
@@ -224,48 +158,8 @@ class Provenance:
                 if text:
                     self._remember(self._hay, text, labels)
         if TRUSTED not in labels and keys:
-            self._remember_records(value, frozenset(keys))
+            self.records.remember(value, frozenset(keys))
         self._scans.clear()
-
-    def _remember_records(self, value: Any, key_fields: frozenset[str]) -> None:
-        """Keep the records of an untrusted result (each map with two or more scalar fields:
-        a transaction, a message, a contact) for ``_selected``; the oldest results go first."""
-        records, inner, cut = _records(value)
-        if cut:  # a record left out could make a key ambiguous: no more picks in this session
-            self.picks_lost = True
-        if not records and not inner:
-            return
-        number = self.results_seen
-        self.results_seen += 1
-        keys: Counter[tuple[tuple[str, str], tuple[tuple[str, str], ...]]] = Counter()
-        for record in records + inner:  # nested records are never picked, but count as keys
-            content = tuple((name, atom) for name, atom, _ in record)
-            for name, atom, raw in record:
-                if name in key_fields:
-                    keys[((name, _identity(atom, raw)), content)] += 1
-        self._results[number] = _Records(records, keys, key_fields)
-        for key, content in keys:
-            self._keys.setdefault(key, Counter())[content] += keys[(key, content)]
-        for i, record in enumerate(records):
-            for _, atom, _ in record:
-                self._by_atom.setdefault(atom, {}).setdefault(number, []).append(i)
-        if len(self._results) > MAX_RECORD_RESULTS:
-            # a forgotten record could have made a key ambiguous: no more picks in this session
-            self.picks_lost = True
-            old, gone = self._results.popitem(last=False)
-            for (key, content), n in gone.keys.items():
-                held = self._keys[key]
-                held[content] -= n
-                if held[content] <= 0:
-                    del held[content]
-                    if not held:
-                        del self._keys[key]
-            for atom in {atom for record in gone.records for _, atom, _ in record}:
-                where = self._by_atom.get(atom)
-                if where is not None:
-                    where.pop(old, None)
-                    if not where:
-                        del self._by_atom[atom]
 
     def record_input(self, text: Any) -> None:
         self.record(text, (TRUSTED, USER))
@@ -438,37 +332,12 @@ class Provenance:
 
     def _selected(self, leaf: Any) -> bool:
         """Whether the user's own words picked ``leaf`` out of an untrusted result: ``leaf`` is
-        the whole of one field of a record (a map of scalars) whose other field is a *key*:
-
-        * a field the catalog names in the tool's ``result.keys`` (one the system sets, such as
-          a transaction's sender; never free text a third party writes),
-        * holding a value the user typed (``_typed``: the whole value, the one identifier it
-          is, or a run of whole words of user input; a trusted tool result picks nothing),
-        * that no other kept record holds in that field, in this result or another (an IBAN
-          with or without spaces is one key).
-
-        "Refund GB29… for what they sent me" picks the one transaction whose sender is GB29…,
-        and so its amount. Only whole field values are picked out, never an identifier inside a
-        field's text: an IBAN written into that transaction's subject is not selected. A value
-        held by more than ``MAX_PICKS`` records picks nothing (and costs nothing to ask)."""
-        whole = whole_atom(leaf)
-        if whole is None or self.picks_lost:
-            return False
-        where = self._by_atom.get(whole, {})
-        if sum(len(v) for v in where.values()) > MAX_PICKS:
-            return False  # in that many records it names none of them
-        for number, indexes in where.items():
-            for index in indexes:
-                result = self._results[number]
-                for name, atom, raw in result.records[index]:
-                    if (atom == whole or name not in result.fields or atom.startswith(_KEY_KINDS)
-                            or (isinstance(raw, str) and compact(raw).isdigit())):
-                        continue  # numbers and dates, as numbers or as text, name no record
-                    key = (name, _identity(atom, raw))
-                    if (not key[1].startswith(_KEY_KINDS) and len(self._keys.get(key, ())) == 1
-                            and self._typed(raw)):
-                        return True
-        return False
+        the whole of one field of a record whose other field is a unique *key*
+        (``RecordIndex.keys_naming``) holding a value the user typed (``_typed``: the whole
+        value, the one identifier it is, or a run of whole words of user input; a trusted tool
+        result picks nothing). "Refund GB29… for what they sent me" picks the one transaction
+        whose sender is GB29…, and so its amount."""
+        return any(self._typed(raw) for raw in self.records.keys_naming(leaf))
 
     def _typed(self, raw: Any) -> bool:
         """``raw`` is what the user typed: the whole value, the one identifier it is (every
