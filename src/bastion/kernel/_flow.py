@@ -23,6 +23,7 @@ too when a policy reads ``session.history``.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 import weakref
@@ -41,10 +42,14 @@ from bastion.flow._results import (
     mark,
 )
 from bastion.kernel._types import EMPTY, Action, Decision
+from bastion.policy._celast import checked_expr
 
 MAX_FLOW_SESSIONS = 10_000  # sessions whose provenance is kept in memory (least recent out)
 FOREVER = 1 << 40  # a counter window no session outlives
 INCOMPLETE = "incomplete"  # session label: facts were recorded that this process has not seen
+HISTORY_UNKNOWN = ("a rule reads session.history, but this kernel has not seen every flow fact of "
+                   "the session (another process, a restart or eviction): its history is not "
+                   "known")
 # the counts of each in-process store, shared by every tracker given that store object
 _LOCAL_COUNTS: weakref.WeakKeyDictionary[Any, dict[str, tuple[int, frozenset[str]]]] = \
     weakref.WeakKeyDictionary()
@@ -72,6 +77,7 @@ class FlowTracker:
             except TypeError:  # a store that cannot be weakly referenced: count in it
                 self._local = None
         self._count_calls = count_calls
+        self.history_rules: frozenset[str] = frozenset()  # ids of rules reading the history
         self._counted: dict[str, set[str]] = {}  # session -> labels this process counted
         self._clock = clock
         # every session-level label a fact can carry (this catalog's, and any the policy names:
@@ -81,6 +87,29 @@ class FlowTracker:
             for x in (info.integrity, info.confidentiality) if x != "trusted"})
         self._lock = threading.RLock()
         self.evicted = 0
+
+    @classmethod
+    def for_rules(cls, catalog: ToolCatalog, rules: Iterable[Any], state: Any,
+                  clock: Callable[[], float]) -> FlowTracker:
+        """The tracker for a compiled policy's rules: it counts calls when a rule reads
+        ``session.history`` (Cedar's context has none), and reads back the labels the rules
+        name as well as the catalog's."""
+        rules = tuple(rules)
+        tracker = cls(catalog, state, clock, labels=_literals(cr.program for cr in rules))
+        tracker.history_rules = frozenset(cr.rule.id for cr in rules
+                                          if _HISTORY_REF.search(cr.rule.when or ""))
+        tracker._count_calls = bool(tracker.history_rules)
+        return tracker
+
+    def history_unknown(self, data: Mapping[str, Any], cands: Any) -> bool:
+        """A rule that could decide this action reads ``session.history``, but the session is
+        ``incomplete``: calls another process allowed are missing from it, so no answer from it
+        can be trusted."""
+        session = data.get("session")
+        return (bool(self.history_rules) and isinstance(session, dict)
+                and INCOMPLETE in session.get("labels", ())
+                and any(cr.rule.id in self.history_rules for t in cands.tiers
+                        for cr in (*t.unconditional, *t.conditional)))
 
     # -- what policies see ----------------------------------------------------------------------
     def session_facts(self, session_id: str, *, history: bool = True
@@ -286,3 +315,38 @@ class FlowTracker:
 
     def __len__(self) -> int:
         return len(self._flows)
+
+
+def flow_note(data: Mapping[str, Any]) -> str:
+    """Why, in flow terms: each argument's labels and the session's (for the audit event)."""
+    parts = [f"{k}={'+'.join(v)}" for k, v in sorted(data["arg_labels"].items())]
+    session = data.get("session")
+    note = "flow: args " + ("; ".join(parts) or "none")
+    if isinstance(session, dict) and session.get("labels"):
+        note += f"; session {'+'.join(session['labels'])}"
+    return note[:1000]
+
+
+def _literals(programs: Iterable[Any]) -> set[str]:
+    """The string literals of compiled conditions (read from CEL's checked AST, so escapes and
+    raw strings are CEL's own): the labels a policy may ask about."""
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, tuple | list):
+            if len(node) == 2 and node[0] == "const" and isinstance(node[1], str):
+                found.add(node[1])
+            for item in node:
+                walk(item)
+
+    for program in programs:
+        if program is not None:
+            try:
+                walk(checked_expr(program))
+            except (ValueError, KeyError, IndexError, StopIteration, UnicodeDecodeError):
+                continue  # a literal missed here only costs the per-label fallback a label
+    return {x for x in found if 0 < len(x) <= 64 and ":" not in x}
+
+
+# session.history, session["history"] (the only ways CEL can read it)
+_HISTORY_REF = re.compile(r"\bsession\s*(?:\.\s*history\b|\[\s*[\"']history[\"']\s*\])")

@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,7 +32,7 @@ from bastion._errors import ApprovalError, ConfigError
 from bastion.flow import EMPTY_CATALOG, Provenance, ToolCatalog, load_catalog
 from bastion.kernel._budgets import FOREVER, SessionBudgets
 from bastion.kernel._events import _Event, _ident, _Outcome
-from bastion.kernel._flow import FlowTracker
+from bastion.kernel._flow import HISTORY_UNKNOWN, FlowTracker, flow_note
 from bastion.kernel._redact import redact
 from bastion.kernel._types import EMPTY, Action, Decision
 from bastion.policy import (
@@ -48,7 +47,6 @@ from bastion.policy import (
     parse_policy,
 )
 from bastion.policy._cedar import CedarPolicy, load_cedar
-from bastion.policy._celast import checked_expr
 from bastion.policy._eval import evaluate_tiers
 from bastion.state import Approval, StateStore, open_store
 
@@ -64,10 +62,6 @@ _FLOW_WORDS = ("arg_labels", "labels", "history")  # what makes a policy flow-aw
 # decisions made before the guards ran: their events name no admitting guard
 _BEFORE_GUARDS = frozenset({"invalid_stage", "missing_tool", "invalid_tool", "invalid_identity",
                             "kill_switch", "guard", "internal_error", "audit_unavailable"})
-_INCOMPLETE = "incomplete"
-_HISTORY_UNKNOWN = ("a rule reads session.history, but this kernel has not seen every flow fact of "
-                    "the session (another process, a restart or eviction): its history is not "
-                    "known")
 
 
 class AgentFacts(Protocol):
@@ -147,13 +141,9 @@ class Kernel:
         self._flow_on = catalog is not None or any(
             cr.rule.when and any(w in cr.rule.when for w in _FLOW_WORDS)
             for cr in self.compiled.rules)
-        # rules that read session.history (Cedar's context has no history)
-        self._history_rules = frozenset(cr.rule.id for cr in self.compiled.rules
-                                        if _HISTORY_REF.search(cr.rule.when or ""))
-        self._needs_history = bool(self._history_rules)
-        self._flow = FlowTracker(self.catalog, self._state, clock=lambda: self._clock() / 1e9,
-                                 count_calls=self._needs_history, labels=_literals(
-                                     cr.program for cr in self.compiled.rules))
+        self._flow = FlowTracker.for_rules(self.catalog, self.compiled.rules, self._state,
+                                           clock=lambda: self._clock() / 1e9)
+        self._needs_history = bool(self._flow.history_rules)
         self._checks_results = self._cedar is not None or any(
             cr.rule.stage is Stage.POST_TOOL for cr in self.compiled.rules)
 
@@ -268,12 +258,12 @@ class Kernel:
         verdict = cands.static
         if verdict is None:
             data = self._data(action, tool, agent_id, session_id, ts, cands.variables)
-            if self._history_unknown(data, cands):
+            if self._flow_on and self._flow.history_unknown(data, cands):
                 return _deny(did, ts, action, self.compiled.digest, "flow_incomplete",
-                             errors=(_HISTORY_UNKNOWN,))
+                             errors=(HISTORY_UNKNOWN,))
             verdict = evaluate_tiers(self.policy.default, cands, agent_id, data)
             if verdict.effect is not _ALLOW and "arg_labels" in data:
-                verdict = verdict._replace(reasons=(*verdict.reasons, _flow_note(data)))
+                verdict = verdict._replace(reasons=(*verdict.reasons, flow_note(data)))
         effect = verdict.effect
         if (effect is _ALLOW and not verdict.limited and not verdict.obligations
                 and not (self._budgeted and stage is Stage.PRE_TOOL)):
@@ -291,16 +281,6 @@ class Kernel:
                                                           dict(data["agent"]), data)
         verdict = Verdict(effect, (), errors, (), not ids, ids, reasons, False)
         return self._finish(action, verdict, stage, tool, agent_id, session_id, did, ts)
-
-    def _history_unknown(self, data: Mapping[str, Any], cands: Any) -> bool:
-        """A rule that could decide this action reads ``session.history``, but the session is
-        ``incomplete``: calls another process allowed are missing from it, so no answer from it
-        can be trusted."""
-        session = data.get("session")
-        return (self._needs_history and self._flow_on and isinstance(session, dict)
-                and _INCOMPLETE in session.get("labels", ())
-                and any(cr.rule.id in self._history_rules for t in cands.tiers
-                        for cr in (*t.unconditional, *t.conditional)))
 
     def _data(self, action: Action, tool: str, agent_id: str, session_id: str, ts: int,
               names: frozenset[str] = _ALL_NAMES) -> dict[str, Any]:
@@ -549,41 +529,6 @@ class Kernel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _literals(programs: Iterable[Any]) -> set[str]:
-    """The string literals of compiled conditions (read from CEL's checked AST, so escapes and
-    raw strings are CEL's own): the labels a policy may ask about."""
-    found: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, tuple | list):
-            if len(node) == 2 and node[0] == "const" and isinstance(node[1], str):
-                found.add(node[1])
-            for item in node:
-                walk(item)
-
-    for program in programs:
-        if program is not None:
-            try:
-                walk(checked_expr(program))
-            except (ValueError, KeyError, IndexError, StopIteration, UnicodeDecodeError):
-                continue  # a literal missed here only costs the per-label fallback a label
-    return {x for x in found if 0 < len(x) <= 64 and ":" not in x}
-
-
-# session.history, session["history"] (the only ways CEL can read it)
-_HISTORY_REF = re.compile(r"\bsession\s*(?:\.\s*history\b|\[\s*[\"']history[\"']\s*\])")
-
-
-def _flow_note(data: Mapping[str, Any]) -> str:
-    """Why, in flow terms: each argument's labels and the session's (for the audit event)."""
-    parts = [f"{k}={'+'.join(v)}" for k, v in sorted(data["arg_labels"].items())]
-    session = data.get("session")
-    note = "flow: args " + ("; ".join(parts) or "none")
-    if isinstance(session, dict) and session.get("labels"):
-        note += f"; session {'+'.join(session['labels'])}"
-    return note[:1000]
 
 
 def _name(obj: object) -> str:
