@@ -131,3 +131,15 @@ def test_a_fact_recorded_by_another_process_is_seen(tmp_path: Path) -> None:
         decision = k.evaluate(act("pre_tool", "send_money", args=PAY))
         assert decision.effect == "require_approval"
         assert "incomplete" in _note(decision)
+
+
+def test_a_session_whose_id_extends_another_does_not_lend_it_labels(tmp_path: Path) -> None:
+    state = str(tmp_path / "state.db")
+    with bastion.Kernel.from_policy(PACK, catalog=CATALOG, state=state) as a, \
+            bastion.Kernel.from_policy(PACK, catalog=CATALOG, state=state) as b:
+        a.evaluate(act("post_tool", "read_secrets", session="s1:x",
+                       result={"key": "sk-live-0123456789abcdef"}))
+        a.evaluate(act("input", session="s1", args={"text": "hello"}))
+        labels, _ = b._flow.session_facts("s1")
+        assert "incomplete" in labels and "secret" not in labels
+        assert not any(":" in x for x in labels)

@@ -95,10 +95,11 @@ class FlowTracker:
         ``session.history`` (Cedar's context has none), and reads back the labels the rules
         name as well as the catalog's."""
         rules = tuple(rules)
-        tracker = cls(catalog, state, clock, labels=_literals(cr.program for cr in rules))
-        tracker.history_rules = frozenset(cr.rule.id for cr in rules
-                                          if _HISTORY_REF.search(cr.rule.when or ""))
-        tracker._count_calls = bool(tracker.history_rules)
+        history = frozenset(cr.rule.id for cr in rules
+                            if _HISTORY_REF.search(cr.rule.when or ""))
+        tracker = cls(catalog, state, clock, count_calls=bool(history),
+                      labels=_literals(cr.program for cr in rules))
+        tracker.history_rules = history
         return tracker
 
     def history_unknown(self, data: Mapping[str, Any], cands: Any) -> bool:
@@ -144,7 +145,8 @@ class FlowTracker:
         prefix = f"flow:l:{session_id}:"
         many = getattr(self._state, "counts", None)
         if many is not None:
-            return {k[len(prefix):] for k, n in many(prefix, FOREVER, now).items() if n > 0}
+            found = {k[len(prefix):] for k, n in many(prefix, FOREVER, now).items() if n > 0}
+            return {x for x in found if ":" not in x}  # not session "ID:more"'s labels
         return {x for x in self._labels
                 if self._state.count(f"{prefix}{x}", FOREVER, now) > 0}
 
