@@ -21,6 +21,7 @@ import json
 import random
 import statistics
 import string
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,12 @@ def main() -> None:
                                           session={"id": f"r{i % 50}"}, result=[results[i % 50]]))
 
             rows[f"post_tool record ({tool})"] = per_call_us(record, 100)
+    with tempfile.TemporaryDirectory() as tmp, bastion.Kernel.from_policy(
+            PACK, catalog=CATALOG, audit=False, state=f"{tmp}/state.db") as k:
+        # a store other workers share: every flow fact (an allowed call too) is counted in it
+        k.evaluate(bastion.Action(stage="input", session={"id": "s"}, args={
+            "text": "pay the rent of 1200 EUR to DE89 3704 0044 0532 0130 00"}))
+        rows["pre_tool, shared SQLite state store"] = per_call_us(lambda: k.evaluate(pay), 300)
     with bastion.Kernel.from_text(PLAIN, audit=False) as k:
         rows["pre_tool, policy without flow"] = per_call_us(lambda: k.evaluate(pay), 3000)
     print(f"{'row':40} {'p50 µs':>9} {'min':>9} {'max':>9}")

@@ -1,7 +1,6 @@
 """Second adversarial review of selection and shared flow facts (after 985322e and 9f2669c).
 
-The one ``xfail(strict=True)`` test is an open finding (it passes, and its marker must go, once
-fixed). The other tests are findings of the review (fixed) or attacks the code already stopped.
+The tests are findings of the review (fixed) or attacks the code already stopped.
 """
 
 from __future__ import annotations
@@ -298,9 +297,6 @@ def test_sixty_four_harmless_calls_do_not_wash_out_a_download() -> None:
         assert not k.evaluate(act("pre_tool", "upload", args={})).allowed
 
 
-@pytest.mark.xfail(strict=True, reason="LOW/MEDIUM: calls are counted only by a kernel whose own "
-                   "policy reads history; a worker on another policy (a rollout) records calls "
-                   "no history-reading worker can learn of")
 def test_a_call_allowed_by_a_worker_on_another_policy_makes_the_session_incomplete(
         tmp_path: Path) -> None:
     state = str(tmp_path / "state.db")
@@ -308,6 +304,8 @@ def test_a_call_allowed_by_a_worker_on_another_policy_makes_the_session_incomple
             bastion.Kernel.from_text(SEQUENCE, state=state) as b:
         assert a.evaluate(act("pre_tool", "download", args={})).allowed
         assert "incomplete" in b._flow.session_facts("s1")[0]
+        upload = b.evaluate(act("pre_tool", "upload", args={}))
+        assert (upload.allowed, upload.code) == (False, "flow_incomplete")
 
 
 def test_kernels_sharing_an_in_memory_store_lose_no_counts() -> None:

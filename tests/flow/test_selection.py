@@ -200,12 +200,20 @@ def test_selected_never_comes_with_trusted_and_needs_a_unique_key(
     prov.record_input(f"the one with {key}")
     records = [{"key": k, "value": f"{v} {extra} 77"} for k, v in rows]
     prov.record(records, UNTRUSTED, KEYS)
-    unique = len({(k, v) for k, v in rows if k == key}) == 1  # the same record twice is one
+    typed = {"the", "one", "with", key}  # every word of the prompt names what it matches
+
+    def unique(k: str) -> bool:  # the same record twice is one
+        return len({(kk, vv) for kk, vv in rows if kk == k}) == 1
+
     for _, v in rows:
         labels = prov.labels_of(f"{v} {extra} 77")
         assert not ("selected" in labels and "trusted" in labels)
-        if "selected" in labels:  # only a record the typed key picks out alone
-            assert unique and any(kk == key and vv == v for kk, vv in rows)
+        if "selected" in labels:  # only a record a typed key picks out alone
+            assert any(kk in typed and unique(kk) and vv == v for kk, vv in rows)
+    if unique(key):
+        v = next(vv for kk, vv in rows if kk == key)
+        if sum(f"{vv} {extra} 77" == f"{v} {extra} 77" for _, vv in rows) == 1:
+            assert "selected" in prov.labels_of(f"{v} {extra} 77")
 
 
 def test_a_value_from_a_trusted_tool_result_is_not_a_key() -> None:

@@ -60,8 +60,7 @@ class FlowTracker:
     """Provenance and quarantine per session, for one kernel and its tool catalog."""
 
     def __init__(self, catalog: ToolCatalog, state: Any = None,
-                 clock: Callable[[], float] = time.time, *, count_calls: bool = False,
-                 labels: Iterable[str] = ()):
+                 clock: Callable[[], float] = time.time, *, labels: Iterable[str] = ()):
         self.catalog = catalog
         self._flows: OrderedDict[str, Provenance] = OrderedDict()
         self._vaults: dict[str, Quarantine] = {}
@@ -76,7 +75,6 @@ class FlowTracker:
                     self._local = _LOCAL_COUNTS.setdefault(state, {})
             except TypeError:  # a store that cannot be weakly referenced: count in it
                 self._local = None
-        self._count_calls = count_calls
         self.history_rules: frozenset[str] = frozenset()  # ids of rules reading the history
         self._counted: dict[str, set[str]] = {}  # session -> labels this process counted
         self._clock = clock
@@ -91,14 +89,13 @@ class FlowTracker:
     @classmethod
     def for_rules(cls, catalog: ToolCatalog, rules: Iterable[Any], state: Any,
                   clock: Callable[[], float]) -> FlowTracker:
-        """The tracker for a compiled policy's rules: it counts calls when a rule reads
+        """The tracker for a compiled policy's rules: it knows which rules read
         ``session.history`` (Cedar's context has none), and reads back the labels the rules
         name as well as the catalog's."""
         rules = tuple(rules)
         history = frozenset(cr.rule.id for cr in rules
                             if _HISTORY_REF.search(cr.rule.when or ""))
-        tracker = cls(catalog, state, clock, count_calls=bool(history),
-                      labels=_literals(cr.program for cr in rules))
+        tracker = cls(catalog, state, clock, labels=_literals(cr.program for cr in rules))
         tracker.history_rules = history
         return tracker
 
@@ -204,11 +201,9 @@ class FlowTracker:
                                 f"arguments: {', '.join(sorted(set(missing)))}"))
                     decision = decision._replace(args=args, reasons=(
                         *decision.reasons, f"flow: released {', '.join(used)}"))
-                if not self._count_calls:
-                    self._provenance(decision.session).record_call(decision.tool)
-                    return decision
-            # a policy reads session.history, which other processes lack: counted first, so a
-            # call whose count fails (and is denied) never joins the history
+            # counted whatever this kernel's own policy reads: another worker's policy may read
+            # session.history (a rollout). Counted first, so a call whose count fails (and is
+            # denied) never joins the history
             with self._span():
                 self._count(decision.session, ())
                 with self._lock:
