@@ -47,6 +47,10 @@ from bastion.policy._celast import checked_expr
 MAX_FLOW_SESSIONS = 10_000  # sessions whose provenance is kept in memory (least recent out)
 FOREVER = 1 << 40  # a counter window no session outlives
 INCOMPLETE = "incomplete"  # session label: facts were recorded that this process has not seen
+ENDED = "ended"  # session label: the session was ended (Kernel.end_session); its id is spent
+ENDED_COUNT = 1 << 40  # what an end adds to the session's fact count: more than anyone recorded
+SESSION_ENDED = ("the session was ended (Kernel.end_session): its flow facts are forgotten, so "
+                 "nothing in it can be decided; start a new session id")
 HISTORY_UNKNOWN = ("a rule reads session.history, but this kernel has not seen every flow fact of "
                    "the session (another process, a restart or eviction): its history is not "
                    "known")
@@ -99,6 +103,16 @@ class FlowTracker:
         tracker.history_rules = history
         return tracker
 
+    def ended(self, session_id: str, data: Mapping[str, Any]) -> bool:
+        """The decision reads the session's flow facts (its labels or its arguments' labels),
+        and the session was ended."""
+        session = data.get("session")
+        if isinstance(session, dict):
+            return ENDED in session.get("labels", ())
+        if "arg_labels" in data:
+            return ENDED in (self._missing(session_id) or ())
+        return False
+
     def history_unknown(self, data: Mapping[str, Any], cands: Any) -> bool:
         """A rule that could decide this action reads ``session.history``, but the session is
         ``incomplete``: calls another process allowed are missing from it, so no answer from it
@@ -133,12 +147,17 @@ class FlowTracker:
             with self._lock, _LOCAL_LOCK:
                 mine = self._recorded.get(session_id, 0)
                 total, counted = self._local.get(session_id, (0, frozenset()))
-            return None if total <= mine else set(counted)
+            if total <= mine:
+                return None
+            return {*counted, ENDED} if total >= ENDED_COUNT else set(counted)
         with self._lock:
             mine = self._recorded.get(session_id, 0)
         now = self._clock()
-        if self._state.count(f"flow:n:{session_id}", FOREVER, now) <= mine:
+        total = self._state.count(f"flow:n:{session_id}", FOREVER, now)
+        if total <= mine:
             return None
+        if total >= ENDED_COUNT:  # its labels may be gone: the kernel denies such sessions
+            return {ENDED}
         prefix = f"flow:l:{session_id}:"
         many = getattr(self._state, "counts", None)
         if many is not None:
@@ -146,6 +165,31 @@ class FlowTracker:
             return {x for x in found if ":" not in x}  # not session "ID:more"'s labels
         return {x for x in self._labels
                 if self._state.count(f"{prefix}{x}", FOREVER, now) > 0}
+
+    def end(self, session_id: str) -> None:
+        """End a session: forget its provenance and quarantine here, and leave a tombstone in
+        the state store (its fact count raised past anything recorded; its label counters
+        deleted where the store can). Any kernel on the store, this one included, then reads the
+        session as ``ended`` and denies what it would decide from the session's labels, so a
+        worker that still holds part of the session cannot carry on with it."""
+        with self._lock:
+            self._flows.pop(session_id, None)
+            self._vaults.pop(session_id, None)
+            self._recorded.pop(session_id, None)
+            self._counted.pop(session_id, None)
+        if self._state is None:
+            return
+        if self._local is not None:
+            with _LOCAL_LOCK:
+                total, _ = self._local.get(session_id, (0, frozenset()))
+                self._local[session_id] = (total + ENDED_COUNT, frozenset())
+            return
+        now = self._clock()
+        self._state.add(f"flow:n:{session_id}", ENDED_COUNT, FOREVER, now)
+        delete, many = getattr(self._state, "delete", None), getattr(self._state, "counts", None)
+        if delete is not None and many is not None:
+            prefix = f"flow:l:{session_id}:"  # not session "ID:more"'s labels
+            delete([k for k in many(prefix, FOREVER, now) if ":" not in k[len(prefix):]])
 
     def arg_labels(self, session_id: str, args: Any) -> dict[str, list[str]]:
         """Each argument's labels, including those of the quarantined values its handles stand

@@ -32,7 +32,7 @@ from bastion._errors import ApprovalError, ConfigError
 from bastion.flow import EMPTY_CATALOG, Provenance, ToolCatalog, load_catalog
 from bastion.kernel._budgets import FOREVER, SessionBudgets
 from bastion.kernel._events import _Event, _ident, _Outcome
-from bastion.kernel._flow import HISTORY_UNKNOWN, FlowTracker, flow_note
+from bastion.kernel._flow import HISTORY_UNKNOWN, SESSION_ENDED, FlowTracker, flow_note
 from bastion.kernel._redact import redact
 from bastion.kernel._types import EMPTY, Action, Decision
 from bastion.policy import (
@@ -258,6 +258,9 @@ class Kernel:
         verdict = cands.static
         if verdict is None:
             data = self._data(action, tool, agent_id, session_id, ts, cands.variables)
+            if self._flow_on and self._flow.ended(session_id, data):
+                return _deny(did, ts, action, self.compiled.digest, "session_ended",
+                             errors=(SESSION_ENDED,))
             if self._flow_on and self._flow.history_unknown(data, cands):
                 return _deny(did, ts, action, self.compiled.digest, "flow_incomplete",
                              errors=(HISTORY_UNKNOWN,))
@@ -277,6 +280,9 @@ class Kernel:
                       session_id: str, did: str, ts: int) -> Decision:
         assert self._cedar is not None
         data = self._data(action, tool, agent_id, session_id, ts)
+        if self._flow_on and self._flow.ended(session_id, data):
+            return _deny(did, ts, action, self.compiled.digest, "session_ended",
+                         errors=(SESSION_ENDED,))
         effect, ids, reasons, errors = self._cedar.decide(stage.value, tool, agent_id,
                                                           dict(data["agent"]), data)
         verdict = Verdict(effect, (), errors, (), not ids, ids, reasons, False)
@@ -326,6 +332,22 @@ class Kernel:
     def provenance(self, session_id: str) -> Provenance:
         """The provenance the kernel keeps for ``session_id`` (for inspection and tests)."""
         return self._flow.provenance(session_id)
+
+    def end_session(self, session_id: str, *, by: str, reason: str = "") -> None:
+        """End a session's information flow: its provenance and quarantined values are
+        forgotten, and the state store keeps a tombstone, so every kernel on the store denies
+        what the session's labels would decide (code ``session_ended``) from now on. A
+        conversation that goes on needs a new session id. Audited as ``session.end``."""
+        if not by:
+            raise ConfigError("ending a session needs an identity ('by')")
+        if not isinstance(session_id, str) or not session_id:
+            raise ConfigError(f"a session id is a non-empty string: {session_id!r}")
+        if self._flow_on:
+            self._flow.end(session_id)
+        if self._audit is not None:
+            ts = self._clock()
+            self._audit.append({"kind": "session.end", "id": f"session:{session_id}:{ts}",
+                                "ts": ts, "session": session_id, "by": by, "reason": reason})
 
     @property
     def flow_sessions_evicted(self) -> int:

@@ -26,6 +26,7 @@ from bastion._sqlite import connect, sqlite_path, transaction
 
 if TYPE_CHECKING:
     import sqlite3
+    from collections.abc import Iterable
 else:  # imported on first use: not needed by `import bastion` itself
     sqlite3 = LazyModule("sqlite3", globals())
 
@@ -184,6 +185,12 @@ class SQLiteStore:
         with self._tx() as db:  # substr, not LIKE: LIKE ignores ASCII case
             return int(db.execute("delete from counters where substr(key, 1, ?) = ?",
                                   (len(prefix), prefix)).rowcount)
+
+    def delete(self, keys: Iterable[str]) -> int:
+        """Delete the counters named exactly by ``keys``; how many there were."""
+        with self._tx() as db:
+            return sum(int(db.execute("delete from counters where key=?", (k,)).rowcount)
+                       for k in keys)
 
     def count(self, key: str, window_s: int, now: float) -> int:
         window = int(now // window_s)
