@@ -11,7 +11,10 @@ With a kernel, every step crosses it (docs/flow.md, "Flow facts"):
 1. the user prompt as ``stage="input"`` (``args={"text": prompt}``): trusted input;
 2. each call as ``pre_tool``; anything but ``allow`` is not executed (``require_approval`` counts
    as not executed: nobody approves) and the agent gets a denial string and carries on with the
-   rest of its script;
+   rest of its script. With ``approver=True`` a held call goes to a simulated user instead, through
+   the kernel's own approval flow (``Kernel.approve``/``refuse``, then the call again with
+   ``approval=``): the user approves the calls of their own task and refuses the injected ones,
+   a perfect approver, so what this mode measures is how often a person is asked;
 3. each executed call's raw result as ``post_tool`` (``result=``), so it is labelled.
 
 A denied call is kept in the transcript as assistant text, not as a tool call: AgentDojo's
@@ -85,9 +88,11 @@ class ScriptedAgent(BasePipelineElement):
     """
 
     def __init__(self, suite: TaskSuite, kernel: bastion.Kernel | None, *,
-                 name: str = PIPELINE_NAME) -> None:
+                 name: str = PIPELINE_NAME, approver: bool = False) -> None:
         self.name = name
         self.kernel = kernel
+        self.approver = approver
+        self.prompts: list[tuple[int, int]] = []  # per run: approvals asked for own / injected
         self._tasks: dict[str, BaseUserTask | BaseInjectionTask] = {
             t.PROMPT: t for t in suite.user_tasks.values()}
         self._tasks.update({t.GOAL: t for t in suite.injection_tasks.values()})
@@ -115,6 +120,7 @@ class ScriptedAgent(BasePipelineElement):
             (call, True) for call in task.ground_truth(pre))
         landed: set[str] = set()
         complete = True
+        asked = Counter[bool]()
         while script:
             call, own = script.popleft()
             self.stats["calls"] += 1
@@ -122,6 +128,10 @@ class ScriptedAgent(BasePipelineElement):
                 decision = self.kernel.evaluate(bastion.Action(
                     tool=call.function, stage="pre_tool", session=session,
                     args=dict(call.args)))
+                if self.approver and decision.effect == "require_approval" \
+                        and decision.approval_id is not None:
+                    asked[own] += 1
+                    decision = self._ask(call, own, session, decision.approval_id)
                 if not decision.allowed:
                     complete &= not own
                     self._blocked(call, own, decision)
@@ -143,11 +153,25 @@ class ScriptedAgent(BasePipelineElement):
                     landed.add(inj.ID)
                     self.stats["injections_landed"] += 1
                     script.extendleft((c, False) for c in reversed(inj.ground_truth(pre)))
+        self.prompts.append((asked[True], asked[False]))
         answer = getattr(task, "GROUND_TRUTH_OUTPUT", "") if complete else \
             "I could not complete the task: a step was not allowed."
         out.append(_say(answer))
         Logger.get().log(out)  # the run's transcript, into AgentDojo's trace file
         return query, runtime, env, out, extra_args
+
+    def _ask(self, call: FunctionCall, own: bool, session: dict[str, str],
+             approval_id: str) -> bastion.Decision:
+        """The simulated user decides a held call: their own task's calls are approved and
+        presented again with the approval; injected ones are refused."""
+        assert self.kernel is not None
+        if own:
+            self.kernel.approve(approval_id, by="user", note="my own request")
+        else:
+            self.kernel.refuse(approval_id, by="user", note="not what I asked for")
+        return self.kernel.evaluate(bastion.Action(
+            tool=call.function, stage="pre_tool", session=session, args=dict(call.args),
+            approval=approval_id))
 
     def _blocked(self, call: FunctionCall, own: bool, decision: bastion.Decision) -> None:
         self.stats["blocked_own" if own else "blocked_injected"] += 1
