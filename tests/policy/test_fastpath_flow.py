@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from bastion.policy import Stage, compile_policy
 from bastion.policy._cel import environment
-from bastion.policy._fastpath import clean, simple, values_function
+from bastion.policy._fastdata import clean
+from bastion.policy._fastpath import simple, values_function
 from bastion.policy._loader import load_policy
 
 PACK = Path(__file__).resolve().parents[2] / "policies" / "flow-default.yaml"

@@ -2,7 +2,7 @@
 
 The binding (``cel-expr-python``) exposes a compiled program only as bytes: a protobuf ``Any``
 holding a ``cel.expr.CheckedExpr``. This module decodes the part of the wire format an ``Expr``
-needs and turns each node into a tuple the fast path (``_fastpath``) compiles:
+needs and turns each node into a tuple the fast path compiles (``_fastcompile``):
 ``("ident", name)``, ``("select", operand, field, test_only)``, ``("call", function, args)``,
 ``("list", elements)``, ``("const", value)``, ``("fold", ...)`` (a comprehension) or
 ``("other",)``.

@@ -26,12 +26,12 @@ from cel_expr_python import cel
 
 from bastion._canon import LazyModule
 from bastion.policy._compile import Candidates, CompiledPolicy, CompiledRule, Tier
-from bastion.policy._fastpath import clean, values_function
+from bastion.policy._fastdata import INT64, clean
+from bastion.policy._fastpath import values_function
 from bastion.policy._model import Effect, Stage
 
 orjson: Any = LazyModule("orjson", globals())  # imported on first use
 
-_INT64 = (-(2**63), 2**63 - 1)
 _DECIDING = (Effect.DENY, Effect.REQUIRE_APPROVAL, Effect.ALLOW)
 
 
@@ -325,6 +325,6 @@ def _cel_safe(value: Any, depth: int) -> Any:
 def _key(key: Any) -> Any:
     if isinstance(key, bool | str):
         return key
-    if isinstance(key, int) and _INT64[0] <= key <= _INT64[1]:
+    if isinstance(key, int) and INT64[0] <= key <= INT64[1]:
         return key
     return str(key) if not isinstance(key, float) or math.isfinite(key) else repr(key)
