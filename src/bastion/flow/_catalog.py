@@ -39,7 +39,7 @@ INTEGRITY = ("trusted", "untrusted")
 _TOOL_KEYS = ("class", "side_effects", "sinks", "content", "result", "description")
 _RESULT_KEYS = ("integrity", "confidentiality", "handling", "keys")
 # labels with another meaning: integrity, sources and flow states
-_RESERVED = frozenset({"trusted", "untrusted", "unknown", "user", "selected", "incomplete",
+_RESERVED = frozenset({"trusted", "untrusted", "unknown", "user", "selected", "incomplete", "ended",
                        "injection", "untrusted_identifier"})
 
 

@@ -17,7 +17,8 @@ between processes, so its counts are kept in this process, per store object (eve
 that store shares them), without a store read per decision; they outlive an evicted session's
 provenance, so eviction still fails closed. A fact is claimed as this process's only after its
 count is written, so a failed write never hides another process's fact. Allowed calls are facts
-too when a policy reads ``session.history``.
+too (counted whatever this kernel's own policy reads). An ended session (``end``) is a tombstone
+in the store: every tracker then reads it as ``ended`` and forgets what it held of it.
 """
 
 from __future__ import annotations
@@ -149,47 +150,70 @@ class FlowTracker:
                 total, counted = self._local.get(session_id, (0, frozenset()))
             if total <= mine:
                 return None
-            return {*counted, ENDED} if total >= ENDED_COUNT else set(counted)
+            if total < ENDED_COUNT:
+                return set(counted)
+            self._forget(session_id)
+            return {ENDED}
         with self._lock:
             mine = self._recorded.get(session_id, 0)
         now = self._clock()
         total = self._state.count(f"flow:n:{session_id}", FOREVER, now)
         if total <= mine:
             return None
-        if total >= ENDED_COUNT:  # its labels may be gone: the kernel denies such sessions
-            return {ENDED}
-        prefix = f"flow:l:{session_id}:"
-        many = getattr(self._state, "counts", None)
-        if many is not None:
-            found = {k[len(prefix):] for k, n in many(prefix, FOREVER, now).items() if n > 0}
-            return {x for x in found if ":" not in x}  # not session "ID:more"'s labels
-        return {x for x in self._labels
-                if self._state.count(f"{prefix}{x}", FOREVER, now) > 0}
+        if total < ENDED_COUNT:
+            prefix = f"flow:l:{session_id}:"
+            many = getattr(self._state, "counts", None)
+            if many is not None:
+                found = {k[len(prefix):] for k, n in many(prefix, FOREVER, now).items() if n > 0}
+                labels = {x for x in found if ":" not in x}  # not session "ID:more"'s labels
+            else:
+                labels = {x for x in self._labels
+                          if self._state.count(f"{prefix}{x}", FOREVER, now) > 0}
+            # an end between the two reads deletes the labels: read the count again
+            if self._state.count(f"flow:n:{session_id}", FOREVER, now) < ENDED_COUNT:
+                return labels
+        self._forget(session_id)  # ended: its labels may be gone, and the kernel denies it
+        return {ENDED}
 
     def end(self, session_id: str) -> None:
         """End a session: forget its provenance and quarantine here, and leave a tombstone in
         the state store (its fact count raised past anything recorded; its label counters
         deleted where the store can). Any kernel on the store, this one included, then reads the
         session as ``ended`` and denies what it would decide from the session's labels, so a
-        worker that still holds part of the session cannot carry on with it."""
-        with self._lock:
-            self._flows.pop(session_id, None)
-            self._vaults.pop(session_id, None)
-            self._recorded.pop(session_id, None)
-            self._counted.pop(session_id, None)
+        worker that still holds part of the session cannot carry on with it. The tombstone is
+        written before anything is forgotten, so a decision racing the end reads either the
+        whole session or its end."""
         if self._state is None:
+            self._forget(session_id)
             return
         if self._local is not None:
             with _LOCAL_LOCK:
                 total, _ = self._local.get(session_id, (0, frozenset()))
                 self._local[session_id] = (total + ENDED_COUNT, frozenset())
-            return
-        now = self._clock()
-        self._state.add(f"flow:n:{session_id}", ENDED_COUNT, FOREVER, now)
-        delete, many = getattr(self._state, "delete", None), getattr(self._state, "counts", None)
-        if delete is not None and many is not None:
-            prefix = f"flow:l:{session_id}:"  # not session "ID:more"'s labels
-            delete([k for k in many(prefix, FOREVER, now) if ":" not in k[len(prefix):]])
+        else:
+            now = self._clock()
+            self._state.add(f"flow:n:{session_id}", ENDED_COUNT, FOREVER, now)
+            delete, many = (getattr(self._state, "delete", None),
+                            getattr(self._state, "counts", None))
+            if delete is not None and many is not None:
+                prefix = f"flow:l:{session_id}:"  # not session "ID:more"'s labels
+                delete([k for k in many(prefix, FOREVER, now) if ":" not in k[len(prefix):]])
+        self._forget(session_id)
+
+    def _forget(self, session_id: str) -> None:
+        """Drop what this tracker holds of a session (its provenance, vault and claims)."""
+        with self._lock:
+            self._flows.pop(session_id, None)
+            self._vaults.pop(session_id, None)
+            self._recorded.pop(session_id, None)
+            self._counted.pop(session_id, None)
+
+    def unsure(self, session_id: str) -> None:
+        """A call this tracker put in the session's history was denied after all (its audit
+        event could not be written): the history now holds a call that never ran, so the session
+        is ``incomplete`` and no rule over its history is answered from now on."""
+        with self._lock:
+            self._provenance(session_id).labels.add(INCOMPLETE)
 
     def arg_labels(self, session_id: str, args: Any) -> dict[str, list[str]]:
         """Each argument's labels, including those of the quarantined values its handles stand
@@ -235,6 +259,10 @@ class FlowTracker:
         elif stage == "post_tool":
             return self.observe_result(action, decision)
         elif stage == "pre_tool" and decision.allowed:
+            if decision.args is not None and has_handle(decision.args) and \
+                    ENDED in (self._missing(decision.session) or ()):
+                return decision._replace(effect="deny", code="session_ended", args=None,
+                                         errors=(*decision.errors, SESSION_ENDED))
             with self._lock:
                 if decision.args is not None and has_handle(decision.args):
                     args, used, missing = self._vault(decision.session).release(decision.args)

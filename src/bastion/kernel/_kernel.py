@@ -198,6 +198,8 @@ class Kernel:
                     decision.code not in _BEFORE_GUARDS else ()
                 audit.append(_Event(decision, action, admitted))
             except Exception as exc:
+                if self._flow_on and decision.allowed and decision.stage == "pre_tool":
+                    self._flow.unsure(decision.session)  # the call is in its history already
                 decision = _deny(did, ts, action, self.compiled.digest, "audit_unavailable",
                                  errors=(f"audit log cannot be written: {exc}",))
         return decision
@@ -301,6 +303,10 @@ class Kernel:
             if self._needs_agent_facts and self._facts is not None:
                 agent = {**self._facts(agent_id), "id": agent_id}
             data["agent"] = agent
+        # the arguments' labels are read before the session's: an end_session between the two
+        # reads then shows in the session's labels (ended), never as forgotten provenance alone
+        if "arg_labels" in names:
+            data["arg_labels"] = self._flow.arg_labels(session_id, action.args)
         if "session" in names:
             session: dict[str, Any] = {"id": session_id, "labels": []}
             if self._needs_calls:
@@ -311,8 +317,6 @@ class Kernel:
                 if self._needs_history:  # 64 entries converted for CEL on every decision
                     session["history"] = history
             data["session"] = session
-        if "arg_labels" in names:
-            data["arg_labels"] = self._flow.arg_labels(session_id, action.args)
         if "context" in names:
             data["context"] = _plain_map(action.context)
         if "result" in names:
@@ -342,8 +346,7 @@ class Kernel:
             raise ConfigError("ending a session needs an identity ('by')")
         if not isinstance(session_id, str) or not session_id:
             raise ConfigError(f"a session id is a non-empty string: {session_id!r}")
-        if self._flow_on:
-            self._flow.end(session_id)
+        self._flow.end(session_id)  # tracking flow or not: other kernels on the store may
         if self._audit is not None:
             ts = self._clock()
             self._audit.append({"kind": "session.end", "id": f"session:{session_id}:{ts}",
