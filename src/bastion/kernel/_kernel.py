@@ -27,9 +27,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from bastion._canon import canonical_tool, digest, snapshot
-from bastion._errors import ApprovalError, ConfigError
+from bastion._canon import canonical_tool
+from bastion._errors import ConfigError
 from bastion.flow import EMPTY_CATALOG, Provenance, ToolCatalog, load_catalog
+from bastion.kernel._approvals import Approvals, Approver, action_digest
 from bastion.kernel._budgets import FOREVER, SessionBudgets
 from bastion.kernel._events import _Event, _ident, _Outcome
 from bastion.kernel._flow import HISTORY_UNKNOWN, SESSION_ENDED, FlowTracker, flow_note
@@ -78,12 +79,6 @@ class Guard(Protocol):
     def __call__(self, action: Action, tool: str, agent_id: str) -> str | None: ...
 
 
-class Approver(Protocol):
-    """Decides a pending approval now: ``True`` grants, ``False`` refuses."""
-
-    def __call__(self, approval: Approval, action: Action) -> bool: ...
-
-
 class Kernel:
     """Decides every action; thread-safe; also a context manager (``close`` on exit)."""
 
@@ -109,11 +104,9 @@ class Kernel:
         self._audit = audit
         self._state = state if state is not None else open_store(None)
         self._facts = agent_facts
-        self._approver = approver
         self._guards = tuple(guards)
         self._guard_names = tuple(_name(g) for g in self._guards)
         self.catalog = catalog if catalog is not None else EMPTY_CATALOG
-        self._approval_ttl = approval_ttl_s
         self._clock = clock
         self._prefix = id_prefix if id_prefix is not None else os.urandom(6).hex()
         self._ids = itertools.count(1)
@@ -132,6 +125,7 @@ class Kernel:
             or any(cr.rule.limit for cr in self.compiled.rules) \
             or any(cr.rule.effect is Effect.REQUIRE_APPROVAL for cr in self.compiled.rules)
         self._durable_audit = bool(getattr(audit, "durable", False))
+        self._approvals = Approvals(self._state, approver, approval_ttl_s, audit, clock)
         self._session_budgets = SessionBudgets(self._state, self.policy.budgets)
         self._flags = self._state.flags
         self._candidates = self.compiled.cache  # read-only here; the compiler fills it
@@ -365,8 +359,8 @@ class Kernel:
         code = _CODE[verdict.default_applied]
         if effect is Effect.REQUIRE_APPROVAL:  # step 5
             code = "approval"
-            effect, approval_id, note = self._approval(action, stage, tool, agent_id,
-                                                       session_id, did, ts)
+            effect, approval_id, note = self._approvals.resolve(action, tool, agent_id,
+                                                                session_id, did, ts)
             reasons.append(note)
         if effect is Effect.ALLOW:  # step 6
             limited = self._limits(action, verdict, stage, tool, agent_id, session_id, ts / 1e9)
@@ -391,54 +385,17 @@ class Kernel:
     # -- approvals ---------------------------------------------------------------------------
     def action_digest(self, action: Action) -> str:
         """The digest an approval is bound to: canonical tool, stage, arguments, agent, session."""
-        tool = canonical_tool(action.tool) if action.tool else ""
-        return digest({"tool": tool, "stage": action.stage, "args": snapshot(action.args),
-                       "agent": _ident(action.agent), "session": _ident(action.session)})
-
-    def _approval(self, action: Action, stage: Stage, tool: str, agent_id: str,
-                  session_id: str, did: str, ts: int) -> tuple[Effect, str | None, str]:
-        dg = self.action_digest(action)
-        if action.approval is not None:
-            used = self._state.consume_approval(action.approval, dg, ts / 1e9)
-            if used is not None:
-                return Effect.ALLOW, used.id, f"approved by {used.decided_by or 'approver'}"
-            return Effect.DENY, action.approval, (
-                f"approval {action.approval!r} is not granted for this exact action, "
-                "has expired or was already used")
-        pending = Approval(id=f"apr-{did}", digest=dg, tool=tool, agent=agent_id,
-                           session=session_id, created=ts / 1e9,
-                           expires=ts / 1e9 + self._approval_ttl)
-        if self._approver is not None:
-            try:
-                granted = self._approver(pending, action) is True
-            except Exception as exc:
-                return Effect.DENY, pending.id, f"approver failed: {type(exc).__name__}: {exc}"
-            status = "used" if granted else "refused"
-            self._state.put_approval(Approval(**{**_fields(pending), "status": status,
-                                                 "decided_by": "approver-callback"}))
-            if granted:
-                return Effect.ALLOW, pending.id, "approved by approver callback"
-            return Effect.DENY, pending.id, "refused by approver callback"
-        self._state.put_approval(pending)
-        return Effect.REQUIRE_APPROVAL, pending.id, f"approval {pending.id!r} pending"
+        return action_digest(action)
 
     def approve(self, approval_id: str, *, by: str, note: str = "") -> Approval:
         """Grant a pending approval (single use, only for the action it was created for)."""
-        return self._decide_approval(approval_id, True, by, note)
+        return self._approvals.decide(approval_id, True, by, note)
 
     def refuse(self, approval_id: str, *, by: str, note: str = "") -> Approval:
-        return self._decide_approval(approval_id, False, by, note)
+        return self._approvals.decide(approval_id, False, by, note)
 
-    def _decide_approval(self, approval_id: str, grant: bool, by: str, note: str) -> Approval:
-        if not by:
-            raise ApprovalError("an approval decision needs the approver's identity ('by')")
-        decided = self._state.decide_approval(approval_id, grant, by, note, self._clock() / 1e9)
-        if self._audit is not None:
-            self._audit.append({"kind": "approval", "id": f"{approval_id}:{decided.status}",
-                                "ts": self._clock(), "approval_id": approval_id,
-                                "status": decided.status, "by": by, "note": note,
-                                "digest": decided.digest, "tool": decided.tool})
-        return decided
+    def pending_approvals(self) -> list[Approval]:
+        return self._approvals.pending()
 
     def kill_hit(self, decision: Decision) -> str | None:
         """The kill flag (scope) that now covers the call ``decision`` allowed, if any: for
@@ -451,9 +408,6 @@ class Kernel:
         """Register one more guard; it runs after those already registered."""
         self._guards = (*self._guards, guard)
         self._guard_names = (*self._guard_names, _name(guard))
-
-    def pending_approvals(self) -> list[Approval]:
-        return self._state.list_approvals("pending")
 
     # -- limits and budgets --------------------------------------------------------------------
     def _limits(self, action: Action, verdict: Verdict, stage: Stage, tool: str, agent_id: str,
@@ -568,10 +522,6 @@ def _plain_map(value: Any) -> Any:
     if value is EMPTY:
         return {}
     return dict(value) if isinstance(value, Mapping) else value
-
-
-def _fields(a: Approval) -> dict[str, Any]:
-    return {k: getattr(a, k) for k in a.__dataclass_fields__}
 
 
 def _kill_hit(flags: Mapping[str, str], agent: str, session: str, tool: str) -> str | None:

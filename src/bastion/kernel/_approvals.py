@@ -1,0 +1,92 @@
+"""Approvals: the kernel's step 5 (``require_approval``) and the decisions people make on them.
+
+An approval is bound to one action's digest (canonical tool, stage, arguments, agent, session),
+is single use and expires. A presented approval id is consumed only for the exact action it was
+created for; a registered approver callback decides at once; otherwise a pending approval is
+stored and its id returned for a person to grant or refuse (``Kernel.approve``/``refuse``, or
+``bastion approve``). Every decision on an approval is audited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from bastion._canon import canonical_tool, digest, snapshot
+from bastion._errors import ApprovalError
+from bastion.kernel._events import _ident
+from bastion.kernel._types import Action
+from bastion.policy import Effect
+from bastion.state import Approval, StateStore
+
+
+class Approver(Protocol):
+    """Decides a pending approval now: ``True`` grants, ``False`` refuses."""
+
+    def __call__(self, approval: Approval, action: Action) -> bool: ...
+
+
+def action_digest(action: Action) -> str:
+    """The digest an approval is bound to: canonical tool, stage, arguments, agent, session."""
+    tool = canonical_tool(action.tool) if action.tool else ""
+    return digest({"tool": tool, "stage": action.stage, "args": snapshot(action.args),
+                   "agent": _ident(action.agent), "session": _ident(action.session)})
+
+
+class Approvals:
+    """One kernel's approvals, kept in its state store and audited in its audit log."""
+
+    def __init__(self, state: StateStore, approver: Approver | None, ttl_s: float, audit: Any,
+                 clock: Callable[[], int]):
+        self._state = state
+        self._approver = approver
+        self._ttl = ttl_s
+        self._audit = audit
+        self._clock = clock
+
+    def resolve(self, action: Action, tool: str, agent_id: str, session_id: str, did: str,
+                ts: int) -> tuple[Effect, str | None, str]:
+        """Step 5 for an action the policy says needs approval: the effect, the approval id and
+        a note for the decision's reasons."""
+        dg = action_digest(action)
+        if action.approval is not None:
+            used = self._state.consume_approval(action.approval, dg, ts / 1e9)
+            if used is not None:
+                return Effect.ALLOW, used.id, f"approved by {used.decided_by or 'approver'}"
+            return Effect.DENY, action.approval, (
+                f"approval {action.approval!r} is not granted for this exact action, "
+                "has expired or was already used")
+        pending = Approval(id=f"apr-{did}", digest=dg, tool=tool, agent=agent_id,
+                           session=session_id, created=ts / 1e9, expires=ts / 1e9 + self._ttl)
+        if self._approver is not None:
+            try:
+                granted = self._approver(pending, action) is True
+            except Exception as exc:
+                return Effect.DENY, pending.id, f"approver failed: {type(exc).__name__}: {exc}"
+            status = "used" if granted else "refused"
+            self._state.put_approval(Approval(**{**_fields(pending), "status": status,
+                                                 "decided_by": "approver-callback"}))
+            if granted:
+                return Effect.ALLOW, pending.id, "approved by approver callback"
+            return Effect.DENY, pending.id, "refused by approver callback"
+        self._state.put_approval(pending)
+        return Effect.REQUIRE_APPROVAL, pending.id, f"approval {pending.id!r} pending"
+
+    def decide(self, approval_id: str, grant: bool, by: str, note: str) -> Approval:
+        """Grant or refuse a pending approval, as ``by``; audited."""
+        if not by:
+            raise ApprovalError("an approval decision needs the approver's identity ('by')")
+        decided = self._state.decide_approval(approval_id, grant, by, note, self._clock() / 1e9)
+        if self._audit is not None:
+            self._audit.append({"kind": "approval", "id": f"{approval_id}:{decided.status}",
+                                "ts": self._clock(), "approval_id": approval_id,
+                                "status": decided.status, "by": by, "note": note,
+                                "digest": decided.digest, "tool": decided.tool})
+        return decided
+
+    def pending(self) -> list[Approval]:
+        return self._state.list_approvals("pending")
+
+
+def _fields(a: Approval) -> dict[str, Any]:
+    return {k: getattr(a, k) for k in a.__dataclass_fields__}
