@@ -187,8 +187,9 @@ def test_scalars_fast_path_matches_the_walk() -> None:
     class Text(str):
         pass
 
-    for value in ["x", 1, 1.5, True, None, Text("y"), b"z"]:
+    for value in ["x", 1, 1.5, True, None, Text("y")]:
         assert scalars(value) == [value]
+    assert scalars(b"z") == ["z"]  # bytes are read as text
     assert sorted(map(str, scalars({"k": [1, ("a", {"b"})]}))) == ["1", "a", "b", "k"]
 
 

@@ -25,6 +25,7 @@ untrusted results. Loading is strict, with ``PATH:LINE:COL`` on every mistake::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from bastion.policy._yaml import Located, LocatedList, read_source, read_yaml
 CLASSES = ("read", "write", "egress", "code", "admin", "unknown")
 INTEGRITY = ("trusted", "untrusted")
 _TOOL_KEYS = ("class", "side_effects", "sinks", "content", "result", "description")
+_LABEL = re.compile(r"[a-z][a-z0-9_\-]{0,63}")
 _RESULT_KEYS = ("integrity", "confidentiality", "handling", "keys")
 # labels with another meaning: integrity, sources and flow states
 _RESERVED = frozenset({"trusted", "untrusted", "unknown", "user", "selected", "incomplete", "ended",
@@ -137,8 +139,9 @@ def _entry(name: str, node: Located, path: str) -> ToolInfo:
     integrity = result.get("integrity", "untrusted")
     _choice(result, "integrity", integrity, INTEGRITY, path)
     conf = result.get("confidentiality", "internal")
-    if not isinstance(conf, str) or not conf:
-        _fail(result, "confidentiality", "'confidentiality' must be a label", path)
+    if not isinstance(conf, str) or not _LABEL.fullmatch(conf):  # as policies spell them
+        _fail(result, "confidentiality", "'confidentiality' must be a label of lower-case "
+              f"letters, digits, '_' and '-' (such as 'secret'), not {conf!r}", path)
     if ":" in conf or conf in _RESERVED:  # never reaches session.labels, so no rule sees it
         _fail(result, "confidentiality", f"{conf!r} cannot be a confidentiality label (no "
               f"':', and none of {', '.join(sorted(_RESERVED))})", path)
@@ -147,7 +150,10 @@ def _entry(name: str, node: Located, path: str) -> ToolInfo:
     keys = result.get("keys", LocatedList())
     if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
         _fail(result, "keys", "'keys' must be a list of field names", path)
-    return ToolInfo(name, str(cls), bool(side), tuple(sinks), str(integrity), str(conf), True,
+    # a side-effecting entry that does not list its sinks leaves its arguments' roles to the
+    # safe defaults (every argument a sink), as for a tool the catalog does not name
+    roles = not side or "sinks" in node
+    return ToolInfo(name, str(cls), bool(side), tuple(sinks), str(integrity), str(conf), roles,
                     str(handling), tuple(content), tuple(keys))
 
 

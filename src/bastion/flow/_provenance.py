@@ -43,9 +43,11 @@ from typing import Any
 
 from bastion.flow._records import RecordIndex
 from bastion.flow._values import (
+    MAX_TEXT,
     canonical,
     compact,
     identifiers,
+    leaves,
     scalars,
     whole_atom,
     without_identifiers,
@@ -63,6 +65,13 @@ MIN_SECRET_WORD = 16  # a word this long shared with a secret text carries its l
 _PLAIN = frozenset({TRUSTED, UNTRUSTED, USER, "public", "internal"})
 
 _MAX_SCANS = 4_096
+MAX_CHUNKS = 64  # pieces of MAX_TEXT characters remembered of one long text (4 MB)
+_OVERLAP = 1_024  # characters the pieces of a long text share, so no identifier is cut
+SCAN_BUDGET = 64 << 20  # characters of haystack one labelling may search (then: fails closed)
+
+
+class OverBudget(Exception):
+    """Labelling the arguments would search more than ``SCAN_BUDGET`` characters."""
 
 _HAY_KINDS = (TRUSTED, UNTRUSTED, "sensitive")  # haystacks of compact texts
 _KINDS = (*_HAY_KINDS, "trusted_text", "untrusted_text", "untrusted_ids")
@@ -118,8 +127,9 @@ class Provenance:
     """What one session has seen, and with which labels. Not thread-safe on its own: the
     kernel serialises access per session."""
 
-    __slots__ = ("_atoms", "_hay", "_joined", "_parts", "_scans", "_untrusted_seen", "evicted",
-                 "history", "labels", "max_history", "max_values", "records", "tools_seen")
+    __slots__ = ("_atoms", "_budget", "_hay", "_joined", "_parts", "_scans", "_untrusted_seen",
+                 "evicted", "history", "labels", "max_history", "max_values", "records",
+                 "tools_seen", "unplaced")
 
     def __init__(self, *, max_values: int = 4_096, max_history: int = 64):
         self.max_values = max_values
@@ -135,6 +145,10 @@ class Provenance:
         self.tools_seen: dict[str, None] = {}  # every tool called, in last-call order
         self.evicted = 0
         self.labels: set[str] = set()  # session level: integrity and confidentiality seen
+        # labels of data seen but not remembered (evicted, or past a size bound): any value
+        # that is not the user's may have come from it, so such values carry these labels
+        self.unplaced: set[str] = set()
+        self._budget: int | None = None  # characters left to search, while labelling arguments
         self.history: list[str] = []
 
     # -- recording ------------------------------------------------------------------------------
@@ -146,20 +160,40 @@ class Provenance:
         self.labels.update(x for x in labels if x != TRUSTED and ":" not in x and x != USER)
         if TRUSTED not in labels:
             self._untrusted_seen = True
-        for leaf in scalars(value):
-            atoms = set(identifiers(leaf))
-            whole = whole_atom(leaf)
-            if whole is not None:
-                atoms.add(whole)
-            for atom in atoms:
-                self._remember(self._atoms, atom, labels)
-            if isinstance(leaf, str):
-                text = compact(leaf)
-                if text:
-                    self._remember(self._hay, text, labels)
+        found, cut = leaves(value)
+        if cut:  # values past MAX_LEAVES are not remembered
+            self._unplace(labels)
+        for leaf in found:
+            for piece in self._pieces(leaf, labels):
+                atoms = set(identifiers(piece))
+                whole = whole_atom(piece)
+                if whole is not None:
+                    atoms.add(whole)
+                for atom in atoms:
+                    self._remember(self._atoms, atom, labels)
+                if isinstance(piece, str):
+                    text = compact(piece)
+                    if text:
+                        self._remember(self._hay, text, labels)
         if TRUSTED not in labels and keys:
             self.records.remember(value, frozenset(keys))
         self._scans.clear()
+
+    def _pieces(self, leaf: Any, labels: frozenset[str]) -> list[Any]:
+        """A leaf as remembered: a text longer than ``MAX_TEXT`` in overlapping pieces (at most
+        ``MAX_CHUNKS``; what lies beyond is unplaced)."""
+        if not isinstance(leaf, str) or len(leaf) <= MAX_TEXT:
+            return [leaf]
+        step = MAX_TEXT - _OVERLAP
+        starts = range(0, len(leaf) - _OVERLAP, step)
+        if len(starts) > MAX_CHUNKS:
+            self._unplace(labels)
+            starts = starts[:MAX_CHUNKS]
+        return [leaf[i:i + MAX_TEXT] for i in starts]
+
+    def _unplace(self, labels: Iterable[str]) -> None:
+        """Data with ``labels`` was seen but is not remembered."""
+        self.unplaced.update(x for x in labels if x not in (TRUSTED, USER) and ":" not in x)
 
     def record_input(self, text: Any) -> None:
         self.record(text, (TRUSTED, USER))
@@ -202,6 +236,7 @@ class Provenance:
             if len(store) > self.max_values:
                 old, old_labels = store.popitem(last=False)
                 self.evicted += 1
+                self._unplace(old_labels)
                 self._move(old, _kinds(hay, old, old_labels), ())
         else:
             if not labels <= found:
@@ -241,11 +276,46 @@ class Provenance:
         key = (kind, text)
         found = self._scans.get(key)
         if found is None:
-            found = self._scans[key] = text in self._haystack(kind)
+            hay = self._haystack(kind)
+            self._spend(len(hay))
+            found = self._scans[key] = text in hay
             if len(self._scans) > _MAX_SCANS:
                 self._scans.clear()
                 self._scans[key] = found
         return found
+
+    def _word_in(self, kind: str, canon: str) -> bool:
+        """``canon`` is in the ``kind`` haystack as whole words; remembered like ``_in``."""
+        if not self._in(kind, canon):
+            return False
+        key = (f"words:{kind}", canon)
+        found = self._scans.get(key)
+        if found is None:
+            hay = self._haystack(kind)
+            self._spend(len(hay))
+            found = self._scans[key] = re.search(
+                rf"(?<!\w){re.escape(canon)}(?!\w)", hay) is not None
+        return found
+
+    def _spend(self, chars: int) -> None:
+        """Count ``chars`` of searching against the labelling's budget, if one is running."""
+        if self._budget is not None:
+            self._budget -= chars
+            if self._budget < 0:
+                raise OverBudget
+
+    def _spend_walk(self, *kinds: str) -> None:
+        """Count a walk over the remembered values of the ``kinds`` haystacks."""
+        if self._budget is not None:
+            self._spend(sum(len(self._haystack(k)) for k in kinds))
+
+    def _unscanned(self) -> set[str]:
+        """The labels of a value too large to examine: whatever the session has seen that is not
+        the user's (``unknown`` when that is nothing), so it can hide nothing."""
+        out = (self.labels | self.unplaced) - {TRUSTED, USER}
+        if UNTRUSTED in out or self._untrusted_seen:
+            out |= {UNTRUSTED, UNTRUSTED_IDENTIFIER}
+        return out or {UNKNOWN}
 
     def _identifier_piece(self, text: str) -> bool:
         """``text`` (significant characters) is a piece of an untrusted-only address identifier
@@ -259,7 +329,8 @@ class Provenance:
         found: set[str] = set()
         if len(text) < MIN_FRAGMENT or not self._haystack("sensitive"):
             return found
-        inside = text in self._haystack("sensitive")
+        inside = self._in("sensitive", text)
+        self._spend_walk(TRUSTED, UNTRUSTED)
         for key, labels in self._hay.items():
             if (inside and text in key) or (len(key) >= MIN_FRAGMENT and key in text
                                              and labels - _PLAIN):
@@ -275,8 +346,9 @@ class Provenance:
             return found
         for word in canonical(leaf).split(" "):
             word = compact(word)
-            if len(word) < MIN_SECRET_WORD or word not in hay:
+            if len(word) < MIN_SECRET_WORD or not self._in("sensitive", word):
                 continue
+            self._spend_walk(TRUSTED, UNTRUSTED)
             for key, labels in self._hay.items():
                 if word in key and labels - _PLAIN:
                     found |= labels - {TRUSTED, UNTRUSTED, USER}
@@ -289,6 +361,7 @@ class Provenance:
         if not self._in(UNTRUSTED, text):
             return None
         found: set[str] = set()
+        self._spend_walk(UNTRUSTED)
         for key, labels in self._hay.items():
             if TRUSTED not in labels and text in key:
                 found.update(labels)
@@ -298,12 +371,10 @@ class Provenance:
         """Labels of the untrusted texts that hold ``leaf`` as whole words: a name too short to
         be a fragment ("Fred") copied out of an untrusted text is untrusted, not unknown."""
         canon = canonical(leaf)
-        if len(compact(leaf)) < MIN_QUOTE:
-            return None
-        hay = self._haystack("untrusted_text")
-        if canon not in hay or not re.search(rf"(?<!\w){re.escape(canon)}(?!\w)", hay):
+        if len(compact(leaf)) < MIN_QUOTE or not self._word_in("untrusted_text", canon):
             return None
         found: set[str] = set()
+        self._spend_walk("untrusted_text")
         for key, labels in self._atoms.items():
             if key.startswith("text:") and TRUSTED not in labels and canon in key:
                 found |= labels
@@ -315,7 +386,15 @@ class Provenance:
         what it matched."""
         out: set[str] = set()
         selected = None  # every untrusted scalar was picked out by the user's words
-        for leaf in scalars(value):
+        found_leaves, cut = leaves(value)
+        if cut:  # what lies past MAX_LEAVES is not examined: it may hold anything seen
+            out |= self._unscanned()
+            selected = False
+        for leaf in found_leaves:
+            if isinstance(leaf, str) and len(leaf) > MAX_TEXT:
+                out |= self._unscanned()
+                selected = False
+                continue
             found = self._leaf(leaf)
             if UNKNOWN in found:  # a composed value beside a pick is still composed
                 selected = False
@@ -366,12 +445,26 @@ class Provenance:
                    for key, found in self._atoms.items())
 
     def _leaf(self, leaf: Any) -> set[str]:
+        out = self._leaf_labels(leaf)
+        if self.unplaced and TRUSTED not in out and out:
+            # data that is no longer remembered may be where this value came from
+            out |= self.unplaced
+            if UNTRUSTED in out:
+                out.discard(UNKNOWN)
+                if any(a.partition(":")[0] in ADDRESS_KINDS for a in identifiers(leaf)):
+                    out.add(UNTRUSTED_IDENTIFIER)
+        return out
+
+    def _leaf_labels(self, leaf: Any) -> set[str]:
         whole = whole_atom(leaf)
         if whole is None:
             return set()
         seen = self._atoms.get(whole)
-        if seen is not None and TRUSTED in seen:
-            return {x for x in seen if x != UNTRUSTED}
+        if seen is not None and TRUSTED in seen:  # a secret inside it stays secret
+            out = {x for x in seen if x != UNTRUSTED}
+            if isinstance(leaf, str):
+                out |= self._sensitive(compact(leaf)) | self._sensitive_words(leaf)
+            return out
         ids = identifiers(leaf) - {whole}
         if isinstance(leaf, str):
             quoted = self._quoted(leaf, ids)
@@ -401,6 +494,11 @@ class Provenance:
                     out.add(UNTRUSTED_IDENTIFIER)
         if isinstance(leaf, str) and not untrusted:
             frag = self._fragment(compact(leaf)) or self._words(leaf)
+            if frag is None and all_trusted:  # the words around the typed identifiers
+                rest = self._rest(leaf, ids)
+                if rest:
+                    frag = self._fragment(rest)
+                    all_trusted = frag is None and self._in(TRUSTED, rest)
             if frag is not None:
                 untrusted = True
                 out |= frag
@@ -415,6 +513,18 @@ class Provenance:
             out.discard(TRUSTED)
             out.add(UNKNOWN)
         return out
+
+    @staticmethod
+    def _rest(leaf: str, ids: frozenset[str]) -> str:
+        """The significant characters of ``leaf`` outside its identifiers, when letters remain
+        (``MIN_QUOTE`` or more of them); else ``""``."""
+        rest = compact(leaf)
+        for atom in sorted(ids, key=len, reverse=True):
+            piece = compact(atom.partition(":")[2])
+            if piece:
+                rest = rest.replace(piece, "", 1)
+        letters = sum(1 for c in rest if not c.isdigit())
+        return rest if letters >= MIN_QUOTE else ""
 
     def _quoted(self, leaf: str, ids: frozenset[str]) -> set[str] | None:
         """The labels of trusted input that ``leaf`` repeats, or None. Trusted wins over an
@@ -435,12 +545,10 @@ class Provenance:
             if all(labels is not None and TRUSTED in labels for labels in found):
                 return {x for labels in found if labels for x in labels if x != UNTRUSTED}
         canon = canonical(leaf)
-        hay = self._haystack("trusted_text")
-        if not hay or canon not in hay:
-            return None
-        if not re.search(rf"(?<!\w){re.escape(canon)}(?!\w)", hay):
+        if not self._word_in("trusted_text", canon):
             return None
         out: set[str] = set()
+        self._spend_walk("trusted_text")
         for key, labels in self._atoms.items():
             if key.startswith("text:") and TRUSTED in labels and canon in key:
                 out |= labels - {UNTRUSTED}
@@ -450,14 +558,35 @@ class Provenance:
         """``labels_of`` for every argument, plus identifiers split across arguments: when the
         arguments' texts joined together hold an untrusted-only identifier that no single
         argument holds, every argument that is a piece of it is labelled untrusted too."""
+        self._budget = SCAN_BUDGET
+        try:
+            return self._labels_of_args(args)
+        except OverBudget:  # too much to search: every argument may hold anything seen
+            unscanned = sorted(self._unscanned())
+            return {str(k): unscanned for k in args}
+        finally:
+            self._budget = None
+
+    def _labels_of_args(self, args: Mapping[str, Any]) -> dict[str, list[str]]:
         out = {str(k): self.labels_of(v) for k, v in args.items()}
-        if not self._untrusted_seen:  # nothing untrusted to rebuild an identifier from
+        sensitive = bool(self._haystack("sensitive"))
+        if not (self._untrusted_seen or sensitive):  # nothing to rebuild a value from
             return out
-        leaves = [(str(k), s) for k, v in args.items() for s in scalars(v)
+        pieces = [(str(k), s) for k, v in args.items() for s in scalars(v)
                   if isinstance(s, str | int | float) and not isinstance(s, bool)]
-        flat = [(name, p) for name, s in leaves if (p := compact(s))]
+        flat = [(name, p) for name, s in pieces if (p := compact(s))]
         if len(flat) < 2:
             return out
+        if sensitive:  # a secret cut into pieces too short to be fragments is still secret
+            absent = [len(p) >= MIN_FRAGMENT and not self._in("sensitive", p) for _, p in flat]
+            for run in itertools.islice(_runs(flat, absent), 4_096):
+                text = "".join(p for _, p in run)
+                if len(text) >= MIN_FRAGMENT and self._in("sensitive", text):
+                    for name in {name for name, _ in run}:
+                        out[name] = sorted(set(out[name]) | self._sensitive(text))
+        if not self._untrusted_seen:
+            return out
+        leaves_ = pieces
 
         def taint(names: Iterable[str], labels: set[str]) -> None:  # labels may add the flag
             for name in names:  # a piece of something untrusted is not what the user picked
@@ -475,7 +604,7 @@ class Provenance:
                     and not self._in(TRUSTED, text)):
                 extra = {UNTRUSTED_IDENTIFIER} if self._identifier_piece(text) else set()
                 taint({name for name, _ in run}, (self._fragment(text) or set()) | extra)
-        spaced = " ".join(canonical(s) if isinstance(s, str) else repr(s) for _, s in leaves)
+        spaced = " ".join(canonical(s) if isinstance(s, str) else repr(s) for _, s in leaves_)
         for atom in identifiers(spaced):
             labels = self._atoms.get(atom)
             if labels is None or TRUSTED in labels:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
@@ -93,10 +94,19 @@ def injection_signal(value: Any, *, limit: int = 4_096) -> str | None:
         if _HIDDEN.search(text[:_SCAN]):
             return "hidden_characters"
         flat = norm_text(text[:_SCAN])
+        # words joined by invisible characters or '_' read as a sentence to a model too
+        spaced = norm_text(_joiners(text[:_SCAN])) if "_" in text or not text.isascii() \
+            else flat
         for name, pattern in _signals():
-            if pattern.search(flat):
+            if pattern.search(flat) or (spaced is not flat and pattern.search(spaced)):
                 return name
     return None
+
+
+def _joiners(text: str) -> str:
+    """``text`` with '_' and format characters (zero-width, word joiners) as spaces."""
+    return "".join(" " if c == "_" or (c > "\x7f" and unicodedata.category(c) == "Cf") else c
+                   for c in text)
 
 
 def mark(value: Any, source: str) -> Any:

@@ -39,6 +39,7 @@ _FILE = re.compile(r"(?<![\w\-./\\])[\w\-./\\]{0,255}[\w\-]\.[a-z0-9]{1,8}\b")
 _HOSTLIKE = re.compile(r"(?<![a-z0-9\-.])(?:[a-z0-9\-]{1,63}\.){1,16}[a-z]{2,63}\b")
 _TRIM = ".,;:!?)]}>'\""
 _TRIGGER = re.compile(r"[0-9@./:]")
+_INTEGER = re.compile(r"[-+]?[0-9]{1,4300}")
 
 
 def canonical(text: str) -> str:
@@ -79,12 +80,14 @@ def compact(text: Any) -> str:
     """The significant characters of ``canonical(text)``: letters and digits only, so a value
     split by spaces, dashes or dots still matches itself."""
     if not isinstance(text, str):
-        text = _number(repr(text)) or ""
+        text = _number(_num_text(text)) or ""
     return _NOT_ALNUM.sub("", canonical(text))
 
 
 def _number(text: str) -> str | None:
     raw = text.replace(",", "").replace("_", "").replace(" ", "")
+    if _INTEGER.fullmatch(raw):  # exact: account, card and snowflake ids exceed a float's 2**53
+        return str(int(raw))
     try:
         value = float(raw)
     except ValueError:
@@ -102,7 +105,7 @@ def identifiers(value: Any) -> frozenset[str]:
     if isinstance(value, bool) or value is None:
         return frozenset()
     if isinstance(value, int | float):
-        n = _number(repr(value))
+        n = _number(_num_text(value))
         return frozenset({f"num:{n}"}) if n is not None else frozenset()
     if not isinstance(value, str):
         return frozenset()
@@ -161,20 +164,38 @@ def without_identifiers(text: str) -> str:
 def scalars(value: Any) -> list[Any]:
     """The scalars inside a nested value (map keys and values, list items), at most
     ``MAX_LEAVES``: a value used as a map key keeps its labels too."""
+    return leaves(value)[0]
+
+
+def leaves(value: Any) -> tuple[list[Any], bool]:
+    """``scalars``, and whether the value had more than ``MAX_LEAVES`` of them (the rest were
+    not taken). Bytes are decoded and any other object (a dataclass, an SDK model) is taken as
+    its text, so nothing inside a value goes unseen."""
     if type(value) in _SCALAR_TYPES:
-        return [value]
+        return [value], False
     out: list[Any] = []
     stack = [value]
-    while stack and len(out) < MAX_LEAVES:
+    while stack:  # depth first, in order: a cut loses the last scalars, not the first
         item = stack.pop()
         if isinstance(item, Mapping):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            for k, v in reversed(list(item.items())):
+                stack.append(v)
+                stack.append(k)
         elif isinstance(item, list | tuple | set | frozenset):
-            stack.extend(item)
+            stack.extend(reversed(list(item)))
         else:
-            out.append(item)
-    return out
+            if len(out) == MAX_LEAVES:
+                return out, True
+            out.append(_leaf(item))
+    return out, False
+
+
+def _leaf(item: Any) -> Any:
+    if item is None or isinstance(item, str | bool | int | float):
+        return item
+    if isinstance(item, bytes | bytearray | memoryview):
+        return bytes(item).decode("utf-8", "replace")
+    return str(item)
 
 
 def whole_atom(value: Any) -> str | None:
@@ -182,6 +203,11 @@ def whole_atom(value: Any) -> str | None:
         text = canonical(value)
         return f"text:{text}" if text else None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        n = _number(repr(value))
+        n = _number(_num_text(value))
         return f"num:{n}" if n is not None else None
     return None
+
+
+def _num_text(value: Any) -> str:
+    """A number's text: an int exactly (``repr`` of an int subclass may not be digits)."""
+    return str(int(value)) if isinstance(value, int) else repr(value)

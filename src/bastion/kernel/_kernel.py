@@ -62,6 +62,7 @@ _TOOL_STAGES = (Stage.PRE_TOOL, Stage.POST_TOOL)
 _FLOW_WORDS = ("arg_labels", "labels", "history")  # what makes a policy flow-aware
 # decisions made before the guards ran: their events name no admitting guard
 _BEFORE_GUARDS = frozenset({"invalid_stage", "missing_tool", "invalid_tool", "invalid_identity",
+                            "invalid_args",
                             "kill_switch", "guard", "internal_error", "audit_unavailable"})
 
 
@@ -232,6 +233,10 @@ class Kernel:
         if type(agent_id) is not str or type(session_id) is not str:
             return _deny(did, ts, action, self.compiled.digest, "invalid_identity",
                          errors=("agent and session ids must be strings",))
+        if not isinstance(action.args, Mapping):  # no argument could be named, nor labelled
+            return _deny(did, ts, action, self.compiled.digest, "invalid_args",
+                         errors=("arguments must be a map of name to value, not "
+                                 f"{type(action.args).__name__}",))
         flags = self._flags()  # step 3
         if flags:
             hit = _kill_hit(flags, agent_id, session_id, tool)

@@ -42,7 +42,8 @@ class Decision(NamedTuple):
 
     ``code`` is one stable word for why: ``policy`` (a rule decided), ``default``, ``approval``,
     ``rate_limit``, ``budget``, ``kill_switch``, ``invalid_tool``, ``invalid_stage``,
-    ``missing_tool``, ``invalid_identity``, ``guard``, ``quarantine`` (an argument holds a
+    ``missing_tool``, ``invalid_identity``, ``invalid_args`` (arguments that are not a map),
+    ``guard``, ``quarantine`` (an argument holds a
     quarantine handle the session does not have), ``flow_incomplete`` (a rule reads
     ``session.history`` that this kernel has not seen all of), ``session_ended`` (the session was
     ended with ``Kernel.end_session``), ``internal_error``, ``audit_unavailable``.
