@@ -5,8 +5,8 @@ gain ``trusted``?), ``_results`` (marking, quarantine, the injection signal), ``
 kernel's use of them with ``policies/flow-default.yaml``. Selection and shared fact counting were
 reviewed before and are left out.
 
-Each ``xfail(strict=True)`` test is a confirmed finding: it fails now and passes once fixed. The
-plain tests are attacks the code already stops, kept as regression tests.
+The review found 17 problems (the tests under "findings"), all fixed since; the other tests are
+attacks the code already stopped, kept as regression tests.
 """
 
 from __future__ import annotations
@@ -151,10 +151,6 @@ def test_a_secret_cut_into_short_chunks_is_still_secret(k: bastion.Kernel, shape
 
 
 # -- trusted sightings that override ---------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "HIGH: any trusted sighting of a whole value wins over an untrusted one, not just the "
-    "user's: a trusted tool that echoes its argument (get_balance(account=...)) turns an "
-    "attacker's IBAN into 'trusted', and send_money to it is allowed"))
 def test_a_trusted_tool_echoing_an_untrusted_value_does_not_launder_it(
         k: bastion.Kernel) -> None:
     k.evaluate(act("input", args={"text": "pay my landlord 1200 as the e-mail says"}))
@@ -168,9 +164,6 @@ def test_a_trusted_tool_echoing_an_untrusted_value_does_not_launder_it(
     assert not k.evaluate(pay).allowed
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HIGH: the same laundering through a quarantine handle: released to an echoing trusted "
-    "tool, the hidden untrusted IBAN comes back 'trusted'"))
 def test_a_handle_passed_through_a_trusted_tool_keeps_its_labels(k: bastion.Kernel) -> None:
     k.evaluate(act("input", args={"text": "pay my landlord 1200 as the file says"}))
     h = _handle(k, "read_file", IBAN)
@@ -234,10 +227,6 @@ def test_a_confidentiality_label_is_canonical_or_refused() -> None:
 
 
 # -- the kernel --------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "HIGH: a redact obligation is applied to the arguments before quarantine handles are "
-    "released, so the tool (and the audit event, which logs Decision.args) gets the "
-    "quarantined content unredacted while the decision says redacted=True"))
 def test_a_released_handle_is_redacted_too() -> None:
     policy = Path(PACK).read_text() + (
         "  - id: mask-cards\n    stage: pre_tool\n    tools: [post_email]\n"
@@ -245,6 +234,7 @@ def test_a_released_handle_is_redacted_too() -> None:
     with bastion.Kernel.from_text(policy, catalog=CAT) as k:
         plain = _email(k, "card 4111 1111 1111 1111")
         assert plain.args is not None and "4111" not in plain.args["body"]  # control
+        k.evaluate(act("input", args={"text": f"e-mail the customer file to {BOB}"}))
         h = _handle(k, "read_file", "customer card 4111 1111 1111 1111")
         d = _email(k, h)
         assert d.allowed and d.redacted

@@ -82,6 +82,9 @@ class FlowTracker:
                 self._local = None
         self.history_rules: frozenset[str] = frozenset()  # ids of rules reading the history
         self._counted: dict[str, set[str]] = {}  # session -> labels this process counted
+        # session -> trusted tools whose last allowed call took untrusted or unknown arguments:
+        # what such a call returns may be those arguments echoed back, so it is not trusted
+        self._tainted_calls: dict[str, set[str]] = {}
         self._clock = clock
         # every session-level label a fact can carry (this catalog's, and any the policy names:
         # another worker's catalog may label what this one does not)
@@ -207,6 +210,7 @@ class FlowTracker:
             self._vaults.pop(session_id, None)
             self._recorded.pop(session_id, None)
             self._counted.pop(session_id, None)
+            self._tainted_calls.pop(session_id, None)
 
     def unsure(self, session_id: str) -> None:
         """A call this tracker put in the session's history was denied after all (its audit
@@ -263,6 +267,7 @@ class FlowTracker:
                     ENDED in (self._missing(decision.session) or ()):
                 return decision._replace(effect="deny", code="session_ended", args=None,
                                          errors=(*decision.errors, SESSION_ENDED))
+            self._note_call(decision)
             with self._lock:
                 if decision.args is not None and has_handle(decision.args):
                     args, used, missing = self._vault(decision.session).release(decision.args)
@@ -283,10 +288,43 @@ class FlowTracker:
                     self._claim(decision.session, ())
         return decision
 
+    def _tainting(self, session_id: str, args: Any) -> bool:
+        """``args`` hold a value from untrusted data, or one of unknown source in a session that
+        has read untrusted data."""
+        if not isinstance(args, Mapping) or not args:
+            return False
+        labels = self.arg_labels(session_id, args)
+        with self._lock:
+            untrusted_session = "untrusted" in self._provenance(session_id).labels
+        return any("untrusted" in v or ("unknown" in v and untrusted_session)
+                   for v in labels.values())
+
+    def _note_call(self, decision: Decision) -> None:
+        """Before its handles are released: whether this call of a trusted tool takes tainted
+        arguments (``observe_result`` then records its result as untrusted)."""
+        if self.catalog.get(decision.tool).integrity != "trusted":
+            return
+        tainted = self._tainting(decision.session, decision.args)
+        with self._lock:
+            tools = self._tainted_calls.setdefault(decision.session, set())
+            if tainted:
+                tools.add(decision.tool)
+            else:
+                tools.discard(decision.tool)
+
     def observe_result(self, action: Action, decision: Decision) -> Decision:
         info = self.catalog.get(decision.tool)
-        labels = [info.integrity, info.confidentiality, f"tool:{decision.tool}"]
-        signal = injection_signal(action.result) if info.integrity != "trusted" else None
+        integrity = info.integrity
+        if integrity == "trusted":  # a trusted tool echoing what untrusted data chose
+            with self._lock:
+                tainted = decision.tool in self._tainted_calls.get(decision.session, ())
+            if tainted or self._tainting(decision.session, action.args):
+                integrity = "untrusted"
+                decision = decision._replace(reasons=(
+                    *decision.reasons, f"flow: {decision.tool} is trusted, but this call took "
+                    "untrusted arguments: its result is untrusted"))
+        labels = [integrity, info.confidentiality, f"tool:{decision.tool}"]
+        signal = injection_signal(action.result) if integrity != "trusted" else None
         if signal is not None:
             labels.append(INJECTION)
             decision = decision._replace(reasons=(
@@ -370,6 +408,7 @@ class FlowTracker:
                 self._vaults.pop(evicted, None)  # a handle must not outlive its labels
                 self._recorded.pop(evicted, None)  # its counted facts now read as unseen
                 self._counted.pop(evicted, None)
+                self._tainted_calls.pop(evicted, None)
                 self.evicted += 1
         else:
             self._flows.move_to_end(session_id)

@@ -130,6 +130,7 @@ class Kernel:
         self._session_budgets = SessionBudgets(self._state, self.policy.budgets)
         self._flags = self._state.flags
         self._candidates = self.compiled.cache  # read-only here; the compiler fills it
+        self._rules = {cr.rule.id: cr.rule for cr in self.compiled.rules}
         self._closed = False
         # information flow: tracked when a catalog is given or a rule reads flow facts, so
         # policies without either pay one attribute test per decision
@@ -182,7 +183,10 @@ class Kernel:
                              errors=(f"internal error: {type(exc).__name__}: {exc}",))
         if self._flow_on:
             try:
-                decision = self._flow.observe(action, decision)
+                observed = self._flow.observe(action, decision)
+                if observed.redacted and observed.args is not decision.args:
+                    observed = self._redact_released(observed)  # handles were released
+                decision = observed
             except Exception as exc:  # an unrecorded result could launder taint: fail closed
                 decision = _deny(did, ts, action, self.compiled.digest, "internal_error",
                                  errors=(f"flow tracking failed: {type(exc).__name__}: {exc}",))
@@ -198,6 +202,17 @@ class Kernel:
                 decision = _deny(did, ts, action, self.compiled.digest, "audit_unavailable",
                                  errors=(f"audit log cannot be written: {exc}",))
         return decision
+
+    def _redact_released(self, decision: Decision) -> Decision:
+        """Apply the decision's redact obligations again, to arguments that quarantine handles
+        were released into (what a handle stood for is redacted like any other argument)."""
+        args = decision.args
+        for ob in decision.obligations:
+            kind, _, rule_id = ob.partition(":")
+            rule = self._rules.get(rule_id) if kind == "redact" else None
+            if rule is not None and args is not None:
+                args = redact(dict(args), rule.redact, rule.redact_pattern)
+        return decision._replace(args=args)
 
     async def aevaluate(self, action: Action) -> Decision:
         """``evaluate`` for event loops: when the decision may touch the state store (limits,
