@@ -124,3 +124,11 @@ rules:
         k.end_session("s1", by="ops")
         # the forgotten injection would make the recipient `unknown`: allowed, were it not ended
         assert k.evaluate(act("pre_tool", "send_money", args=PAY)).code == "session_ended"
+
+
+def test_no_arguments_at_all_is_the_empty_map() -> None:
+    with bastion.Kernel.from_policy(PACK, catalog=CATALOG) as k:
+        decision = k.evaluate(act("pre_tool", "get_time", args=None))  # type: ignore[arg-type]
+        assert decision.allowed and decision.code != "invalid_args"
+        refused = k.evaluate(act("pre_tool", "get_time", args=["x"]))  # type: ignore[arg-type]
+        assert (refused.allowed, refused.code) == (False, "invalid_args")

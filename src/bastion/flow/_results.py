@@ -104,9 +104,15 @@ def injection_signal(value: Any, *, limit: int = 4_096) -> str | None:
 
 
 def _joiners(text: str) -> str:
-    """``text`` with '_' and format characters (zero-width, word joiners) as spaces."""
-    return "".join(" " if c == "_" or (c > "\x7f" and unicodedata.category(c) == "Cf") else c
-                   for c in text)
+    """``text`` with '_', format characters (zero-width, word joiners) and the other invisible
+    fillers (Unicode's default-ignorable code points: Hangul fillers, variation selectors...)
+    as spaces."""
+    return "".join(" " if c == "_" or (c > "\x7f" and (
+        unicodedata.category(c) == "Cf" or _IGNORABLE.match(c))) else c for c in text)
+
+
+_IGNORABLE = re.compile("[\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164"
+                        "\ufe00-\ufe0f\uffa0\ufff0-\ufff8\U000e0000-\U000e0fff]")
 
 
 def mark(value: Any, source: str) -> Any:

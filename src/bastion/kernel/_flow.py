@@ -28,12 +28,13 @@ import re
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
-from bastion.flow import Provenance, ToolCatalog
+from bastion._canon import canonical_tool
+from bastion.flow import Provenance, ToolCatalog, ToolInfo
 from bastion.flow._results import (
     INJECTION,
     Quarantine,
@@ -82,9 +83,10 @@ class FlowTracker:
                 self._local = None
         self.history_rules: frozenset[str] = frozenset()  # ids of rules reading the history
         self._counted: dict[str, set[str]] = {}  # session -> labels this process counted
-        # session -> trusted tools whose last allowed call took untrusted or unknown arguments:
-        # what such a call returns may be those arguments echoed back, so it is not trusted
-        self._tainted_calls: dict[str, set[str]] = {}
+        # session -> trusted tool -> allowed calls in flight that took untrusted or unknown
+        # arguments: what such a call returns may be those arguments echoed back, so a result of
+        # that tool is untrusted while any is in flight (a clean call clears none of them)
+        self._tainted_calls: dict[str, Counter[str]] = {}
         self._clock = clock
         # every session-level label a fact can carry (this catalog's, and any the policy names:
         # another worker's catalog may label what this one does not)
@@ -296,6 +298,8 @@ class FlowTracker:
         labels = self.arg_labels(session_id, args)
         with self._lock:
             untrusted_session = "untrusted" in self._provenance(session_id).labels
+        if not untrusted_session:  # facts another process recorded count too
+            untrusted_session = self._missing(session_id) is not None
         return any("untrusted" in v or ("unknown" in v and untrusted_session)
                    for v in labels.values())
 
@@ -304,26 +308,27 @@ class FlowTracker:
         arguments (``observe_result`` then records its result as untrusted)."""
         if self.catalog.get(decision.tool).integrity != "trusted":
             return
-        tainted = self._tainting(decision.session, decision.args)
-        with self._lock:
-            tools = self._tainted_calls.setdefault(decision.session, set())
-            if tainted:
-                tools.add(decision.tool)
-            else:
-                tools.discard(decision.tool)
+        if self._tainting(decision.session, decision.args):
+            with self._lock:
+                self._tainted_calls.setdefault(decision.session, Counter())[decision.tool] += 1
 
     def observe_result(self, action: Action, decision: Decision) -> Decision:
-        info = self.catalog.get(decision.tool)
+        # a decision denied before the tool name was checked carries the raw name
+        tool = canonical_tool(decision.tool) if isinstance(decision.tool, str) else None
+        info = self.catalog.get(tool) if tool else ToolInfo(str(decision.tool))
         integrity = info.integrity
-        if integrity == "trusted":  # a trusted tool echoing what untrusted data chose
+        if integrity == "trusted" and tool:  # a trusted tool echoing what untrusted data chose
             with self._lock:
-                tainted = decision.tool in self._tainted_calls.get(decision.session, ())
+                calls = self._tainted_calls.get(decision.session)
+                tainted = bool(calls and calls[tool] > 0)
+                if tainted and calls is not None:
+                    calls[tool] -= 1  # this result answers one of them
             if tainted or self._tainting(decision.session, action.args):
                 integrity = "untrusted"
                 decision = decision._replace(reasons=(
                     *decision.reasons, f"flow: {decision.tool} is trusted, but this call took "
                     "untrusted arguments: its result is untrusted"))
-        labels = [integrity, info.confidentiality, f"tool:{decision.tool}"]
+        labels = [integrity, info.confidentiality, f"tool:{tool or decision.tool}"]
         signal = injection_signal(action.result) if integrity != "trusted" else None
         if signal is not None:
             labels.append(INJECTION)

@@ -176,6 +176,8 @@ class Kernel:
         """Decide ``action`` (steps 1-8 in the module docstring). Never raises for bad input."""
         ts = self._clock()  # step 1
         did = f"{self._prefix}-{next(self._ids):x}"
+        if action.args is None:  # no arguments at all: the empty map
+            action = action._replace(args=EMPTY)
         try:
             decision = self._decide(action, did, ts)
         except Exception as exc:  # fail closed on anything unexpected

@@ -57,10 +57,24 @@ def _mask_path(node: Any, parts: list[str]) -> Any:
 
 
 def _mask_pattern(node: Any, rx: Any) -> Any:
+    """Every match in every string below ``node`` masked: map keys too, and bytes (read as
+    UTF-8 text) become masked text."""
     if isinstance(node, str):
         return rx.sub(MASK, node)
+    if isinstance(node, bytes | bytearray):
+        text = bytes(node).decode("utf-8", "replace")
+        masked = rx.sub(MASK, text)
+        return node if masked == text else masked
     if isinstance(node, dict):
-        return {k: _mask_pattern(v, rx) for k, v in node.items()}
+        out: dict[Any, Any] = {}
+        for k, v in node.items():
+            key = rx.sub(MASK, k) if isinstance(k, str) else k
+            n = 1
+            while key in out:  # two keys masked alike: keep both values
+                n += 1
+                key = f"{rx.sub(MASK, k)} ({n})"
+            out[key] = _mask_pattern(v, rx)
+        return out
     if isinstance(node, list):
         return [_mask_pattern(v, rx) for v in node]
     return node
