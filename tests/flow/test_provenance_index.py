@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastion.flow import Provenance
-from bastion.flow._provenance import _KINDS, _kinds, _piece
+from bastion.flow._haystacks import _KINDS, _kinds, _piece
 
 WORDS = ["alpha", "bravo12", "DE89370400440532013000", "evil@attacker.example", "www.x.example",
          "1200", "secret-token-abcdef0123456789", "Fred", "report.pdf", "charlie"]

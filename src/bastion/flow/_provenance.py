@@ -12,6 +12,9 @@ passes through it (see "Flow facts" in DESIGN.md):
    canonicalised by ``canonical`` so case, white space, zero-width characters, compatibility
    forms and percent-encoding cannot hide a value.
 
+``Provenance`` extends ``Haystacks`` (``_haystacks``), which remembers the values and keeps the
+haystacks searched for them; the labelling, and so the invariants below, live here.
+
 Invariants (the property tests hold the code to them):
 
 * A value that arrived only from untrusted sources is never labelled ``trusted``: an argument is
@@ -37,10 +40,20 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from bastion.flow._haystacks import (
+    ADDRESS_KINDS,
+    MIN_FRAGMENT,
+    MIN_QUOTE,
+    SCAN_BUDGET,
+    TRUSTED,
+    UNTRUSTED,
+    USER,
+    Haystacks,
+    OverBudget,
+)
 from bastion.flow._records import RecordIndex
 from bastion.flow._values import (
     MAX_TEXT,
@@ -53,48 +66,13 @@ from bastion.flow._values import (
     without_identifiers,
 )
 
-TRUSTED, UNTRUSTED, UNKNOWN = "trusted", "untrusted", "unknown"
+__all__ = ["MAX_TOOLS_SEEN", "SELECTED", "TRUSTED", "UNKNOWN", "UNTRUSTED", "UNTRUSTED_IDENTIFIER",
+           "Provenance"]
+
+UNKNOWN = "unknown"
 UNTRUSTED_IDENTIFIER = "untrusted_identifier"
 SELECTED = "selected"  # an untrusted value the user's own words picked out (see _selected)
 MAX_TOOLS_SEEN = 1_024  # distinct tools kept beyond the history window (then: incomplete)
-ADDRESS_KINDS = frozenset({"email", "url", "host", "iban"})  # identifiers that say where to go
-USER = "user"
-MIN_FRAGMENT = 6  # significant characters a piece needs before it counts as a fragment
-MIN_QUOTE = 3  # significant characters a piece of trusted text needs to count as quoted
-MIN_SECRET_WORD = 16  # a word this long shared with a secret text carries its labels
-_PLAIN = frozenset({TRUSTED, UNTRUSTED, USER, "public", "internal"})
-
-_MAX_SCANS = 4_096
-MAX_CHUNKS = 64  # pieces of MAX_TEXT characters remembered of one long text (4 MB)
-_OVERLAP = 1_024  # characters the pieces of a long text share, so no identifier is cut
-SCAN_BUDGET = 64 << 20  # characters of haystack one labelling may search (then: fails closed)
-
-
-class OverBudget(Exception):
-    """Labelling the arguments would search more than ``SCAN_BUDGET`` characters."""
-
-_HAY_KINDS = (TRUSTED, UNTRUSTED, "sensitive")  # haystacks of compact texts
-_KINDS = (*_HAY_KINDS, "trusted_text", "untrusted_text", "untrusted_ids")
-
-
-def _sensitive_labels(labels: set[str] | frozenset[str]) -> bool:
-    """Labels above ``internal`` (a confidentiality such as ``secret``), sources aside."""
-    extra = labels - _PLAIN
-    return bool(extra) and not all(x.startswith("tool:") for x in extra)
-
-
-def _kinds(hay: bool, key: str, labels: set[str] | frozenset[str]) -> tuple[str, ...]:
-    """The haystacks a remembered key belongs to (``hay``: a compact text, else an atom)."""
-    trusted = TRUSTED in labels
-    if hay:
-        first = TRUSTED if trusted else UNTRUSTED
-        return (first, "sensitive") if _sensitive_labels(labels) else (first,)
-    kind = key.partition(":")[0]
-    if kind == "text":
-        return ("trusted_text",) if trusted else ("untrusted_text",)
-    if kind in ADDRESS_KINDS and not trusted:
-        return ("untrusted_ids",)
-    return ()
 
 
 def _runs(flat: list[tuple[str, str]], absent: list[bool]) -> Iterator[list[tuple[str, str]]]:
@@ -114,41 +92,20 @@ def _runs(flat: list[tuple[str, str]], absent: list[bool]) -> Iterator[list[tupl
                 yield [flat[x], flat[y]]
 
 
-def _piece(kind: str, key: str) -> str:
-    """What of a remembered key a haystack holds."""
-    if kind in _HAY_KINDS:
-        return key
-    if kind == "untrusted_ids":
-        return compact(key.partition(":")[2])
-    return key[5:]  # "text:..." without its tag
+class Provenance(Haystacks):
+    """What one session has seen, and with which labels: the remembered values (``Haystacks``),
+    the session-level labels and the calls made. Not thread-safe on its own: the kernel
+    serialises access per session."""
 
-
-class Provenance:
-    """What one session has seen, and with which labels. Not thread-safe on its own: the
-    kernel serialises access per session."""
-
-    __slots__ = ("_atoms", "_budget", "_hay", "_joined", "_parts", "_scans", "_untrusted_seen",
-                 "evicted", "history", "labels", "max_history", "max_values", "records",
-                 "tools_seen", "unplaced")
+    __slots__ = ("_untrusted_seen", "history", "labels", "max_history", "records", "tools_seen")
 
     def __init__(self, *, max_values: int = 4_096, max_history: int = 64):
-        self.max_values = max_values
+        super().__init__(max_values=max_values)
         self.max_history = max_history
-        self._atoms: OrderedDict[str, set[str]] = OrderedDict()  # atom -> labels it arrived with
-        self._hay: OrderedDict[str, set[str]] = OrderedDict()  # compact text -> labels
-        # haystack -> remembered key -> what the haystack holds of it; and joined, until a change
-        self._parts: dict[str, dict[str, str]] = {k: {} for k in _KINDS}
-        self._joined: dict[str, str] = {}
-        self._scans: dict[tuple[str, str], bool] = {}  # (haystack, text) -> found; per change
         self._untrusted_seen = False  # anything not trusted was ever recorded
         self.records = RecordIndex()  # the records of untrusted results, for selection
         self.tools_seen: dict[str, None] = {}  # every tool called, in last-call order
-        self.evicted = 0
         self.labels: set[str] = set()  # session level: integrity and confidentiality seen
-        # labels of data seen but not remembered (evicted, or past a size bound): any value
-        # that is not the user's may have come from it, so such values carry these labels
-        self.unplaced: set[str] = set()
-        self._budget: int | None = None  # characters left to search, while labelling arguments
         self.history: list[str] = []
 
     # -- recording ------------------------------------------------------------------------------
@@ -160,40 +117,9 @@ class Provenance:
         self.labels.update(x for x in labels if x != TRUSTED and ":" not in x and x != USER)
         if TRUSTED not in labels:
             self._untrusted_seen = True
-        found, cut = leaves(value)
-        if cut:  # values past MAX_LEAVES are not remembered
-            self._unplace(labels)
-        for leaf in found:
-            for piece in self._pieces(leaf, labels):
-                atoms = set(identifiers(piece))
-                whole = whole_atom(piece)
-                if whole is not None:
-                    atoms.add(whole)
-                for atom in atoms:
-                    self._remember(self._atoms, atom, labels)
-                if isinstance(piece, str):
-                    text = compact(piece)
-                    if text:
-                        self._remember(self._hay, text, labels)
+        self._remember_value(value, labels)
         if TRUSTED not in labels and keys:
             self.records.remember(value, frozenset(keys))
-        self._scans.clear()
-
-    def _pieces(self, leaf: Any, labels: frozenset[str]) -> list[Any]:
-        """A leaf as remembered: a text longer than ``MAX_TEXT`` in overlapping pieces (at most
-        ``MAX_CHUNKS``; what lies beyond is unplaced)."""
-        if not isinstance(leaf, str) or len(leaf) <= MAX_TEXT:
-            return [leaf]
-        step = MAX_TEXT - _OVERLAP
-        starts = range(0, len(leaf) - _OVERLAP, step)
-        if len(starts) > MAX_CHUNKS:
-            self._unplace(labels)
-            starts = starts[:MAX_CHUNKS]
-        return [leaf[i:i + MAX_TEXT] for i in starts]
-
-    def _unplace(self, labels: Iterable[str]) -> None:
-        """Data with ``labels`` was seen but is not remembered."""
-        self.unplaced.update(x for x in labels if x not in (TRUSTED, USER) and ":" not in x)
 
     def record_input(self, text: Any) -> None:
         self.record(text, (TRUSTED, USER))
@@ -223,92 +149,7 @@ class Provenance:
         recent = set(self.history)
         return [t for t in self.tools_seen if t not in recent] + self.history
 
-    def _remember(self, store: OrderedDict[str, set[str]], key: str,
-                  labels: frozenset[str]) -> None:
-        """Remember ``key`` with ``labels`` in ``store`` and keep the haystacks' parts current:
-        a key joins the haystacks its labels put it in and leaves them when it is relabelled
-        into others or evicted."""
-        hay = store is self._hay
-        found = store.get(key)
-        if found is None:
-            store[key] = set(labels)
-            self._move(key, (), _kinds(hay, key, labels))
-            if len(store) > self.max_values:
-                old, old_labels = store.popitem(last=False)
-                self.evicted += 1
-                self._unplace(old_labels)
-                self._move(old, _kinds(hay, old, old_labels), ())
-        else:
-            if not labels <= found:
-                before = _kinds(hay, key, found)
-                found.update(labels)
-                self._move(key, before, _kinds(hay, key, found))
-            store.move_to_end(key)
-
-    def _move(self, key: str, before: tuple[str, ...], after: tuple[str, ...]) -> None:
-        if before == after:
-            return
-        for kind in before:
-            if kind not in after:
-                self._parts[kind].pop(key, None)
-                self._joined.pop(kind, None)
-        for kind in after:
-            if kind not in before:
-                self._parts[kind][key] = _piece(kind, key)
-                self._joined.pop(kind, None)
-
     # -- asking ---------------------------------------------------------------------------------
-    def _haystack(self, kind: str) -> str:
-        """Remembered texts joined for substring search: ``trusted``, ``untrusted`` or
-        ``sensitive`` (carrying a confidentiality label above ``internal``), compacted;
-        ``trusted_text`` and ``untrusted_text``, canonical texts with their spaces and
-        punctuation, for whole-word search; ``untrusted_ids``, the significant characters of
-        untrusted-only address identifiers. Each is kept as parts, updated as values are
-        remembered, relabelled and evicted, and joined when first asked for after a change."""
-        joined = self._joined.get(kind)
-        if joined is None:
-            joined = self._joined[kind] = "\x00".join(self._parts[kind].values())
-        return joined
-
-    def _in(self, kind: str, text: str) -> bool:
-        """``text in self._haystack(kind)``, remembered until the next change: one decision
-        asks about the same piece several times, and a big session's haystack is long."""
-        key = (kind, text)
-        found = self._scans.get(key)
-        if found is None:
-            hay = self._haystack(kind)
-            self._spend(len(hay))
-            found = self._scans[key] = text in hay
-            if len(self._scans) > _MAX_SCANS:
-                self._scans.clear()
-                self._scans[key] = found
-        return found
-
-    def _word_in(self, kind: str, canon: str) -> bool:
-        """``canon`` is in the ``kind`` haystack as whole words; remembered like ``_in``."""
-        if not self._in(kind, canon):
-            return False
-        key = (f"words:{kind}", canon)
-        found = self._scans.get(key)
-        if found is None:
-            hay = self._haystack(kind)
-            self._spend(len(hay))
-            found = self._scans[key] = re.search(
-                rf"(?<!\w){re.escape(canon)}(?!\w)", hay) is not None
-        return found
-
-    def _spend(self, chars: int) -> None:
-        """Count ``chars`` of searching against the labelling's budget, if one is running."""
-        if self._budget is not None:
-            self._budget -= chars
-            if self._budget < 0:
-                raise OverBudget
-
-    def _spend_walk(self, *kinds: str) -> None:
-        """Count a walk over the remembered values of the ``kinds`` haystacks."""
-        if self._budget is not None:
-            self._spend(sum(len(self._haystack(k)) for k in kinds))
-
     def _unscanned(self) -> set[str]:
         """The labels of a value too large to examine: whatever the session has seen that is not
         the user's (``unknown`` when that is nothing), so it can hide nothing."""
@@ -316,69 +157,6 @@ class Provenance:
         if UNTRUSTED in out or self._untrusted_seen:
             out |= {UNTRUSTED, UNTRUSTED_IDENTIFIER}
         return out or {UNKNOWN}
-
-    def _identifier_piece(self, text: str) -> bool:
-        """``text`` (significant characters) is a piece of an untrusted-only address identifier
-        (``MIN_FRAGMENT`` or more characters) that no trusted text holds."""
-        return (len(text) >= MIN_FRAGMENT and self._in("untrusted_ids", text)
-                and not self._in(TRUSTED, text))
-
-    def _sensitive(self, text: str) -> set[str]:
-        """Confidentiality labels (and sources) of remembered sensitive texts that ``text`` is a
-        piece of or holds, whatever their integrity: a secret stays secret when trusted."""
-        found: set[str] = set()
-        if len(text) < MIN_FRAGMENT or not self._haystack("sensitive"):
-            return found
-        inside = self._in("sensitive", text)
-        self._spend_walk(TRUSTED, UNTRUSTED)
-        for key, labels in self._hay.items():
-            if (inside and text in key) or (len(key) >= MIN_FRAGMENT and key in text
-                                             and labels - _PLAIN):
-                found |= labels - {TRUSTED, UNTRUSTED, USER}
-        return found
-
-    def _sensitive_words(self, leaf: str) -> set[str]:
-        """Labels of sensitive texts that share a long word with ``leaf``: a key, token or
-        password copied into a longer message is still the secret."""
-        found: set[str] = set()
-        hay = self._haystack("sensitive")
-        if not hay:
-            return found
-        for word in canonical(leaf).split(" "):
-            word = compact(word)
-            if len(word) < MIN_SECRET_WORD or not self._in("sensitive", word):
-                continue
-            self._spend_walk(TRUSTED, UNTRUSTED)
-            for key, labels in self._hay.items():
-                if word in key and labels - _PLAIN:
-                    found |= labels - {TRUSTED, UNTRUSTED, USER}
-        return found
-
-    def _fragment(self, text: str) -> set[str] | None:
-        """Labels of the untrusted values ``text`` is a piece of, unless trusted text holds it."""
-        if len(text) < MIN_FRAGMENT or self._in(TRUSTED, text):
-            return None
-        if not self._in(UNTRUSTED, text):
-            return None
-        found: set[str] = set()
-        self._spend_walk(UNTRUSTED)
-        for key, labels in self._hay.items():
-            if TRUSTED not in labels and text in key:
-                found.update(labels)
-        return found or None
-
-    def _words(self, leaf: str) -> set[str] | None:
-        """Labels of the untrusted texts that hold ``leaf`` as whole words: a name too short to
-        be a fragment ("Fred") copied out of an untrusted text is untrusted, not unknown."""
-        canon = canonical(leaf)
-        if len(compact(leaf)) < MIN_QUOTE or not self._word_in("untrusted_text", canon):
-            return None
-        found: set[str] = set()
-        self._spend_walk("untrusted_text")
-        for key, labels in self._atoms.items():
-            if key.startswith("text:") and TRUSTED not in labels and canon in key:
-                found |= labels
-        return found or None
 
     def labels_of(self, value: Any) -> list[str]:
         """The labels of the data ``value`` came from (sorted): ``trusted`` or ``untrusted`` or
