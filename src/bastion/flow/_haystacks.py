@@ -30,6 +30,7 @@ from bastion.flow._values import (
     compact,
     identifiers,
     leaves,
+    text_forms,
     whole_atom,
 )
 
@@ -44,7 +45,9 @@ _PLAIN = frozenset({TRUSTED, UNTRUSTED, USER, "public", "internal"})
 _MAX_SCANS = 4_096
 MAX_CHUNKS = 64  # pieces of MAX_TEXT characters remembered of one long text (4 MB)
 _OVERLAP = 1_024  # characters the pieces of a long text share, so no identifier is cut
-SCAN_BUDGET = 64 << 20  # characters of haystack one labelling may search (then: fails closed)
+SCAN_BUDGET = 128 << 20  # characters of haystack one labelling may search (then: fails closed)
+_WINDOW = 256  # significant characters of a long value looked up at a time in sensitive texts
+MAX_RECORDED = MAX_CHUNKS * MAX_TEXT  # characters of one result remembered (the rest: unplaced)
 
 
 class OverBudget(Exception):
@@ -112,18 +115,28 @@ class Haystacks:
         found, cut = leaves(value)
         if cut:  # values past MAX_LEAVES are not remembered
             self._unplace(labels)
-        for leaf in found:
+        room = MAX_RECORDED
+        for n, leaf in enumerate(found):
+            if isinstance(leaf, str) and len(leaf) > room:  # past what one result may fill
+                self._unplace(labels)
+                leaf = leaf[:room]
             for piece in self._pieces(leaf, labels):
-                atoms = set(identifiers(piece))
-                whole = whole_atom(piece)
+                if isinstance(piece, str):
+                    room -= len(piece)
+                    ids, whole, text = text_forms(piece)
+                else:
+                    ids, whole, text = identifiers(piece), whole_atom(piece), ""
+                atoms = set(ids)
                 if whole is not None:
                     atoms.add(whole)
                 for atom in atoms:
                     self._remember(self._atoms, atom, labels)
-                if isinstance(piece, str):
-                    text = compact(piece)
-                    if text:
-                        self._remember(self._hay, text, labels)
+                if text:
+                    self._remember(self._hay, text, labels)
+            if room <= 0:
+                if n < len(found) - 1:
+                    self._unplace(labels)
+                break
         self._scans.clear()
 
     def _pieces(self, leaf: Any, labels: frozenset[str]) -> list[Any]:
@@ -239,14 +252,22 @@ class Haystacks:
         """Confidentiality labels (and sources) of remembered sensitive texts that ``text`` is a
         piece of or holds, whatever their integrity: a secret stays secret when trusted."""
         found: set[str] = set()
-        if len(text) < MIN_FRAGMENT or not self._haystack("sensitive"):
+        keys = self._parts["sensitive"]  # the remembered sensitive texts
+        if len(text) < MIN_FRAGMENT or not keys:
             return found
         inside = self._in("sensitive", text)
-        self._spend_walk(TRUSTED, UNTRUSTED)
-        for key, labels in self._hay.items():
-            if (inside and text in key) or (len(key) >= MIN_FRAGMENT and key in text
-                                             and labels - _PLAIN):
-                found |= labels - {TRUSTED, UNTRUSTED, USER}
+        piece = text
+        if not inside and len(text) > 2 * _WINDOW:
+            # an excerpt of a long text kept in overlapping pieces may cross from one piece to
+            # the next: some window of it then lies inside one piece
+            for i in range(0, len(text) - _WINDOW + 1, _WINDOW):
+                if self._in("sensitive", text[i:i + _WINDOW]):
+                    inside, piece = True, text[i:i + _WINDOW]
+                    break
+        self._spend(len(self._haystack("sensitive")) + len(keys) * len(text))
+        for key in keys:
+            if (inside and piece in key) or (len(key) >= MIN_FRAGMENT and key in text):
+                found |= self._hay[key] - {TRUSTED, UNTRUSTED, USER}
         return found
 
     def _sensitive_words(self, leaf: str) -> set[str]:
@@ -260,10 +281,10 @@ class Haystacks:
             word = compact(word)
             if len(word) < MIN_SECRET_WORD or not self._in("sensitive", word):
                 continue
-            self._spend_walk(TRUSTED, UNTRUSTED)
-            for key, labels in self._hay.items():
-                if word in key and labels - _PLAIN:
-                    found |= labels - {TRUSTED, UNTRUSTED, USER}
+            self._spend(len(hay))
+            for key in self._parts["sensitive"]:
+                if word in key:
+                    found |= self._hay[key] - {TRUSTED, UNTRUSTED, USER}
         return found
 
     def _fragment(self, text: str) -> set[str] | None:
@@ -283,7 +304,11 @@ class Haystacks:
         """Labels of the untrusted texts that hold ``leaf`` as whole words: a name too short to
         be a fragment ("Fred") copied out of an untrusted text is untrusted, not unknown."""
         canon = canonical(leaf)
-        if len(compact(leaf)) < MIN_QUOTE or not self._word_in("untrusted_text", canon):
+        text = compact(leaf)
+        # no untrusted compact text holds it: then no untrusted text holds its words (and one
+        # evicted from only one of the two stores is unplaced); that search is often done already
+        if len(text) < MIN_QUOTE or not self._in(UNTRUSTED, text) \
+                or not self._word_in("untrusted_text", canon):
             return None
         found: set[str] = set()
         self._spend_walk("untrusted_text")

@@ -75,6 +75,10 @@ SELECTED = "selected"  # an untrusted value the user's own words picked out (see
 MAX_TOOLS_SEEN = 1_024  # distinct tools kept beyond the history window (then: incomplete)
 
 
+_SEPARATORS = re.compile(r"[\s,;]+")
+_NOT_WORD = re.compile(r"[\w]")  # what is left of a text without its letters and digits
+
+
 def _runs(flat: list[tuple[str, str]], absent: list[bool]) -> Iterator[list[tuple[str, str]]]:
     """Runs of two or more adjacent pieces, then every ordered pair, leaving out any that holds
     an ``absent`` piece."""
@@ -86,9 +90,10 @@ def _runs(flat: list[tuple[str, str]], absent: list[bool]) -> Iterator[list[tupl
             if absent[j]:
                 break
             yield flat[i:j + 1]
-    for x in range(n):
-        for y in range(n):
-            if x != y and not absent[x] and not absent[y]:
+    present = [i for i in range(n) if not absent[i]]  # pairs of absent pieces cost nothing
+    for x in present:
+        for y in present:
+            if x != y:
                 yield [flat[x], flat[y]]
 
 
@@ -155,8 +160,8 @@ class Provenance(Haystacks):
         the user's (``unknown`` when that is nothing), so it can hide nothing."""
         out = (self.labels | self.unplaced) - {TRUSTED, USER}
         if UNTRUSTED in out or self._untrusted_seen:
-            out |= {UNTRUSTED, UNTRUSTED_IDENTIFIER}
-        return out or {UNKNOWN}
+            return out | {UNTRUSTED, UNTRUSTED_IDENTIFIER}
+        return out | {UNKNOWN}
 
     def labels_of(self, value: Any) -> list[str]:
         """The labels of the data ``value`` came from (sorted): ``trusted`` or ``untrusted`` or
@@ -211,7 +216,8 @@ class Provenance(Haystacks):
         if len(text) < MIN_QUOTE:
             return False
         ids = identifiers(raw) - {whole}
-        if ids and any(compact(a.partition(":")[2]) == text for a in ids):
+        if ids and any(compact(a.partition(":")[2]) == text for a in ids) \
+                and not self._rest(raw, ids):
             return all((found := self._atoms.get(a)) is not None and TRUSTED in found
                        and USER in found for a in ids)
         canon = canonical(raw)
@@ -224,14 +230,23 @@ class Provenance(Haystacks):
 
     def _leaf(self, leaf: Any) -> set[str]:
         out = self._leaf_labels(leaf)
-        if self.unplaced and TRUSTED not in out and out:
-            # data that is no longer remembered may be where this value came from
-            out |= self.unplaced
-            if UNTRUSTED in out:
-                out.discard(UNKNOWN)
-                if any(a.partition(":")[0] in ADDRESS_KINDS for a in identifiers(leaf)):
-                    out.add(UNTRUSTED_IDENTIFIER)
+        if not self.unplaced or not out or USER in out:
+            return out
+        # data that is no longer remembered may be where this value came from
+        if TRUSTED in out:  # a trusted tool's value: it may hold an evicted secret
+            out |= self.unplaced - {UNTRUSTED}
+            return out
+        out |= self.unplaced
+        if UNTRUSTED in out:
+            out.discard(UNKNOWN)
+            if any(a.partition(":")[0] in ADDRESS_KINDS and not self._typed_atom(a)
+                   for a in identifiers(leaf)):
+                out.add(UNTRUSTED_IDENTIFIER)  # an address the user did not type
         return out
+
+    def _typed_atom(self, atom: str) -> bool:
+        found = self._atoms.get(atom)
+        return found is not None and TRUSTED in found
 
     def _leaf_labels(self, leaf: Any) -> set[str]:
         whole = whole_atom(leaf)
@@ -272,11 +287,12 @@ class Provenance(Haystacks):
                     out.add(UNTRUSTED_IDENTIFIER)
         if isinstance(leaf, str) and not untrusted:
             frag = self._fragment(compact(leaf)) or self._words(leaf)
-            if frag is None and all_trusted:  # the words around the typed identifiers
+            if frag is None and all_trusted:  # the text around the typed identifiers
                 rest = self._rest(leaf, ids)
                 if rest:
-                    frag = self._fragment(rest)
-                    all_trusted = frag is None and self._in(TRUSTED, rest)
+                    if len(compact(rest)) >= MIN_FRAGMENT:
+                        frag = self._fragment(compact(rest))
+                    all_trusted = frag is None and self._word_in("trusted_text", rest)
             if frag is not None:
                 untrusted = True
                 out |= frag
@@ -294,15 +310,26 @@ class Provenance(Haystacks):
 
     @staticmethod
     def _rest(leaf: str, ids: frozenset[str]) -> str:
-        """The significant characters of ``leaf`` outside its identifiers, when letters remain
-        (``MIN_QUOTE`` or more of them); else ``""``."""
-        rest = compact(leaf)
-        for atom in sorted(ids, key=len, reverse=True):
-            piece = compact(atom.partition(":")[2])
+        """The canonical text of ``leaf`` outside its identifiers (punctuation included: a
+        ``../../`` before a typed file name is not nothing), or ``""`` when only white space and
+        list separators (``,`` ``;``) remain, or only the spacing of a grouped identifier (an
+        IBAN typed in blocks of four)."""
+        rest = canonical(leaf)
+        values = sorted((a.partition(":")[2] for a in ids), key=len, reverse=True)
+        for value in values:
+            if value:
+                rest = rest.replace(value, " ")
+        rest = _SEPARATORS.sub(" ", rest).strip()
+        if not rest:
+            return ""
+        squeezed = compact(rest)
+        for value in values:
+            piece = compact(value)
             if piece:
-                rest = rest.replace(piece, "", 1)
-        letters = sum(1 for c in rest if not c.isdigit())
-        return rest if letters >= MIN_QUOTE else ""
+                squeezed = squeezed.replace(piece, "", 1)
+        if not squeezed and not _NOT_WORD.sub("", rest.replace(" ", "")):
+            return ""  # a grouped identifier, spaced or dashed
+        return rest
 
     def _quoted(self, leaf: str, ids: frozenset[str]) -> set[str] | None:
         """The labels of trusted input that ``leaf`` repeats, or None. Trusted wins over an
@@ -318,7 +345,8 @@ class Provenance(Haystacks):
         text = compact(leaf)
         if len(text) < MIN_QUOTE:
             return None
-        if ids and any(compact(a.partition(":")[2]) == text for a in ids):
+        if ids and any(compact(a.partition(":")[2]) == text for a in ids) \
+                and not self._rest(leaf, ids):  # nothing around it ("../../report.txt")
             found = [self._atoms.get(a) for a in ids]
             if all(labels is not None and TRUSTED in labels for labels in found):
                 return {x for labels in found if labels for x in labels if x != UNTRUSTED}
@@ -337,16 +365,23 @@ class Provenance(Haystacks):
         arguments' texts joined together hold an untrusted-only identifier that no single
         argument holds, every argument that is a piece of it is labelled untrusted too."""
         self._budget = SCAN_BUDGET
+        done: dict[str, list[str]] = {}
         try:
-            return self._labels_of_args(args)
-        except OverBudget:  # too much to search: every argument may hold anything seen
+            return self._labels_of_args(args, done)
+        except OverBudget:
+            # too much to search: an argument not yet labelled may hold anything seen; those
+            # labelled keep their labels (any argument left holds the call in the default pack)
             unscanned = sorted(self._unscanned())
-            return {str(k): unscanned for k in args}
+            return {str(k): done.get(str(k), unscanned) for k in args}
         finally:
             self._budget = None
 
-    def _labels_of_args(self, args: Mapping[str, Any]) -> dict[str, list[str]]:
-        out = {str(k): self.labels_of(v) for k, v in args.items()}
+    def _labels_of_args(self, args: Mapping[str, Any],
+                        done: dict[str, list[str]]) -> dict[str, list[str]]:
+        for k, v in args.items():
+            done[str(k)] = self.labels_of(v)
+        out = dict(done)
+        done.clear()  # past here a split value may still taint any of them
         sensitive = bool(self._haystack("sensitive"))
         if not (self._untrusted_seen or sensitive):  # nothing to rebuild a value from
             return out

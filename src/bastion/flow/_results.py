@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from bastion._canon import norm_text
+from bastion.flow._values import identifiers
 
 HANDLINGS = ("pass", "mark", "quarantine")
 INJECTION = "injection"
@@ -86,6 +87,15 @@ def _signals() -> tuple[tuple[str, re.Pattern[str]], ...]:
     return tuple((name, re.compile(p.replace(" ", _W).replace("~", r"\s*"), re.S | re.M))
                  for name, p in _SIGNAL_SOURCES)
 _HIDDEN = re.compile("[\U000e0000-\U000e007f\u202a-\u202e\u2066-\u2069]")
+
+
+def _new_handle() -> str:
+    """A fresh handle that reads as no identifier: random hex can look like an IBAN
+    (``ff13c0f3b8cf612f``), and a handle that did would carry ``untrusted_identifier``."""
+    while True:
+        handle = f"bastion-q-{os.urandom(8).hex()}"
+        if not identifiers(handle):
+            return handle
 
 
 def injection_signal(value: Any, *, limit: int = 4_096) -> str | None:
@@ -149,7 +159,7 @@ class Quarantine:
 
     def hold(self, value: Any, source: str, labels: Iterable[str] = ()) -> tuple[str, str]:
         """Keep ``value`` (and ``labels``); returns its handle and the text the model sees."""
-        handle = f"bastion-q-{os.urandom(8).hex()}"
+        handle = _new_handle()
         self._held[handle] = (value, frozenset(labels))
         if len(self._held) > MAX_HANDLES:
             self._held.popitem(last=False)

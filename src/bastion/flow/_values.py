@@ -114,8 +114,22 @@ def identifiers(value: Any) -> frozenset[str]:
     return _identifiers(value)
 
 
+def text_forms(text: str) -> tuple[frozenset[str], str | None, str]:
+    """``identifiers``, ``whole_atom`` and ``compact`` of one text, canonicalised once (a long
+    text costs its canonical form three times otherwise)."""
+    if len(text) <= _MEMO_TEXT:
+        return identifiers(text), whole_atom(text), compact(text)
+    canon = _canonical(text)
+    return (_identifiers_of(canon), f"text:{canon}" if canon else None,
+            _NOT_ALNUM.sub("", canon))
+
+
 def _identifiers(value: str) -> frozenset[str]:
-    text = canonical(value)
+    return _identifiers_of(canonical(value))
+
+
+def _identifiers_of(text: str) -> frozenset[str]:
+    """The identifiers of an already canonical text."""
     out: set[str] = set()
     if not _TRIGGER.search(text):  # no digit, '@', '.', '/' or ':': no identifier can match
         return frozenset()

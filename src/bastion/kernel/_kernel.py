@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from bastion._canon import canonical_tool
 from bastion._errors import ConfigError
 from bastion.flow import EMPTY_CATALOG, Provenance, ToolCatalog, load_catalog
+from bastion.flow._results import has_handle
 from bastion.kernel._approvals import Approvals, Approver, action_digest
 from bastion.kernel._budgets import FOREVER, SessionBudgets
 from bastion.kernel._events import _Event, _ident, _Outcome
@@ -397,8 +398,9 @@ class Kernel:
                     redacted = True
                     if stage is Stage.POST_TOOL:
                         result = redact(result, cr.rule.redact, cr.rule.redact_pattern)
-                    else:
+                    elif not (self._flow_on and has_handle(args)):
                         args = redact(dict(args), cr.rule.redact, cr.rule.redact_pattern)
+                    # else: after the handles are released (a pattern must not cut a handle)
         return Decision(did, _EFFECT[effect], _STAGE[stage], tool, verdict.rule_ids,
                         verdict.errors, tuple(reasons), tuple(obligations),
                         self.compiled.digest, approval_id, args, result, redacted, ts, code,
