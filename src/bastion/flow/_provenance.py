@@ -38,6 +38,7 @@ Invariants (the property tests hold the code to them):
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -77,6 +78,37 @@ MAX_TOOLS_SEEN = 1_024  # distinct tools kept beyond the history window (then: i
 
 _SEPARATORS = re.compile(r"[\s,;]+")
 _NOT_WORD = re.compile(r"[\w]")  # what is left of a text without its letters and digits
+
+
+def _rest(leaf: str, ids: frozenset[str]) -> str:
+    """``_text_around``, remembered for short values (one decision asks for the same ones)."""
+    return _rest_memo(leaf, ids) if len(leaf) <= 2_048 else _text_around(leaf, ids)
+
+
+def _text_around(leaf: str, ids: frozenset[str]) -> str:
+    """The canonical text of ``leaf`` outside its identifiers (punctuation included: a
+    ``../../`` before a typed file name is not nothing), or ``""`` when only white space and
+    list separators (``,`` ``;``) remain, or only the spacing of a grouped identifier (an
+    IBAN typed in blocks of four)."""
+    rest = canonical(leaf)
+    values = sorted((a.partition(":")[2] for a in ids), key=len, reverse=True)
+    for value in values:
+        if value:
+            rest = rest.replace(value, " ")
+    rest = _SEPARATORS.sub(" ", rest).strip()
+    if not rest:
+        return ""
+    squeezed = compact(rest)
+    for value in values:
+        piece = compact(value)
+        if piece:
+            squeezed = squeezed.replace(piece, "", 1)
+    if not squeezed and not _NOT_WORD.sub("", rest.replace(" ", "")):
+        return ""  # a grouped identifier, spaced or dashed
+    return rest
+
+
+_rest_memo = functools.lru_cache(maxsize=1_024)(_text_around)
 
 
 def _runs(flat: list[tuple[str, str]], absent: list[bool]) -> Iterator[list[tuple[str, str]]]:
@@ -217,7 +249,7 @@ class Provenance(Haystacks):
             return False
         ids = identifiers(raw) - {whole}
         if ids and any(compact(a.partition(":")[2]) == text for a in ids) \
-                and not self._rest(raw, ids):
+                and not _rest(raw, ids):
             return all((found := self._atoms.get(a)) is not None and TRUSTED in found
                        and USER in found for a in ids)
         canon = canonical(raw)
@@ -288,7 +320,7 @@ class Provenance(Haystacks):
         if isinstance(leaf, str) and not untrusted:
             frag = self._fragment(compact(leaf)) or self._words(leaf)
             if frag is None and all_trusted:  # the text around the typed identifiers
-                rest = self._rest(leaf, ids)
+                rest = _rest(leaf, ids)
                 if rest:
                     if len(compact(rest)) >= MIN_FRAGMENT:
                         frag = self._fragment(compact(rest))
@@ -308,29 +340,6 @@ class Provenance(Haystacks):
             out.add(UNKNOWN)
         return out
 
-    @staticmethod
-    def _rest(leaf: str, ids: frozenset[str]) -> str:
-        """The canonical text of ``leaf`` outside its identifiers (punctuation included: a
-        ``../../`` before a typed file name is not nothing), or ``""`` when only white space and
-        list separators (``,`` ``;``) remain, or only the spacing of a grouped identifier (an
-        IBAN typed in blocks of four)."""
-        rest = canonical(leaf)
-        values = sorted((a.partition(":")[2] for a in ids), key=len, reverse=True)
-        for value in values:
-            if value:
-                rest = rest.replace(value, " ")
-        rest = _SEPARATORS.sub(" ", rest).strip()
-        if not rest:
-            return ""
-        squeezed = compact(rest)
-        for value in values:
-            piece = compact(value)
-            if piece:
-                squeezed = squeezed.replace(piece, "", 1)
-        if not squeezed and not _NOT_WORD.sub("", rest.replace(" ", "")):
-            return ""  # a grouped identifier, spaced or dashed
-        return rest
-
     def _quoted(self, leaf: str, ids: frozenset[str]) -> set[str] | None:
         """The labels of trusted input that ``leaf`` repeats, or None. Trusted wins over an
         untrusted sighting of the same value, as for whole values:
@@ -346,7 +355,7 @@ class Provenance(Haystacks):
         if len(text) < MIN_QUOTE:
             return None
         if ids and any(compact(a.partition(":")[2]) == text for a in ids) \
-                and not self._rest(leaf, ids):  # nothing around it ("../../report.txt")
+                and not _rest(leaf, ids):  # nothing around it ("../../report.txt")
             found = [self._atoms.get(a) for a in ids]
             if all(labels is not None and TRUSTED in labels for labels in found):
                 return {x for labels in found if labels for x in labels if x != UNTRUSTED}

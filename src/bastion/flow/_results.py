@@ -209,7 +209,15 @@ class Quarantine:
 
 
 def has_handle(value: Any) -> bool:
+    if isinstance(value, dict) and all(  # the common case: a flat map of short scalars
+            type(v) is not str or "bastion-q-" not in v for v in value.values()) and all(
+            type(v) in _FLAT for v in value.values()) and all(
+            type(k) is str and "bastion-q-" not in k for k in value):
+        return False
     return any(HANDLE.search(s) for s in _strings(value, MAX_STRINGS))
+
+
+_FLAT = frozenset({str, int, float, bool, type(None)})
 
 
 def as_text(value: Any, depth: int = 0) -> Any:

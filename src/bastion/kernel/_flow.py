@@ -265,13 +265,13 @@ class FlowTracker:
         elif stage == "post_tool":
             return self.observe_result(action, decision)
         elif stage == "pre_tool" and decision.allowed:
-            if decision.args is not None and has_handle(decision.args) and \
-                    ENDED in (self._missing(decision.session) or ()):
+            held = decision.args is not None and has_handle(decision.args)
+            if held and ENDED in (self._missing(decision.session) or ()):
                 return decision._replace(effect="deny", code="session_ended", args=None,
                                          errors=(*decision.errors, SESSION_ENDED))
             self._note_call(decision)
             with self._lock:
-                if decision.args is not None and has_handle(decision.args):
+                if held:
                     args, used, missing = self._vault(decision.session).release(decision.args)
                     if missing:
                         return decision._replace(
