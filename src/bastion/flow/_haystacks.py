@@ -19,6 +19,7 @@ Pure and in memory (no I/O, no clock). ``Haystacks`` is the store ``Provenance``
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -46,6 +47,7 @@ _MAX_SCANS = 4_096
 MAX_CHUNKS = 64  # pieces of MAX_TEXT characters remembered of one long text (4 MB)
 _OVERLAP = 1_024  # characters the pieces of a long text share, so no identifier is cut
 SCAN_BUDGET = 128 << 20  # characters of haystack one labelling may search (then: fails closed)
+_REGEX_COST = 16  # a whole-word regex search, in characters of `in` search per character
 _WINDOW = 256  # significant characters of a long value looked up at a time in sensitive texts
 MAX_RECORDED = MAX_CHUNKS * MAX_TEXT  # characters of one result remembered (the rest: unplaced)
 
@@ -116,6 +118,7 @@ class Haystacks:
         if cut:  # values past MAX_LEAVES are not remembered
             self._unplace(labels)
         room = MAX_RECORDED
+        atoms_left = self.max_values  # more would only evict this result's own atoms
         for n, leaf in enumerate(found):
             if isinstance(leaf, str) and len(leaf) > room:  # past what one result may fill
                 self._unplace(labels)
@@ -123,12 +126,18 @@ class Haystacks:
             for piece in self._pieces(leaf, labels):
                 if isinstance(piece, str):
                     room -= len(piece)
-                    ids, whole, text = text_forms(piece)
+                    if atoms_left <= 0:  # no room for its identifiers: not even looked for
+                        self._unplace(labels)
+                    ids, whole, text = text_forms(piece, ids=atoms_left > 0)
                 else:
                     ids, whole, text = identifiers(piece), whole_atom(piece), ""
                 atoms = set(ids)
                 if whole is not None:
                     atoms.add(whole)
+                if len(atoms) > atoms_left:  # the rest would push out what was just kept
+                    self._unplace(labels)
+                    atoms = set(itertools.islice(atoms, max(atoms_left, 0)))
+                atoms_left -= len(atoms)
                 for atom in atoms:
                     self._remember(self._atoms, atom, labels)
                 if text:
@@ -224,7 +233,7 @@ class Haystacks:
         found = self._scans.get(key)
         if found is None:
             hay = self._haystack(kind)
-            self._spend(len(hay))
+            self._spend(_REGEX_COST * len(hay))  # a regex reads ~16x slower than `in`
             found = self._scans[key] = re.search(
                 rf"(?<!\w){re.escape(canon)}(?!\w)", hay) is not None
         return found
@@ -257,12 +266,13 @@ class Haystacks:
             return found
         inside = self._in("sensitive", text)
         piece = text
-        if not inside and len(text) > 2 * _WINDOW:
+        width = max(MIN_SECRET_WORD, min(_WINDOW, len(text) // 2))
+        if not inside and len(text) >= 2 * width:
             # an excerpt of a long text kept in overlapping pieces may cross from one piece to
-            # the next: some window of it then lies inside one piece
-            for i in range(0, len(text) - _WINDOW + 1, _WINDOW):
-                if self._in("sensitive", text[i:i + _WINDOW]):
-                    inside, piece = True, text[i:i + _WINDOW]
+            # the next: some window of it (half its length at most) then lies inside one piece
+            for i in range(0, len(text) - width + 1, width):
+                if self._in("sensitive", text[i:i + width]):
+                    inside, piece = True, text[i:i + width]
                     break
         self._spend(len(self._haystack("sensitive")) + len(keys) * len(text))
         for key in keys:
@@ -307,7 +317,8 @@ class Haystacks:
         text = compact(leaf)
         # no untrusted compact text holds it: then no untrusted text holds its words (and one
         # evicted from only one of the two stores is unplaced); that search is often done already
-        if len(text) < MIN_QUOTE or not self._in(UNTRUSTED, text) \
+        if len(text) < MIN_QUOTE or (not self._in(UNTRUSTED, text)
+                                     and not self._in(TRUSTED, text)) \
                 or not self._word_in("untrusted_text", canon):
             return None
         found: set[str] = set()

@@ -111,6 +111,18 @@ def _text_around(leaf: str, ids: frozenset[str]) -> str:
 _rest_memo = functools.lru_cache(maxsize=1_024)(_text_around)
 
 
+def _merged(a: list[str], b: list[str]) -> list[str]:
+    """The labels of two values under one name, as ``labels_of`` would give the pair."""
+    out = set(a) | set(b)
+    if UNTRUSTED in out or UNKNOWN in out:
+        out.discard(TRUSTED)
+    if UNTRUSTED in out:
+        out.discard(UNKNOWN)
+    if SELECTED not in a or SELECTED not in b:
+        out.discard(SELECTED)
+    return sorted(out)
+
+
 def _runs(flat: list[tuple[str, str]], absent: list[bool]) -> Iterator[list[tuple[str, str]]]:
     """Runs of two or more adjacent pieces, then every ordered pair, leaving out any that holds
     an ``absent`` piece."""
@@ -262,11 +274,14 @@ class Provenance(Haystacks):
 
     def _leaf(self, leaf: Any) -> set[str]:
         out = self._leaf_labels(leaf)
-        if not self.unplaced or not out or USER in out:
+        if not self.unplaced or not out:
             return out
-        # data that is no longer remembered may be where this value came from
-        if TRUSTED in out:  # a trusted tool's value: it may hold an evicted secret
-            out |= self.unplaced - {UNTRUSTED}
+        # data that is no longer remembered may be where this value came from, unless the
+        # value is the user's own (trusted, with no tool among its sources)
+        if TRUSTED in out:
+            if USER in out and not any(x.startswith("tool:") for x in out):
+                return out
+            out |= self.unplaced - {UNTRUSTED}  # a trusted tool's value may hold a secret
             return out
         out |= self.unplaced
         if UNTRUSTED in out:
@@ -387,8 +402,10 @@ class Provenance(Haystacks):
 
     def _labels_of_args(self, args: Mapping[str, Any],
                         done: dict[str, list[str]]) -> dict[str, list[str]]:
-        for k, v in args.items():
-            done[str(k)] = self.labels_of(v)
+        for k, v in args.items():  # keys 1 and "1" are one name: neither hides the other
+            found = self.labels_of(v)
+            name = str(k)
+            done[name] = _merged(done[name], found) if name in done else found
         out = dict(done)
         done.clear()  # past here a split value may still taint any of them
         sensitive = bool(self._haystack("sensitive"))

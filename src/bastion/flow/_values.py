@@ -39,6 +39,7 @@ _FILE = re.compile(r"(?<![\w\-./\\])[\w\-./\\]{0,255}[\w\-]\.[a-z0-9]{1,8}\b")
 _HOSTLIKE = re.compile(r"(?<![a-z0-9\-.])(?:[a-z0-9\-]{1,63}\.){1,16}[a-z]{2,63}\b")
 _TRIM = ".,;:!?)]}>'\""
 _TRIGGER = re.compile(r"[0-9@./:]")
+_GROUP_MARK = re.compile(r"(?<=[a-z0-9])[-.](?=[a-z0-9])")
 _INTEGER = re.compile(r"[-+]?[0-9]{1,4300}")
 
 
@@ -114,13 +115,13 @@ def identifiers(value: Any) -> frozenset[str]:
     return _identifiers(value)
 
 
-def text_forms(text: str) -> tuple[frozenset[str], str | None, str]:
-    """``identifiers``, ``whole_atom`` and ``compact`` of one text, canonicalised once (a long
-    text costs its canonical form three times otherwise)."""
+def text_forms(text: str, *, ids: bool = True) -> tuple[frozenset[str], str | None, str]:
+    """``identifiers`` (unless ``ids`` is false), ``whole_atom`` and ``compact`` of one text,
+    canonicalised once (a long text costs its canonical form three times otherwise)."""
     if len(text) <= _MEMO_TEXT:
-        return identifiers(text), whole_atom(text), compact(text)
+        return identifiers(text) if ids else frozenset(), whole_atom(text), compact(text)
     canon = _canonical(text)
-    return (_identifiers_of(canon), f"text:{canon}" if canon else None,
+    return (_identifiers_of(canon) if ids else frozenset(), f"text:{canon}" if canon else None,
             _NOT_ALNUM.sub("", canon))
 
 
@@ -148,6 +149,10 @@ def _identifiers_of(text: str) -> frozenset[str]:
             out.add(f"host:{netloc.rstrip('.')}")
     for m in _IBAN.finditer(text):
         out.add(f"iban:{m.group(0).replace(' ', '')}")
+    if "-" in text or "." in text:  # an IBAN grouped with dashes or dots ("GB29-NWBK-6016-...")
+        for m in _IBAN.finditer(_GROUP_MARK.sub(" ", text)):
+            if " " in m.group(0):
+                out.add(f"iban:{m.group(0).replace(' ', '')}")
     # what the patterns above matched is one identifier: no numbers or names from inside it
     text = _IBAN.sub(" ", _URL.sub(" ", _EMAIL.sub(" ", text)))
     for m in _DATE.finditer(text):  # a date's day and month are not amounts

@@ -398,9 +398,9 @@ class Kernel:
                     redacted = True
                     if stage is Stage.POST_TOOL:
                         result = redact(result, cr.rule.redact, cr.rule.redact_pattern)
-                    elif not (self._flow_on and has_handle(args)):
+                    elif not (stage is Stage.PRE_TOOL and self._flow_on and has_handle(args)):
                         args = redact(dict(args), cr.rule.redact, cr.rule.redact_pattern)
-                    # else: after the handles are released (a pattern must not cut a handle)
+                    # else: after the call's handles are released (a pattern must not cut one)
         return Decision(did, _EFFECT[effect], _STAGE[stage], tool, verdict.rule_ids,
                         verdict.errors, tuple(reasons), tuple(obligations),
                         self.compiled.digest, approval_id, args, result, redacted, ts, code,

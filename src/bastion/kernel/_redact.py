@@ -37,7 +37,7 @@ def redact(root: Any, paths: tuple[str, ...], pattern: str | None) -> Any:
 def _copy(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):  # sets as lists: every item reachable
         return [_copy(v) for v in value]
     return value
 
@@ -77,4 +77,8 @@ def _mask_pattern(node: Any, rx: Any) -> Any:
         return out
     if isinstance(node, list):
         return [_mask_pattern(v, rx) for v in node]
-    return node
+    if node is None or isinstance(node, bool | int | float):
+        return node
+    text = str(node)  # any other object (a dataclass, an SDK model): as its text when it matches
+    masked = rx.sub(MASK, text)
+    return node if masked == text else masked
