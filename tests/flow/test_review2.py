@@ -14,7 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_support import CATALOG, NO_SECRET_CATALOG, PACK, ROOT, FlakyStore, act
+from flow_support import (
+    CATALOG,
+    NO_SECRET_CATALOG,
+    PACK,
+    ROOT,
+    SECRET_RULE,
+    SEQUENCE,
+    VERIFY_THEN_PAY,
+    FlakyStore,
+    act,
+)
 
 import bastion
 from bastion.flow import Provenance
@@ -195,26 +205,10 @@ def test_scalars_fast_path_matches_the_walk() -> None:
 
 # == 2. shared facts: findings ===================================================================
 
-HISTORY = """\
-version: 1
-name: verify-then-pay
-default: deny
-rules:
-  - id: pay-after-verify
-    stage: pre_tool
-    tools: [pay]
-    when: '"verify" in session.history'
-    effect: allow
-  - id: verify
-    stage: pre_tool
-    tools: [verify]
-    effect: allow
-"""
-
 
 def test_a_call_denied_because_its_count_failed_is_not_in_the_history(tmp_path: Path) -> None:
     flaky = FlakyStore(bastion.state.open_store(str(tmp_path / "state.db")))
-    with bastion.Kernel.from_text(HISTORY, state=flaky) as k:
+    with bastion.Kernel.from_text(VERIFY_THEN_PAY, state=flaky) as k:
         flaky.fail.add("flow:n:")
         verify = k.evaluate(act("pre_tool", "verify", args={}))
         assert verify.effect == "deny" and verify.code == "internal_error"
@@ -230,20 +224,6 @@ def test_an_input_denied_because_its_count_failed_is_not_trusted(tmp_path: Path)
         assert "trusted" not in k.provenance("s1").labels_of(ATTACKER)
 
 
-SECRET_RULE = """\
-version: 1
-name: no-egress-after-secret
-default: deny
-rules:
-  - id: no-egress-after-secret
-    stage: pre_tool
-    when: '"secret" in session.labels'
-    effect: deny
-  - id: allow
-    stage: pre_tool
-    effect: allow
-"""
-
 
 def test_a_label_counted_by_a_worker_with_another_catalog_comes_back(tmp_path: Path) -> None:
     state = str(tmp_path / "state.db")
@@ -254,21 +234,6 @@ def test_a_label_counted_by_a_worker_with_another_catalog_comes_back(tmp_path: P
                                                                   "body": "hi"}))
         assert decision.effect == "deny"
 
-
-SEQUENCE = """\
-version: 1
-name: sequence
-default: deny
-rules:
-  - id: no-upload-after-download
-    stage: pre_tool
-    tools: [upload]
-    when: '"download" in session.history'
-    effect: deny
-  - id: allow-calls
-    stage: pre_tool
-    effect: allow
-"""
 
 
 def test_a_worker_that_did_not_see_the_download_still_denies_the_upload(tmp_path: Path) -> None:
