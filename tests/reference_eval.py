@@ -12,7 +12,7 @@ no caching, no short-circuit between effects), then combine:
 
 A condition that errors matches for ``deny``/``require_approval`` (and for the ``redact``/``audit``
 obligations, which only make an allow safer) and does not match for ``allow``. When the outcome is
-allow, matching ``redact`` and ``audit`` rules become obligations.
+allow or require_approval, matching ``redact`` and ``audit`` rules become obligations.
 
 Tuples and sets reach CEL as lists; integers beyond 64 bits are passed as they are, so a
 condition that reads one errs (an overflow). Strings holding NUL bytes are out of scope (the CEL
@@ -47,7 +47,7 @@ class RefResult(NamedTuple):
     effect: str  # "allow" | "deny" | "require_approval"
     rule_ids: tuple[str, ...]  # the matching rules of the deciding effect, in file order
     has_errors: bool
-    obligations: tuple[str, ...]  # ids of matching redact/audit rules when the outcome is allow
+    obligations: tuple[str, ...]  # ids of matching redact/audit rules: outcome allow/approval
     errors: tuple[tuple[str, str, str], ...]  # (rule id, rule effect, message) for every error
     default_applied: bool
 
@@ -118,7 +118,7 @@ def reference_evaluate(policy: Policy, stage: Stage | str, tool: str, agent_id: 
     else:
         effect, ids, default_applied = policy.default, [], True
     obligations: list[str] = []
-    if effect is Effect.ALLOW:
+    if effect in (Effect.ALLOW, Effect.REQUIRE_APPROVAL):
         obligations = [r.id for r in policy.rules
                        if r.id in matched[Effect.REDACT] or r.id in matched[Effect.AUDIT]]
     return RefResult(effect.value, tuple(ids), bool(errors), tuple(obligations), tuple(errors),

@@ -274,12 +274,13 @@ def _data(tool: str, act: dict[str, Any]) -> dict[str, Any]:
 
 def _evaluated_effects(verdict_effect: str, decided_by_rule: bool) -> set[str]:
     """The effects whose rules the optimised evaluator must have evaluated (its docstring:
-    later tiers are not evaluated once an earlier one decides; obligations only on allow)."""
+    later tiers are not evaluated once an earlier one decides; obligations on allow and on
+    require_approval)."""
     if not decided_by_rule:
         out = set(_DECIDING_ORDER)
     else:
         out = set(_DECIDING_ORDER[: _DECIDING_ORDER.index(verdict_effect) + 1])
-    if verdict_effect == "allow":
+    if verdict_effect in ("allow", "require_approval"):
         out |= {"redact", "audit"}
     return out
 

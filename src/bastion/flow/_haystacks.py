@@ -41,6 +41,7 @@ USER = "user"
 MIN_FRAGMENT = 6  # significant characters a piece needs before it counts as a fragment
 MIN_QUOTE = 3  # significant characters a piece of trusted text needs to count as quoted
 MIN_SECRET_WORD = 16  # a word this long shared with a secret text carries its labels
+MIN_SECRET_RUN = 20  # and a run of whole words this long (significant characters)
 _PLAIN = frozenset({TRUSTED, UNTRUSTED, USER, "public", "internal"})
 
 _MAX_SCANS = 4_096
@@ -281,19 +282,29 @@ class Haystacks:
         return found
 
     def _sensitive_words(self, leaf: str) -> set[str]:
-        """Labels of sensitive texts that share a long word with ``leaf``: a key, token or
-        password copied into a longer message is still the secret."""
+        """Labels of sensitive texts that share a long word, or a run of whole words of
+        ``MIN_SECRET_RUN`` significant characters, with ``leaf``: a key, token, password or
+        sentence copied into a longer message is still the secret."""
         found: set[str] = set()
         hay = self._haystack("sensitive")
         if not hay:
             return found
-        for word in canonical(leaf).split(" "):
-            word = compact(word)
-            if len(word) < MIN_SECRET_WORD or not self._in("sensitive", word):
+        words = [w for w in (compact(x) for x in canonical(leaf).split(" ")) if w]
+        pieces = [w for w in words if len(w) >= MIN_SECRET_WORD]
+        for i in range(len(words)):  # and runs of whole words: a sentence quoted from a secret
+            run = ""
+            for word in words[i:]:
+                run += word
+                if len(run) >= MIN_SECRET_RUN:
+                    if run != words[i]:
+                        pieces.append(run)
+                    break
+        for piece in pieces:
+            if not self._in("sensitive", piece):
                 continue
             self._spend(len(hay))
             for key in self._parts["sensitive"]:
-                if word in key:
+                if piece in key:
                     found |= self._hay[key] - {TRUSTED, UNTRUSTED, USER}
         return found
 

@@ -123,6 +123,15 @@ def _merged(a: list[str], b: list[str]) -> list[str]:
     return sorted(out)
 
 
+def _overlaps(piece: str, whole: str) -> bool:
+    """``piece`` ends with the start of ``whole`` or starts with its end (``MIN_FRAGMENT`` or
+    more characters): "pay GB33BUKB2020" holds the first half of a split IBAN."""
+    for k in range(MIN_FRAGMENT, min(len(piece), len(whole)) + 1):
+        if piece.endswith(whole[:k]) or piece.startswith(whole[-k:]):
+            return True
+    return False
+
+
 def _runs(flat: list[tuple[str, str]], absent: list[bool]) -> Iterator[list[tuple[str, str]]]:
     """Runs of two or more adjacent pieces, then every ordered pair, leaving out any that holds
     an ``absent`` piece."""
@@ -339,6 +348,7 @@ class Provenance(Haystacks):
                 if rest:
                     if len(compact(rest)) >= MIN_FRAGMENT:
                         frag = self._fragment(compact(rest))
+                        out |= self._sensitive(compact(rest))  # a secret quoted beside them
                     all_trusted = frag is None and self._word_in("trusted_text", rest)
             if frag is not None:
                 untrusted = True
@@ -390,22 +400,26 @@ class Provenance(Haystacks):
         argument holds, every argument that is a piece of it is labelled untrusted too."""
         self._budget = SCAN_BUDGET
         done: dict[str, list[str]] = {}
+        done_count: dict[str, int] = {}  # values labelled under each name
         try:
-            return self._labels_of_args(args, done)
+            return self._labels_of_args(args, done, done_count)
         except OverBudget:
             # too much to search: an argument not yet labelled may hold anything seen; those
             # labelled keep their labels (any argument left holds the call in the default pack)
             unscanned = sorted(self._unscanned())
-            return {str(k): done.get(str(k), unscanned) for k in args}
+            names = [str(k) for k in args]
+            complete = {n for n in done if names.count(n) == done_count.get(n, 0)}
+            return {n: done[n] if n in complete else unscanned for n in names}
         finally:
             self._budget = None
 
-    def _labels_of_args(self, args: Mapping[str, Any],
-                        done: dict[str, list[str]]) -> dict[str, list[str]]:
+    def _labels_of_args(self, args: Mapping[str, Any], done: dict[str, list[str]],
+                        done_count: dict[str, int]) -> dict[str, list[str]]:
         for k, v in args.items():  # keys 1 and "1" are one name: neither hides the other
             found = self.labels_of(v)
             name = str(k)
             done[name] = _merged(done[name], found) if name in done else found
+            done_count[name] = done_count.get(name, 0) + 1
         out = dict(done)
         done.clear()  # past here a split value may still taint any of them
         sensitive = bool(self._haystack("sensitive"))
@@ -443,16 +457,30 @@ class Provenance(Haystacks):
                     and not self._in(TRUSTED, text)):
                 extra = {UNTRUSTED_IDENTIFIER} if self._identifier_piece(text) else set()
                 taint({name for name, _ in run}, (self._fragment(text) or set()) | extra)
+        if UNTRUSTED in self.unplaced:  # an address split anywhere may be in what was dropped
+            # a piece that is an address on its own is labelled on its own (and a typed IBAN
+            # beside an amount would read as a longer one)
+            own = [any(a.partition(":")[0] in ADDRESS_KINDS for a in identifiers(p))
+                   for _, p in flat]
+            for run in itertools.islice(_runs(flat, own), 4_096):
+                text = "".join(p for _, p in run)
+                if any(a.partition(":")[0] in ADDRESS_KINDS and not self._typed_atom(a)
+                       for a in identifiers(text)):
+                    taint({name for name, _ in run}, self.unplaced | {UNTRUSTED_IDENTIFIER})
         spaced = " ".join(canonical(s) if isinstance(s, str) else repr(s) for _, s in leaves_)
         for atom in identifiers(spaced):
             labels = self._atoms.get(atom)
+            if labels is None and UNTRUSTED in self.unplaced and \
+                    atom.partition(":")[0] in ADDRESS_KINDS:
+                labels = {UNTRUSTED} | self.unplaced  # it may be in what was not remembered
             if labels is None or TRUSTED in labels:
                 continue
             whole = compact(atom.partition(":")[2])
             if any(whole in p for _, p in flat):
                 continue  # one argument holds it whole: labels_of has labelled that argument
             extra = {UNTRUSTED_IDENTIFIER} if atom.partition(":")[0] in ADDRESS_KINDS else set()
-            taint({name for name, p in flat if len(p) >= 2 and p in whole}, labels | extra)
+            taint({name for name, p in flat if (len(p) >= 2 and p in whole) or _overlaps(p, whole)},
+                  labels | extra)
         return out
 
     def session_labels(self) -> list[str]:

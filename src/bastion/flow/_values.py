@@ -39,6 +39,7 @@ _FILE = re.compile(r"(?<![\w\-./\\])[\w\-./\\]{0,255}[\w\-]\.[a-z0-9]{1,8}\b")
 _HOSTLIKE = re.compile(r"(?<![a-z0-9\-.])(?:[a-z0-9\-]{1,63}\.){1,16}[a-z]{2,63}\b")
 _TRIM = ".,;:!?)]}>'\""
 _TRIGGER = re.compile(r"[0-9@./:]")
+_IBAN_MIN = 15  # the shortest IBAN (Norway)
 _GROUP_MARK = re.compile(r"(?<=[a-z0-9])[-.](?=[a-z0-9])")
 _INTEGER = re.compile(r"[-+]?[0-9]{1,4300}")
 
@@ -148,11 +149,14 @@ def _identifiers_of(text: str) -> frozenset[str]:
         if netloc:
             out.add(f"host:{netloc.rstrip('.')}")
     for m in _IBAN.finditer(text):
-        out.add(f"iban:{m.group(0).replace(' ', '')}")
+        iban = m.group(0).replace(" ", "")
+        if len(iban) >= _IBAN_MIN:  # a UUID's last group ("db151b451e20") is no account
+            out.add(f"iban:{iban}")
     if "-" in text or "." in text:  # an IBAN grouped with dashes or dots ("GB29-NWBK-6016-...")
         for m in _IBAN.finditer(_GROUP_MARK.sub(" ", text)):
-            if " " in m.group(0):
-                out.add(f"iban:{m.group(0).replace(' ', '')}")
+            iban = m.group(0).replace(" ", "")
+            if " " in m.group(0) and len(iban) >= _IBAN_MIN and _iban_checksum(iban):
+                out.add(f"iban:{iban}")
     # what the patterns above matched is one identifier: no numbers or names from inside it
     text = _IBAN.sub(" ", _URL.sub(" ", _EMAIL.sub(" ", text)))
     for m in _DATE.finditer(text):  # a date's day and month are not amounts
@@ -172,6 +176,16 @@ def _identifiers_of(text: str) -> frozenset[str]:
 
 
 _identifiers_memo = functools.lru_cache(maxsize=1_024)(_identifiers)
+
+
+def _iban_checksum(iban: str) -> bool:
+    """ISO 13616: the account moved behind its country and check digits, letters as 10-35,
+    is 1 modulo 97."""
+    moved = iban[4:] + iban[:4]
+    try:
+        return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+    except ValueError:
+        return False
 
 
 def without_identifiers(text: str) -> str:

@@ -7,7 +7,8 @@ Combining, in this order (DESIGN.md):
 3. else any matching ``allow`` rule → allow;
 4. else the policy's ``default``.
 
-When the outcome is allow, matching ``redact`` and ``audit`` rules become obligations.
+When the outcome is allow or require_approval, matching ``redact`` and ``audit`` rules become
+obligations (the kernel applies them to a require_approval once it is approved).
 A condition that errors *matches* for deny, require_approval, redact and audit rules (each of those
 only makes the outcome safer) and *does not match* for allow rules; every error is returned.
 Tiers are evaluated in that order and a later tier is not evaluated once an earlier one decides,
@@ -57,6 +58,9 @@ def evaluate(compiled: CompiledPolicy, stage: Stage, tool: str, agent_id: str,
     return evaluate_tiers(compiled.policy.default, cands, agent_id, data)
 
 
+_OBLIGED = (Effect.ALLOW, Effect.REQUIRE_APPROVAL)  # outcomes that carry obligations
+
+
 def evaluate_tiers(default: Effect, cands: Candidates, agent_id: str,
                    data: Mapping[str, Any]) -> Verdict:
     """Combine the tiers of ``cands`` for one action (see the module docstring)."""
@@ -79,7 +83,7 @@ def evaluate_tiers(default: Effect, cands: Candidates, agent_id: str,
                                error_matches=tier.effect is not Effect.ALLOW)
             if matched:
                 decided, deciding = tier.effect, matched
-        elif (decided or default) is Effect.ALLOW:
+        elif (decided or default) in _OBLIGED:
             obligations.extend(_matches(tier, agent_id, state, errors, error_matches=True))
     return _verdict(default, decided, deciding, errors, obligations)
 
@@ -161,7 +165,7 @@ def _from_values(default: Effect, tiers: tuple[Tier, ...], trues: frozenset[int]
         if tier.effect in _DECIDING:
             if decided is None and matched:
                 decided, deciding = tier.effect, matched
-        elif (decided or default) is Effect.ALLOW:
+        elif (decided or default) in _OBLIGED:
             obligations.extend(matched)
     return _verdict(default, decided, deciding, [], obligations)
 
