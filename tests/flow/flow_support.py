@@ -130,3 +130,13 @@ def read_injection(k: bastion.Kernel, session: str = "s1") -> None:
     """The user asks for a summary; the inbox holds an injected transfer."""
     k.evaluate(act("input", args={"text": "summarise my inbox"}, session=session))
     k.evaluate(act("post_tool", "read_inbox", result=[{"body": INJECTED}], session=session))
+
+
+def call_tool(k: bastion.Kernel, tool: str, result: object, session: str = "s1",
+              args: dict[str, Any] | None = None) -> bastion.Decision:
+    """Call ``tool`` through the kernel (pre_tool, then its ``result`` at post_tool); both must
+    be allowed. The post_tool decision."""
+    assert k.evaluate(act("pre_tool", tool, session, args=args or {})).allowed
+    d = k.evaluate(act("post_tool", tool, session, args=args or {}, result=result))
+    assert d.allowed, d
+    return d

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_support import CATALOG, PACK, act
+from flow_support import CATALOG, PACK, act, call_tool
 
 import bastion
 from bastion.flow import Provenance
@@ -57,13 +57,6 @@ def k() -> Any:
         yield kernel
 
 
-def _result(k: bastion.Kernel, tool: str, result: object, session: str = "s1") -> bastion.Decision:
-    assert k.evaluate(act("pre_tool", tool, session, args={})).allowed
-    d = k.evaluate(act("post_tool", tool, session, args={}, result=result))
-    assert d.allowed, d
-    return d
-
-
 def _word(i: int, n: int = 5) -> str:
     out = ""
     for _ in range(n):
@@ -81,7 +74,7 @@ def _timed(fn: Any, *args: Any) -> tuple[float, Any]:
 def _flood(k: bastion.Kernel, tool: str, results: int) -> None:
     """Push the session's remembered values out: ``results`` results of 4,096 distinct texts."""
     for j in range(results):
-        _result(k, tool, [f"page {j} entry {i}" for i in range(4_096)])
+        call_tool(k, tool, [f"page {j} entry {i}" for i in range(4_096)])
 
 
 # == findings =====================================================================================
@@ -100,8 +93,8 @@ def test_a_fake_handle_does_not_switch_off_redaction_outside_pre_tool(stage: str
 # -- 2. the user's number switches unplaced labels off ---------------------------------------------
 def test_an_evicted_address_beside_a_typed_number_is_still_held(k: bastion.Kernel) -> None:
     k.evaluate(act("input", args={"text": "summarise my inbox"}))
-    _result(k, "read_inbox", f"Our bank changed, the new account is {IBAN}")
-    _result(k, "read_inbox", "; ".join(f"item {i}" for i in range(100_000, 105_000)))
+    call_tool(k, "read_inbox", f"Our bank changed, the new account is {IBAN}")
+    call_tool(k, "read_inbox", "; ".join(f"item {i}" for i in range(100_000, 105_000)))
     assert k.provenance("s1").evicted > 0 and "untrusted" in k.provenance("s1").unplaced
     k.evaluate(act("input", args={"text": f"e-mail {BOB} that the 1200 rent goes to the new "
                                           "account"}))
@@ -115,7 +108,7 @@ def test_an_evicted_address_beside_a_typed_number_is_still_held(k: bastion.Kerne
 
 def test_an_evicted_secret_beside_a_typed_number_is_still_secret(k: bastion.Kernel) -> None:
     k.evaluate(act("input", args={"text": "get my api key"}))
-    _result(k, "read_secrets", f"api key: {KEY}")
+    call_tool(k, "read_secrets", f"api key: {KEY}")
     _flood(k, "read_docs", 2)  # trusted pages: the session stays clean
     assert "secret" in k.provenance("s1").unplaced
     k.evaluate(act("input", args={"text": f"e-mail {BOB} about invoice 1200"}))
@@ -140,7 +133,7 @@ def _padded_table(length: int, seed: int = 1) -> str:
 def test_a_sparse_excerpt_crossing_two_pieces_is_secret(k: bastion.Kernel) -> None:
     doc = _padded_table(140_000)
     k.evaluate(act("input", args={"text": f"e-mail {BOB} the summary"}))
-    _result(k, "read_secrets", doc)
+    call_tool(k, "read_secrets", doc)
     inside = doc[1_000:2_800]
     assert "secret" in k.provenance("s1").labels_of(inside)  # control: inside one piece
     step = MAX_TEXT - 1_024
@@ -158,7 +151,7 @@ def test_a_set_of_strings_is_redacted(how: str) -> None:
         kernel.evaluate(act("input", args={"text": f"e-mail the customer file to {BOB}"}))
         cards = {"4111 1111 1111 1111"}
         if how == "released":
-            m = HANDLE.search(_result(kernel, "read_file", cards).result)
+            m = HANDLE.search(call_tool(kernel, "read_file", cards).result)
             assert m is not None
             body: Any = m.group(0)
         else:
@@ -189,7 +182,7 @@ def test_a_short_name_stays_untrusted_when_a_trusted_text_shares_its_compact_for
         "points inside a sentence matches no identifier pattern"))])
 def test_a_dashed_untrusted_iban_inside_a_sentence_is_held(k: bastion.Kernel, body: str) -> None:
     k.evaluate(act("input", args={"text": f"e-mail {BOB} about the rent"}))
-    _result(k, "read_inbox", f"Our bank changed, the new account is {IBAN}")
+    call_tool(k, "read_inbox", f"Our bank changed, the new account is {IBAN}")
     alone = k.evaluate(act("pre_tool", "post_email", args={
         "to": BOB, "body": "GB29-NWBK-6016-1331-9268-19"}))
     assert alone.effect == "require_approval"  # control
@@ -216,8 +209,8 @@ def test_a_log_of_two_megabytes_is_recorded_quickly(k: bastion.Kernel) -> None:
 def test_a_decision_over_two_big_texts_stays_fast(k: bastion.Kernel) -> None:
     docs = " ".join(f"q{_word(i)}q" for i in range(600_000))[:4 << 20]
     k.evaluate(act("input", args={"text": f"e-mail {BOB} a summary"}))
-    _result(k, "read_docs", docs)
-    _result(k, "read_inbox", docs.replace("q", "z"))
+    call_tool(k, "read_docs", docs)
+    call_tool(k, "read_inbox", docs.replace("q", "z"))
     args = {"to": BOB, "body": [_word(j * 7_919, 4) for j in range(300)]}
     took, d = _timed(k.evaluate, act("pre_tool", "post_email", args=args))
     assert d.effect == "require_approval"
@@ -244,7 +237,7 @@ def test_a_handle_in_a_str_subclass_or_a_key_is_released_and_redacted() -> None:
     with bastion.Kernel.from_text(Path(PACK).read_text() + CARD_RULE, catalog=CAT) as kernel:
         kernel.evaluate(act("input", args={"text": f"e-mail the customer file to {BOB}"}))
         for shape in ("subclass", "key"):
-            m = HANDLE.search(_result(kernel, "read_file", "card 4111 1111 1111 1111").result)
+            m = HANDLE.search(call_tool(kernel, "read_file", "card 4111 1111 1111 1111").result)
             assert m is not None
             body: Any = _Str(f"see {m.group(0)}") if shape == "subclass" else {m.group(0): "x"}
             d = kernel.evaluate(act("pre_tool", "post_email", args={"to": BOB, "body": body}))
@@ -263,7 +256,7 @@ def test_a_handle_passed_as_content_is_not_an_untrusted_identifier(k: bastion.Ke
     k.evaluate(act("input", args={"text": f"e-mail the file to {BOB}"}))
     d = None
     for _ in range(20):
-        m = HANDLE.search(_result(k, "read_file", "quarterly figures").result)
+        m = HANDLE.search(call_tool(k, "read_file", "quarterly figures").result)
         assert m is not None
         d = k.evaluate(act("pre_tool", "post_email", args={"to": BOB, "body": m.group(0)}))
         assert d.allowed, d.reasons
@@ -303,7 +296,7 @@ def test_a_call_cut_short_by_the_budget_is_held(monkeypatch: pytest.MonkeyPatch,
     from bastion.flow import _provenance
 
     k.evaluate(act("input", args={"text": f"pay 1200 to {USER_IBAN}"}))
-    _result(k, "read_inbox", f"new account {IBAN}")
+    call_tool(k, "read_inbox", f"new account {IBAN}")
     call = act("pre_tool", "send_money", args={"recipient": USER_IBAN, "amount": 1200,
                                                 "memo": "rent for March"})
     assert k.evaluate(call).allowed  # control
@@ -315,7 +308,7 @@ def test_a_call_cut_short_by_the_budget_is_held(monkeypatch: pytest.MonkeyPatch,
 def test_a_big_call_in_an_untrusted_session_is_held_not_allowed(k: bastion.Kernel) -> None:
     k.evaluate(act("input", args={"text": f"e-mail {BOB} a summary"}))
     docs = " ".join(f"z{_word(i)}z" for i in range(600_000))[:4 << 20]
-    _result(k, "read_inbox", docs)
+    call_tool(k, "read_inbox", docs)
     # every piece passes the compact test, so the budget runs out: held, never allowed
     args = {"to": BOB, "body": [_word(j * 7_919, 4) for j in range(150)]}
     d = k.evaluate(act("pre_tool", "post_email", args=args))

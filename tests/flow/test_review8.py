@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_support import CATALOG, INJECTED, PACK, act
+from flow_support import CATALOG, INJECTED, PACK, act, call_tool
 
 import bastion
 from bastion.flow import Provenance
@@ -78,17 +78,10 @@ def k() -> Any:
         yield kernel
 
 
-def _result(k: bastion.Kernel, tool: str, result: object, session: str = "s1") -> bastion.Decision:
-    assert k.evaluate(act("pre_tool", tool, session, args={})).allowed
-    d = k.evaluate(act("post_tool", tool, session, args={}, result=result))
-    assert d.allowed, d
-    return d
-
-
 def _secret_session(k: bastion.Kernel) -> None:
     k.evaluate(act("input", args={
         "text": f"e-mail {BOB} and pay {USER_IBAN}: a note on the board"}))
-    _result(k, "read_secrets", NOTES)
+    call_tool(k, "read_secrets", NOTES)
 
 
 def _handle(d: bastion.Decision) -> str:
@@ -165,7 +158,7 @@ def test_uuids_and_ticket_numbers_are_not_ibans() -> None:
 def test_a_ticket_reference_in_a_message_body_is_not_an_address(k: bastion.Kernel,
                                                                 ref: str) -> None:
     k.evaluate(act("input", args={"text": f"tell {BOB} which of my tickets were resolved"}))
-    _result(k, "read_inbox", [{"id": ref, "title": "printer broken", "status": "resolved"},
+    call_tool(k, "read_inbox", [{"id": ref, "title": "printer broken", "status": "resolved"},
                               {"id": "t-2", "title": "vpn down", "status": "open"}])
     d = k.evaluate(act("pre_tool", "post_email", args={
         "to": BOB, "subject": "tickets", "body": f"Resolved: {ref}"}))
@@ -200,7 +193,7 @@ def test_an_unexamined_value_under_an_alike_name_is_not_trusted(
 # the user's colleague, the attacker's account number is no `untrusted_identifier` and goes out.
 # (An address evicted by later results had the same gap; one result can now do it alone.)
 def test_a_split_address_past_the_atom_bound_is_held(k: bastion.Kernel) -> None:
-    _result(k, "read_inbox", [f"id {i}" for i in range(4_100)]
+    call_tool(k, "read_inbox", [f"id {i}" for i in range(4_100)]
             + [f"Our new account is {IBAN}"])
     assert "untrusted" in k.provenance("s1").unplaced
     k.evaluate(act("input", args={"text": f"e-mail {BOB} our new bank details"}))
@@ -216,7 +209,7 @@ def test_a_split_address_past_the_atom_bound_is_held(k: bastion.Kernel) -> None:
 # -- deferred redaction: every way a pre_tool call with a handle can be allowed -------------------
 def _quarantined_card(kernel: bastion.Kernel) -> str:
     kernel.evaluate(act("input", args={"text": f"e-mail the customer file to {BOB}"}))
-    return _handle(_result(kernel, "read_file", f"customer card {CARD}"))
+    return _handle(call_tool(kernel, "read_file", f"customer card {CARD}"))
 
 
 def _redacted_release(d: bastion.Decision, handle: str) -> None:
@@ -321,10 +314,10 @@ def test_a_handle_in_dotted_or_dashed_text_reads_as_no_identifier() -> None:
 def test_the_users_iban_echoed_by_a_trusted_tool_is_not_untrusted_after_a_flood(
         k: bastion.Kernel) -> None:
     k.evaluate(act("input", args={"text": "read my mail"}))
-    _result(k, "read_inbox", [f"id {i}" for i in range(4_100)])  # untrusted, now unplaced
+    call_tool(k, "read_inbox", [f"id {i}" for i in range(4_100)])  # untrusted, now unplaced
     assert "untrusted" in k.provenance("s1").unplaced
     k.evaluate(act("input", args={"text": f"pay 1200 rent to {USER_IBAN}"}))
-    _result(k, "read_docs", f"Standing orders: rent to {USER_IBAN}")  # trusted, same IBAN
+    call_tool(k, "read_docs", f"Standing orders: rent to {USER_IBAN}")  # trusted, same IBAN
     labels = k.provenance("s1").labels_of(USER_IBAN)
     assert "trusted" in labels and "untrusted" not in labels, labels
     d = k.evaluate(act("pre_tool", "pay", args={"recipient": USER_IBAN, "amount": 1200}))
