@@ -53,6 +53,7 @@ bench: $(STAMP) $(REF_STAMP)
 	$(BIN)/python benchmarks/bench_kernel.py
 	$(BIN)/python benchmarks/bench_audit.py
 	$(BIN)/python benchmarks/bench_flow.py
+	$(BIN)/python benchmarks/bench_state.py
 
 # AgentDojo (banking, slack; v1.2.2) with a scripted agent, offline; its own venv in $(LANE_CACHE).
 bench-agentdojo:

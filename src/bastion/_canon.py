@@ -15,6 +15,7 @@ import hashlib
 import math
 import re
 import unicodedata
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -85,6 +86,8 @@ def _default(value: Any) -> Any:
         return sorted(value, key=repr) if isinstance(value, (set, frozenset)) else list(value)
     if isinstance(value, bytes):
         return {"$bytes": value.hex()}
+    if isinstance(value, Mapping):  # a read-only view (MappingProxyType) and the like
+        return dict(value)
     raise TypeError(f"{type(value).__name__!r} is not JSON-encodable")
 
 
@@ -159,7 +162,7 @@ def _walk(value: Any, depth: int) -> Any:
         return value if -(2**63) <= value < 2**64 else {"$bigint": str(value)}
     if isinstance(value, float):
         return value if math.isfinite(value) else {"$float": repr(value)}
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {str(k): _walk(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_walk(v, depth + 1) for v in value]

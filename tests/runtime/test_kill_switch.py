@@ -104,8 +104,16 @@ with Kernel.from_text("version: 1\\nrules:\\n  - {id: all, effect: allow}\\n", a
 """
 
 
-def test_kill_from_another_process_cancels_and_denies(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
+@pytest.fixture(params=["sqlite", "redis"])
+def shared_state(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A state store other processes can open: a SQLite file, or Redis (``redis_url``)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.db")
+    return str(request.getfixturevalue("redis_url"))
+
+
+def test_kill_from_another_process_cancels_and_denies(tmp_path: Path, shared_state: str) -> None:
+    state = shared_state
     Kernel.from_text(POLICY, audit=False, state=state).close()  # create the store
     worker = subprocess.Popen([sys.executable, "-c", textwrap.dedent(WORKER), str(state)],
                               stdout=subprocess.PIPE, text=True)

@@ -1,7 +1,8 @@
 """Durable state the kernel reads and writes: counters, flags and approvals.
 
 A store is chosen by URL: ``None``/``memory://`` (in-process), a path or ``sqlite:///path``
-(shared by every process that opens the same file). Each operation that decides something
+(shared by every process that opens the same file), ``redis://…`` (shared by a fleet; see
+``bastion.state._redis``). Each operation that decides something
 (``take``, ``consume_approval``) is atomic, so two processes can never both take the last unit of a
 limit or both use one approval.
 
@@ -84,7 +85,12 @@ class StateStore(Protocol):
 
 
 def open_store(target: str | os.PathLike[str] | None) -> StateStore:
-    """Open the store named by ``target`` (see module docstring)."""
+    """Open the store named by ``target`` (see module docstring; ``redis://…`` and
+    ``rediss://…``: ``bastion.state._redis``)."""
+    if isinstance(target, str) and target.split("://", 1)[0] in ("redis", "rediss", "unix"):
+        from bastion.state._redis import RedisStore
+
+        return RedisStore(target)
     return SQLiteStore(sqlite_path(target, "state"))
 
 
