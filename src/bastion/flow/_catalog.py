@@ -90,7 +90,8 @@ def parse_catalog(text: str, *, path: str = "<catalog>") -> ToolCatalog:
         raise PolicyError("a catalog must be a mapping with 'version' and 'tools'", path=path,
                           line=1, column=1)
     _keys(doc, ("version", "tools", "description"), "catalog", path)
-    if doc.get("version") != 1:
+    version = doc.get("version")
+    if type(version) is not int or version != 1:  # not True, not 1.0
         pos = doc.value_pos.get("version", doc.pos)
         raise PolicyError("catalog 'version' must be 1", path=path, line=pos.line,
                           column=pos.column)

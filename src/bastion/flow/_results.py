@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from bastion._canon import norm_text
-from bastion.flow._values import identifiers
+from bastion.flow._values import identifiers, object_fields
 
 HANDLINGS = ("pass", "mark", "quarantine")
 INJECTION = "injection"
@@ -182,6 +182,16 @@ class Quarantine:
                     out |= held[1]
         return out
 
+    def contents_in(self, value: Any) -> list[Any]:
+        """What every held handle inside ``value`` stands for (as ``labels_in`` finds them)."""
+        out: list[Any] = []
+        for text in _strings(value, MAX_STRINGS):
+            for handle in HANDLE.findall(norm_text(text)):
+                held = self._held.get(handle)
+                if held is not None:
+                    out.append(held[0])
+        return out
+
     def release(self, args: Any) -> tuple[Any, list[str], list[str]]:
         """``args`` with every handle replaced by its content (a whole-string handle by the
         value itself, a handle inside text or inside a map key by the content as text), the
@@ -223,8 +233,12 @@ _FLAT = frozenset({str, int, float, bool, type(None)})
 def as_text(value: Any, depth: int = 0) -> Any:
     """What provenance records of a result: maps and lists kept, bytes decoded, any other object
     (a dataclass, an SDK result) as its text, so nothing inside it goes unlabelled. Never
-    raises for depth: below 64 levels the rest is kept as one text."""
-    if value is None or isinstance(value, str | bool | int | float):
+    raises for depth: below 64 levels the rest is kept as one text. A text that is a JSON
+    document with escapes in it (``json.dumps`` writes "Größe" as ``"Gr\\u00f6\\u00dfe"``)
+    is kept twice: as written, and decoded, so what a model reads out of it is recognised."""
+    if isinstance(value, str):
+        return _with_decoded(value, depth)
+    if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, bytes | bytearray):
         return bytes(value).decode("utf-8", "replace")
@@ -242,7 +256,28 @@ def as_text(value: Any, depth: int = 0) -> Any:
         return out
     if isinstance(value, list | tuple | set | frozenset):
         return [as_text(v, depth + 1) for v in value]
+    fields = object_fields(value)  # what its text may leave out (a repr=False field)
+    if fields:
+        return [str(value), *(as_text(v, depth + 1) for v in fields)]
     return str(value)
+
+
+def _with_decoded(text: str, depth: int) -> Any:
+    if "\\" not in text or depth > 64 or len(text) > _MAX_JSON:
+        return text
+    start = text.lstrip()[:1]
+    if start not in ('{', '[', '"'):
+        return text
+    import orjson
+
+    try:
+        decoded = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+    return [text, as_text(decoded, depth + 1)]
+
+
+_MAX_JSON = 4 << 20  # characters: a larger text is kept as written only
 
 
 def _as_text(value: Any) -> str:

@@ -3,7 +3,8 @@ scalars of a nested value. Pure functions, no state (``_provenance`` keeps what 
 
 * ``canonical``: percent-decoded, NFKC, format characters stripped, casefolded, white space
   collapsed; ``compact``: its letters and digits only.
-* ``identifiers``: e-mail addresses, URLs and their hosts, IBANs, dates, numbers and file names,
+* ``identifiers``: e-mail addresses, URLs and their hosts (any script, IDNA-spelt; IPv4
+  literals), IBANs, dates, numbers and file names,
   each canonical and tagged by kind (``email:``, ``url:``, ``host:``, ``iban:``, ``date:``,
   ``num:``, ``file:``). Every pattern is bounded and anchored where a token starts, so matching
   stays linear in the text.
@@ -12,6 +13,7 @@ scalars of a nested value. Pure functions, no state (``_provenance`` keeps what 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import unicodedata
@@ -36,7 +38,10 @@ _DATE = re.compile(r"(?<![\w.])\d{4}([-/])\d{1,2}\1\d{1,2}"
                    r"(?:[t ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:z|[+-]\d{2}:?\d{2})?)?(?![\w])")
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,_ ]*(?:\.\d+)?(?![\w])")
 _FILE = re.compile(r"(?<![\w\-./\\])[\w\-./\\]{0,255}[\w\-]\.[a-z0-9]{1,8}\b")
-_HOSTLIKE = re.compile(r"(?<![a-z0-9\-.])(?:[a-z0-9\-]{1,63}\.){1,16}[a-z]{2,63}\b")
+# host names in any script ("банк-оплата.рф"; a top-level label is letters) and IPv4 literals
+_HOSTLIKE = re.compile(r"(?<![\w\-.])(?:[\w\-]{1,63}\.){1,16}"
+                       r"(?:xn--[a-z0-9\-]{1,59}|[^\W\d_]{2,63})\b")
+_IPV4 = re.compile(r"(?<![\w.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?!\w|\.[0-9])")
 _TRIM = ".,;:!?)]}>'\""
 _TRIGGER = re.compile(r"[0-9@./:]")
 _IBAN_MIN = 15  # the shortest IBAN (Norway)
@@ -54,6 +59,7 @@ def canonical(text: str) -> str:
 
 
 _MEMO_TEXT = 2_048
+_DOTS = str.maketrans({"\u3002": ".", "\uff61": "."})  # ideographic full stops: dots in hosts
 _SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
 
 
@@ -70,7 +76,11 @@ def _canonical(text: str) -> str:
 
 
 def _fold(decoded: str) -> str:
-    folded = strip_format(unicodedata.normalize("NFKC", decoded)).casefold()
+    # the kernel's own datamark (U+02C6, ``_results.MARK``) stands for a space: text copied out
+    # of a marked result with its marks still reads as what was marked
+    folded = strip_format(unicodedata.normalize("NFKC", decoded.replace("\u02c6", " ")
+                                                .translate(_DOTS)))
+    folded = folded.casefold()
     folded = strip_format(unicodedata.normalize("NFKC", folded))
     return _WS.sub(" ", folded).strip()
 
@@ -158,12 +168,12 @@ def _identifiers_of(text: str) -> frozenset[str]:
             if " " in m.group(0) and len(iban) >= _IBAN_MIN and _iban_checksum(iban):
                 out.add(f"iban:{iban}")
     # what the patterns above matched is one identifier: no numbers or names from inside it
-    text = _IBAN.sub(" ", _URL.sub(" ", _EMAIL.sub(" ", text)))
+    text = _IPV4.sub(lambda m: _ipv4(m, out), _IBAN.sub(" ", _URL.sub(" ", _EMAIL.sub(" ", text))))
     for m in _DATE.finditer(text):  # a date's day and month are not amounts
         out.add(f"date:{m.group(0)}")
     text = _DATE.sub(" ", text)
     for m in _HOSTLIKE.finditer(text):
-        out.add(f"host:{m.group(0)}")
+        out.add(f"host:{_ascii_host(m.group(0))}")
     for m in _FILE.finditer(text):
         name = m.group(0).replace("\\", "/").rsplit("/", 1)[-1]
         if name and not name[0].isdigit():
@@ -188,6 +198,25 @@ def _iban_checksum(iban: str) -> bool:
         return False
 
 
+def _ipv4(m: re.Match[str], out: set[str]) -> str:
+    """An IPv4 literal is a host (and blanked out); four numbers that are not one stay."""
+    if all(int(part) <= 255 for part in m.group(0).split(".")):
+        out.add(f"host:{m.group(0)}")
+        return " "
+    return m.group(0)
+
+
+def _ascii_host(host: str) -> str:
+    """A host name as DNS spells it (IDNA: "банк.рф" is "xn--80abvk.xn--p1ai"), so either
+    spelling is the same host; as written where it is no valid IDNA name."""
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return host
+
+
 def without_identifiers(text: str) -> str:
     """Canonical ``text`` with its e-mail addresses, URLs and host names blanked out: the words
     a person wrote, not the pieces of an address ("weekly" in ``news.example/weekly``)."""
@@ -208,8 +237,12 @@ def leaves(value: Any) -> tuple[list[Any], bool]:
         return [value], False
     out: list[Any] = []
     stack = [value]
+    visits = 0
     while stack:  # depth first, in order: a cut loses the last scalars, not the first
         item = stack.pop()
+        visits += 1
+        if visits > _MAX_VISITS:  # a list that holds itself, say: the rest is not examined
+            return out, True
         if isinstance(item, Mapping):
             for k, v in reversed(list(item.items())):
                 stack.append(v)
@@ -220,7 +253,38 @@ def leaves(value: Any) -> tuple[list[Any], bool]:
             if len(out) == MAX_LEAVES:
                 return out, True
             out.append(_leaf(item))
+            if not isinstance(item, bytes | bytearray | memoryview) and \
+                    type(item) not in _SCALAR_TYPES:
+                stack.extend(reversed(object_fields(item)))  # what its text may not show
     return out, False
+
+
+_MAX_VISITS = 4 * MAX_LEAVES
+
+
+def object_fields(item: Any) -> list[Any]:
+    """The field values of an object that is not a scalar, a map or a list: a dataclass's
+    fields, a pydantic model's dump, its ``__dict__`` or ``__slots__`` (``[]`` when it has none
+    or they cannot be read). Its text (``str``) may leave some out: a ``repr=False`` field, a
+    summary ``__str__``."""
+    if isinstance(item, type | str | int | float | bool) or item is None:
+        return []
+    params = getattr(type(item), "__dataclass_fields__", None)
+    if isinstance(params, dict):
+        return [getattr(item, name, None) for name in params]
+    dump = getattr(item, "model_dump", None)
+    if callable(dump):
+        with contextlib.suppress(Exception):
+            return [dump()]
+    found = getattr(item, "__dict__", None)
+    out: list[Any] = list(found.values()) if isinstance(found, dict) else []
+    for cls in type(item).__mro__:
+        names = getattr(cls, "__slots__", ())
+        for name in (names,) if isinstance(names, str) else names:
+            if name not in ("__dict__", "__weakref__"):
+                with contextlib.suppress(Exception):
+                    out.append(getattr(item, name))
+    return out
 
 
 def _leaf(item: Any) -> Any:

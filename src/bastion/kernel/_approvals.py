@@ -9,15 +9,21 @@ stored and its id returned for a person to grant or refuse (``Kernel.approve``/`
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
-from bastion._canon import canonical_tool, digest, snapshot
+from bastion._canon import LazyModule, canonical_json, canonical_tool, digest
 from bastion._errors import ApprovalError
+from bastion.flow._values import object_fields
 from bastion.kernel._events import _ident
 from bastion.kernel._types import Action
 from bastion.policy import Effect
 from bastion.state import Approval, StateStore
+
+if TYPE_CHECKING:
+    import orjson
+else:
+    orjson = LazyModule("orjson", globals())
 
 
 class Approver(Protocol):
@@ -27,10 +33,48 @@ class Approver(Protocol):
 
 
 def action_digest(action: Action) -> str:
-    """The digest an approval is bound to: canonical tool, stage, arguments, agent, session."""
+    """The digest an approval is bound to: canonical tool, stage, arguments, agent, session.
+    Lossless: two calls whose arguments differ anywhere get different digests (the audit's
+    ``snapshot`` shortens long object texts and deep nesting; this does not). Arguments that
+    cannot be told apart exactly (nested deeper than ``MAX_DEPTH``) cannot be approved."""
     tool = canonical_tool(action.tool) if action.tool else ""
-    return digest({"tool": tool, "stage": action.stage, "args": snapshot(action.args),
+    try:
+        args: Any = orjson.loads(canonical_json(action.args))  # plain JSON data: as it is
+        form = "json"
+    except (TypeError, ValueError):
+        args, form = _exact(action.args, 0), "exact"
+    return digest({"tool": tool, "stage": action.stage, "args": args, "form": form,
                    "agent": _ident(action.agent), "session": _ident(action.session)})
+
+
+MAX_DEPTH = 256  # levels of nesting an approved call's arguments may have
+
+
+def _exact(value: Any, depth: int) -> Any:
+    """``value`` as JSON data that keeps every difference: key types, sets, big and
+    non-finite numbers, bytes, and each object's type, whole ``repr`` and fields."""
+    if depth > MAX_DEPTH:
+        raise ApprovalError(f"arguments nested deeper than {MAX_DEPTH} levels cannot be bound "
+                            "to an approval")
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return {"$int": str(value)}
+    if isinstance(value, float):
+        return {"$float": repr(value)}
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bytes": bytes(value).hex()}
+    if isinstance(value, Mapping):
+        pairs = [[_exact(k, depth + 1), _exact(v, depth + 1)] for k, v in value.items()]
+        return {"$map": sorted(pairs, key=lambda kv: canonical_json(kv[0]))}
+    if isinstance(value, list | tuple):
+        return [_exact(v, depth + 1) for v in value]
+    if isinstance(value, set | frozenset):
+        items = [_exact(v, depth + 1) for v in value]
+        return {"$set": sorted(items, key=canonical_json)}
+    kind = type(value)
+    return {"$type": f"{kind.__module__}.{kind.__qualname__}", "$repr": repr(value),
+            "$fields": [_exact(v, depth + 1) for v in object_fields(value)]}
 
 
 class Approvals:

@@ -139,5 +139,7 @@ def _masked_context(context: Any) -> Any:
 
 
 def _ident(holder: Mapping[str, Any]) -> str | None:
+    if holder and not isinstance(holder, Mapping):  # e.g. agent="a1": no id can be read
+        return None
     value = holder.get("id", "") if holder else ""
     return value if isinstance(value, str) else None

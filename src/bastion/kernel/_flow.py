@@ -28,7 +28,7 @@ import re
 import threading
 import time
 import weakref
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -48,6 +48,7 @@ from bastion.policy._celast import checked_expr
 
 MAX_FLOW_SESSIONS = 10_000  # sessions whose provenance is kept in memory (least recent out)
 FOREVER = 1 << 40  # a counter window no session outlives
+_MAX_WAITING = 64  # calls of one tool whose results are still to carry their arguments' labels
 INCOMPLETE = "incomplete"  # session label: facts were recorded that this process has not seen
 ENDED = "ended"  # session label: the session was ended (Kernel.end_session); its id is spent
 ENDED_COUNT = 1 << 40  # what an end adds to the session's fact count: more than anyone recorded
@@ -86,7 +87,12 @@ class FlowTracker:
         # session -> trusted tool -> allowed calls in flight that took untrusted or unknown
         # arguments: what such a call returns may be those arguments echoed back, so a result of
         # that tool is untrusted while any is in flight (a clean call clears none of them)
-        self._tainted_calls: dict[str, Counter[str]] = {}
+        self._tainted_calls: dict[str, dict[str, list[frozenset[str]]]] = {}
+        # the confidentiality labels a result can bring (every catalog's but "public")
+        self._secrecy = frozenset(
+            {"secret", "internal", *(i.confidentiality for i in catalog.tools.values())}
+            - {"public"})
+        self._recent = threading.local()  # the arguments' labels this thread just computed
         self._clock = clock
         # every session-level label a fact can carry (this catalog's, and any the policy names:
         # another worker's catalog may label what this one does not)
@@ -103,8 +109,7 @@ class FlowTracker:
         ``session.history`` (Cedar's context has none), and reads back the labels the rules
         name as well as the catalog's."""
         rules = tuple(rules)
-        history = frozenset(cr.rule.id for cr in rules
-                            if _HISTORY_REF.search(cr.rule.when or ""))
+        history = frozenset(cr.rule.id for cr in rules if _reads_history(cr))
         tracker = cls(catalog, state, clock, labels=_literals(cr.program for cr in rules))
         tracker.history_rules = history
         return tracker
@@ -224,16 +229,25 @@ class FlowTracker:
     def arg_labels(self, session_id: str, args: Any) -> dict[str, list[str]]:
         """Each argument's labels, including those of the quarantined values its handles stand
         for (kept with the handle, whatever provenance still remembers)."""
+        labels = self._arg_labels(session_id, args)
+        self._recent.v = (session_id, args, labels)
+        return labels
+
+    def _arg_labels(self, session_id: str, args: Any) -> dict[str, list[str]]:
         if not isinstance(args, Mapping):
             return {}
         with self._lock:
-            labels = self._provenance(session_id).labels_of_args(args)
+            prov = self._provenance(session_id)
+            labels = prov.labels_of_args(args)
             vault = self._vaults.get(session_id)
             if vault is not None:
                 for name, value in args.items():
                     held = vault.labels_in(value)
                     if held:
-                        merged = set(labels.get(name, ())) | held
+                        # and what the content itself reads as once released (an address the
+                        # user did not type in it is as untrusted behind a handle as in the open)
+                        content = prov.labels_of_args({name: vault.contents_in(value)})
+                        merged = set(labels.get(name, ())) | held | set(content.get(name, ()))
                         if "untrusted" in merged:  # a handle is never the user's pick
                             merged -= {"trusted", "unknown", "selected"}
                         labels[name] = sorted(merged)
@@ -254,6 +268,12 @@ class FlowTracker:
         the decision (more taint is the safe side), and an allowed result is marked or
         quarantined as the catalog says; an allowed ``pre_tool`` call joins the history, with
         any quarantine handles in its arguments released (an unknown handle denies)."""
+        try:
+            return self._observe(action, decision)
+        finally:
+            self._recent.v = None  # the labels computed for this decision only
+
+    def _observe(self, action: Action, decision: Decision) -> Decision:
         stage = action.stage
         if stage == "input":
             if decision.allowed:  # counted first: an input whose count fails is not recorded
@@ -290,12 +310,21 @@ class FlowTracker:
                     self._claim(decision.session, ())
         return decision
 
-    def _tainting(self, session_id: str, args: Any) -> bool:
+    def _labels_once(self, session_id: str, args: Any) -> dict[str, list[str]]:
+        """``arg_labels``, reusing what this thread's decision just computed for ``args``."""
+        recent = getattr(self._recent, "v", None)
+        if recent is not None and recent[0] == session_id and recent[1] is args:
+            return recent[2]  # type: ignore[no-any-return]
+        return self.arg_labels(session_id, args)
+
+    def _tainting(self, session_id: str, args: Any,
+                  labels: dict[str, list[str]] | None = None) -> bool:
         """``args`` hold a value from untrusted data, or one of unknown source in a session that
         has read untrusted data."""
         if not isinstance(args, Mapping) or not args:
             return False
-        labels = self.arg_labels(session_id, args)
+        if labels is None:
+            labels = self._labels_once(session_id, args)
         with self._lock:
             untrusted_session = "untrusted" in self._provenance(session_id).labels
         if not untrusted_session:  # facts another process recorded count too
@@ -304,31 +333,56 @@ class FlowTracker:
                    for v in labels.values())
 
     def _note_call(self, decision: Decision) -> None:
-        """Before its handles are released: whether this call of a trusted tool takes tainted
-        arguments (``observe_result`` then records its result as untrusted)."""
-        if self.catalog.get(decision.tool).integrity != "trusted":
-            return
-        if self._tainting(decision.session, decision.args):
+        """Before its handles are released: what this call's result must carry from its
+        arguments (``observe_result`` adds it): ``untrusted`` when a trusted tool takes tainted
+        arguments, and the confidentiality labels of its arguments (what an encoder or a
+        translator makes of a secret is still secret)."""
+        carried = self._carried(decision.session, decision.tool, decision.args)
+        if carried:
             with self._lock:
-                self._tainted_calls.setdefault(decision.session, Counter())[decision.tool] += 1
+                calls = self._tainted_calls.setdefault(decision.session, {})
+                waiting = calls.setdefault(decision.tool, [])
+                if len(waiting) < _MAX_WAITING:
+                    waiting.append(carried)
+                else:  # bounded: later results of the tool carry more, never less
+                    waiting[-1] |= carried
+
+    def _carried(self, session_id: str, tool: str, args: Any) -> frozenset[str]:
+        if not isinstance(args, Mapping) or not args:
+            return frozenset()
+        with self._lock:
+            prov = self._provenance(session_id)
+            confidential = bool(self._secrecy & prov.labels) or bool(self._secrecy & prov.unplaced)
+        if not confidential:
+            confidential = bool(self._secrecy & (self._missing(session_id) or set()))
+        trusted = self.catalog.get(tool).integrity == "trusted"
+        if not confidential and not trusted:
+            return frozenset()
+        labels = self._labels_once(session_id, args)
+        out = {x for v in labels.values() for x in v if x in self._secrecy}
+        if trusted and self._tainting(session_id, args, labels):
+            out.add("untrusted")
+        return frozenset(out)
 
     def observe_result(self, action: Action, decision: Decision) -> Decision:
         # a decision denied before the tool name was checked carries the raw name
         tool = canonical_tool(decision.tool) if isinstance(decision.tool, str) else None
         info = self.catalog.get(tool) if tool else ToolInfo(str(decision.tool))
         integrity = info.integrity
-        if integrity == "trusted" and tool:  # a trusted tool echoing what untrusted data chose
+        carried: frozenset[str] = frozenset()
+        if tool:  # what the call's arguments carry into its result (see _note_call)
             with self._lock:
-                calls = self._tainted_calls.get(decision.session)
-                tainted = bool(calls and calls[tool] > 0)
-                if tainted and calls is not None:
-                    calls[tool] -= 1  # this result answers one of them
-            if tainted or self._tainting(decision.session, action.args):
-                integrity = "untrusted"
-                decision = decision._replace(reasons=(
-                    *decision.reasons, f"flow: {decision.tool} is trusted, but this call took "
-                    "untrusted arguments: its result is untrusted"))
-        labels = [integrity, info.confidentiality, f"tool:{tool or decision.tool}"]
+                waiting = self._tainted_calls.get(decision.session, {}).get(tool)
+                if waiting:
+                    carried = waiting.pop(0)  # this result answers the oldest of them
+            carried |= self._carried(decision.session, tool, action.args)
+        if integrity == "trusted" and "untrusted" in carried:
+            integrity = "untrusted"  # a trusted tool echoing what untrusted data chose
+            decision = decision._replace(reasons=(
+                *decision.reasons, f"flow: {decision.tool} is trusted, but this call took "
+                "untrusted arguments: its result is untrusted"))
+        labels = [integrity, info.confidentiality, f"tool:{tool or decision.tool}",
+                  *sorted(carried - {"untrusted", info.confidentiality})]
         signal = injection_signal(action.result) if integrity != "trusted" else None
         if signal is not None:
             labels.append(INJECTION)
@@ -461,5 +515,40 @@ def _literals(programs: Iterable[Any]) -> set[str]:
     return {x for x in found if 0 < len(x) <= 64 and ":" not in x}
 
 
-# session.history, session["history"] (the only ways CEL can read it)
+# session.history, session["history"]: the plain ways CEL can read it
 _HISTORY_REF = re.compile(r"\bsession\s*(?:\.\s*history\b|\[\s*[\"']history[\"']\s*\])")
+
+
+def _reads_history(compiled: Any) -> bool:
+    """Whether a rule's condition may read ``session.history``: named plainly, or, in its
+    checked AST, the variable ``session`` used other than by a field or a constant key that is
+    not ``history`` (``session[r"history"]``, ``session["his" + "tory"]``, ``session`` passed
+    whole). A condition that does not name ``session`` cannot read it; one whose AST cannot be
+    read is taken to."""
+    when = compiled.rule.when or ""
+    if "session" not in when:
+        return False
+    if _HISTORY_REF.search(when):
+        return True
+    try:
+        root = checked_expr(compiled.program, members=True)
+    except (ValueError, KeyError, IndexError, StopIteration, UnicodeDecodeError, AttributeError):
+        return True
+
+    def reads(node: Any) -> bool:
+        if not isinstance(node, tuple) or not node:
+            return False
+        if node == ("other",):
+            return True
+        if node == ("ident", "session"):
+            return True  # used whole
+        if node[0] == "select" and node[1] == ("ident", "session"):
+            return bool(node[2] == "history")
+        if node[0] == "call" and node[1] == "_[_]" and node[2] and \
+                node[2][0] == ("ident", "session"):
+            key = node[2][1]
+            return not (key[0] == "const" and key[1] != "history") or reads(key)
+        return any(reads(x) for x in node[1:] if isinstance(x, tuple)) or any(
+            reads(y) for x in node[1:] if isinstance(x, list) for y in x)
+
+    return reads(root)

@@ -246,6 +246,9 @@ class Kernel:
                              errors=(f"invalid tool name {raw!r}",))
             tool = canon
         agent, session = action.agent, action.session
+        if not isinstance(agent or {}, Mapping) or not isinstance(session or {}, Mapping):
+            return _deny(did, ts, action, self.compiled.digest, "invalid_identity",
+                         errors=("agent and session must be maps such as {'id': 'a1'}",))
         agent_id = agent.get("id", "") if agent else ""
         session_id = session.get("id", "") if session else ""
         if type(agent_id) is not str or type(session_id) is not str:

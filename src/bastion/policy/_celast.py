@@ -48,7 +48,7 @@ def _varint(buf: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def _expr(buf: bytes) -> tuple[Any, ...]:
+def _expr(buf: bytes, members: bool = False) -> tuple[Any, ...]:
     """An Expr as a tuple: ("ident", name) | ("select", operand, field, test_only) |
     ("call", function, args) | ("list", elements) | ("const", value) |
     ("fold", iter_var, iter_range, accu_var, accu_init, loop_condition, loop_step, result) |
@@ -60,21 +60,28 @@ def _expr(buf: bytes) -> tuple[Any, ...]:
             return ("ident", _str(value, 1))
         if field == 5:
             parts = {f: v for f, _, v in _fields(value)}
-            return ("select", _expr(parts.get(1, b"")), parts[2].decode(), bool(parts.get(3, 0)))
+            return ("select", _expr(parts.get(1, b""), members), parts[2].decode(),
+                    bool(parts.get(3, 0)))
         if field == 6:
             fs = _fields(value)
-            if any(f == 1 for f, _, _ in fs):  # a member call (target.fn()): not in the subset
-                return ("other",)
             fn = next(v for f, _, v in fs if f == 2).decode()
-            return ("call", fn, [_expr(v) for f, _, v in fs if f == 3])
+            if any(f == 1 for f, _, _ in fs):  # a member call (target.fn()): not in the subset
+                if not members:
+                    return ("other",)
+                return ("member", fn, [_expr(v, members) for f, _, v in fs if f in (1, 3)])
+            return ("call", fn, [_expr(v, members) for f, _, v in fs if f == 3])
         if field == 7:
-            return ("list", [_expr(v) for f, _, v in _fields(value) if f == 1])
+            return ("list", [_expr(v, members) for f, _, v in _fields(value) if f == 1])
         if field == 9:  # a Comprehension (the expansion of a macro)
             parts = {f: v for f, _, v in _fields(value)}
-            if parts.get(8):  # a second iteration variable: the two-variable macros
+            if parts.get(8) and not members:  # a second iteration variable: two-variable macros
                 return ("other",)
-            return ("fold", bytes(parts[1]).decode(), _expr(parts[2]), bytes(parts[3]).decode(),
-                    *[_expr(parts.get(f, b"")) for f in (4, 5, 6, 7)])
+            return ("fold", bytes(parts[1]).decode(), _expr(parts[2], members),
+                    bytes(parts[3]).decode(),
+                    *[_expr(parts.get(f, b""), members) for f in (4, 5, 6, 7)])
+        if field == 8 and members:  # a map or message literal: its keys and values
+            return ("struct", [_expr(v, members) for f, _, entry in _fields(value) if f == 2
+                               for f2, _, v in _fields(entry) if f2 in (3, 4)])
         if field == 8:
             return ("other",)
     return ("other",)
@@ -107,8 +114,12 @@ def _str(buf: bytes, want: int) -> str:
     return ""
 
 
-def checked_expr(program: Any) -> tuple[Any, ...]:
-    """The root Expr of a compiled program, from its serialized CheckedExpr (in an ``Any``)."""
+def checked_expr(program: Any, *, members: bool = False) -> tuple[Any, ...]:
+    """The root Expr of a compiled program, from its serialized CheckedExpr (in an ``Any``).
+    With ``members``, also what lies outside the evaluated subset: member calls as
+    ``("member", function, [target, *args])``, map and message literals as
+    ``("struct", [key, value, ...])`` and two-variable macros as folds (for reading which
+    variables a program touches, not for evaluating it)."""
     outer = {f: v for f, _, v in _fields(program.serialize())}
     checked = {f: v for f, _, v in _fields(outer[2])}
-    return _expr(checked[4])
+    return _expr(checked[4], members)
