@@ -8,8 +8,15 @@ extra.
 Each operation that decides something (``take``, ``add``, deciding or consuming an approval,
 clearing counters) is one Lua script, so it is atomic across every process: two processes can
 never both take the last unit of a limit or both use one approval. A counter is a hash (window,
-count) named in an index ordered by name, so a prefix is read in one round trip; a counter of a
-bounded window expires two windows after its last change (a session's counters never do).
+count) named in an index ordered by name, so a prefix is read in one round trip. Counts are exact
+integers (kept and compared as Redis's strings, not as Lua's doubles). A counter of a bounded
+window expires two windows after its last change (a session's counters never do), and each write
+of one prunes up to 16 expired names from the indexes. A closed store refuses every operation
+(``StateError``), as SQLite does, rather than reconnecting.
+
+Redis must keep what it is given: run it with persistence (AOF) and ``maxmemory-policy
+noeviction``. A Redis that restarts empty or evicts keys forgets kill switches, limits and
+approvals without telling anyone.
 
 Flags (the kill switch) are read on every decision, so they are cached in this process. A
 background thread subscribes to the store's channel, where every change is published, and pings
@@ -40,28 +47,48 @@ from bastion.state._store import Approval
 LIVE_S = 2.0  # the flag cache is trusted while the subscription answered a ping this recently
 _FOREVER_S = 1 << 30  # windows this long or longer never expire
 
-# KEYS: counter, index. ARGV: name, window, limit, time to live in ms (0: never).
-_TAKE = """
-local n = 0
-if redis.call('HGET', KEYS[1], 'w') == ARGV[2] then
-  n = tonumber(redis.call('HGET', KEYS[1], 'n'))
+# Counts are read and returned as the strings Redis keeps (Lua numbers are doubles: exact only
+# to 2**53) and compared as integer strings. A counter of a bounded window is also named, with
+# the time it expires, in a second index, from which each write prunes up to 16 expired names.
+_COUNTER_LUA = """
+local function less(a, b)  -- integer strings, exactly
+  local na, nb = a:sub(1, 1) == '-', b:sub(1, 1) == '-'
+  if na ~= nb then return na end
+  if na then a, b = b:sub(2), a:sub(2) end
+  if #a ~= #b then return #a < #b end
+  return a < b
 end
-if n >= tonumber(ARGV[3]) then return {0, n} end
-if n == 0 then redis.call('HSET', KEYS[1], 'w', ARGV[2], 'n', 0) end
-local v = redis.call('HINCRBY', KEYS[1], 'n', 1)
-if ARGV[4] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-return {1, v}
+local function current()
+  if redis.call('HGET', KEYS[1], 'w') == ARGV[2] then return redis.call('HGET', KEYS[1], 'n') end
+  return false
+end
+local function bump(n, by)
+  if not n then redis.call('HSET', KEYS[1], 'w', ARGV[2], 'n', 0) end
+  redis.call('HINCRBY', KEYS[1], 'n', by)
+  redis.call('ZADD', KEYS[2], 0, ARGV[1])
+  if ARGV[4] ~= '0' then
+    redis.call('PEXPIRE', KEYS[1], ARGV[4])
+    local t = redis.call('TIME')
+    local now = t[1] * 1000 + math.floor(t[2] / 1000)
+    redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
+    for _, k in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 16)) do
+      if redis.call('EXISTS', ARGV[5] .. k) == 0 then redis.call('ZREM', KEYS[2], k) end
+      redis.call('ZREM', KEYS[3], k)
+    end
+  end
+  return redis.call('HGET', KEYS[1], 'n')
+end
 """
-# KEYS: counter, index. ARGV: name, window, amount, time to live in ms (0: never).
-_ADD = """
-if redis.call('HGET', KEYS[1], 'w') ~= ARGV[2] then
-  redis.call('HSET', KEYS[1], 'w', ARGV[2], 'n', 0)
-end
-local v = redis.call('HINCRBY', KEYS[1], 'n', ARGV[3])
-if ARGV[4] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-return v
+# KEYS: counter, index, expiry index. ARGV: name, window, limit, time to live in ms (0: never),
+# counter key prefix.
+_TAKE = _COUNTER_LUA + """
+local n = current()
+if not less(n or '0', ARGV[3]) then return {0, n or '0'} end
+return {1, bump(n, 1)}
+"""
+# KEYS, ARGV: as _TAKE, with the amount in place of the limit.
+_ADD = _COUNTER_LUA + """
+return bump(current(), ARGV[3])
 """
 # KEYS: index. ARGV: range min, range max, counter key prefix, window. Drops expired names.
 _COUNTS = """
@@ -129,24 +156,29 @@ def _redis() -> Any:
 
 
 def _split(url: str) -> tuple[str, str, str]:
-    """(URL for redis-py without ``prefix``, key prefix, the URL as shown in errors)."""
+    """(URL for redis-py without ``prefix``, key prefix, the URL as shown in errors: without
+    user, password or query)."""
     parts = urlsplit(url)
+    try:
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError as exc:  # "Port out of range", a port that is no number
+        raise ConfigError(f"state store {parts.scheme}://…: {exc}") from None
+    shown = f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{parts.path}"
     query = parse_qsl(parts.query, keep_blank_values=True)
     prefix = [v for k, v in query if k == "prefix"]
     name = prefix[-1] if prefix else "bastion"
     if not name or any(c in name for c in "{}\0"):
-        raise ConfigError(f"state store {url.split('@')[-1]!r}: prefix must be a non-empty name "
-                          "without braces")
+        raise ConfigError(f"state store {shown!r}: prefix must be a non-empty name without "
+                          "braces")
     if parts.scheme != "unix" and not re.fullmatch(r"/?[0-9]*", parts.path):
-        raise ConfigError(f"state store {url.split('@')[-1]!r}: the path must be a database "
-                          "number (redis://HOST:PORT/0)")
+        raise ConfigError(f"state store {shown!r}: the path must be a database number "
+                          "(redis://HOST:PORT/0)")
     rest = [(k, v) for k, v in query if k != "prefix"]
     if not any(k == "socket_timeout" for k, _ in rest):
         rest.append(("socket_timeout", "2"))
     if not any(k == "socket_connect_timeout" for k, _ in rest):
         rest.append(("socket_connect_timeout", "2"))
-    host = parts.hostname or ""
-    shown = f"{parts.scheme}://{host}{'' if parts.port is None else f':{parts.port}'}{parts.path}"
     return parts._replace(query=urlencode(rest)).geturl(), "{" + name + "}:", shown
 
 
@@ -225,14 +257,18 @@ class RedisStore:
             s(_TAKE), s(_ADD), s(_COUNTS), s(_CLEAR), s(_DELETE))
         self._put, self._decide, self._consume = s(_PUT), s(_DECIDE), s(_CONSUME)
         self._index, self._flagkey = self._p + "cx", self._p + "flags"
+        self._expiring = self._p + "cxe"  # names of counters that expire, by when
+        self._closed = False
         self._lock = threading.Lock()
         self._mine = 0  # changes made by this process (seen here at once)
-        self._seen = (-1, -1)
-        self._flags: dict[str, str] = {}
+        # (the changes seen when the flags were loaded, the flags): one object, replaced whole
+        self._cache: tuple[tuple[int, int], dict[str, str]] = ((-1, -1), {})
         self._watch = _FlagWatch(self._r, self._p + "flags:changed")
 
     @contextmanager
     def _io(self, what: str) -> Iterator[None]:
+        if self._closed:  # as SQLite: a closed store is not silently reopened
+            raise StateError(f"state store {self.where!r}: {what} on a closed store")
         try:
             yield
         except self._errors as exc:
@@ -251,19 +287,19 @@ class RedisStore:
         raw = prefix.encode()
         return b"[" + raw, b"(" + raw + b"\xff"  # \xff follows every UTF-8 byte
 
+    def _counter_call(self, script: Any, key: str, window_s: int, now: float,
+                      value: int) -> Any:
+        with self._io("take" if script is self._take else "add"):
+            return script(keys=[self._counter(key), self._index, self._expiring],
+                          args=[key, int(now // window_s), int(value), self._ttl_ms(window_s),
+                                self._p + "c:"])
+
     def take(self, key: str, limit: int, window_s: int, now: float) -> tuple[bool, int]:
-        window = int(now // window_s)
-        with self._io("take"):
-            ok, n = self._take(keys=[self._counter(key), self._index],
-                               args=[key, window, limit, self._ttl_ms(window_s)])
+        ok, n = self._counter_call(self._take, key, window_s, now, limit)
         return bool(ok), int(n)
 
     def add(self, key: str, amount: int, window_s: int, now: float) -> int:
-        window = int(now // window_s)
-        with self._io("add"):
-            return int(self._add(keys=[self._counter(key), self._index],
-                                 args=[key, window, int(amount),
-                                       self._ttl_ms(window_s)]))
+        return int(self._counter_call(self._add, key, window_s, now, amount))
 
     def count(self, key: str, window_s: int, now: float) -> int:
         with self._io("count"):
@@ -293,16 +329,15 @@ class RedisStore:
 
     def flags(self) -> dict[str, str]:
         watch = self._watch
-        live = time.monotonic() < watch.live_until
+        live = time.monotonic() < watch.live_until and not self._closed
         seen = (watch.changes, self._mine)  # read before loading: a later change reloads
-        if live and seen == self._seen:
-            return self._flags
+        cached = self._cache
+        if live and cached[0] == seen:
+            return cached[1]
         with self._io("reading flags"):
             raw = self._r.hgetall(self._flagkey)
         loaded = {k.decode(): v.decode() for k, v in raw.items()}
-        with self._lock:
-            self._flags = loaded
-            self._seen = seen if live else (-1, -1)
+        self._cache = (seen if live else (-1, -1), loaded)
         return loaded
 
     def _change(self, op: str, *args: Any) -> Any:
@@ -369,5 +404,7 @@ class RedisStore:
         return _approval(out) if out else None
 
     def close(self) -> None:
+        self._closed = True
         self._watch.close()
         self._r.close()
+        self._r.connection_pool.disconnect()
