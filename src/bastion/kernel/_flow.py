@@ -350,15 +350,18 @@ class FlowTracker:
     def _carried(self, session_id: str, tool: str, args: Any) -> frozenset[str]:
         if not isinstance(args, Mapping) or not args:
             return frozenset()
-        with self._lock:
-            prov = self._provenance(session_id)
-            confidential = bool(self._secrecy & prov.labels) or bool(self._secrecy & prov.unplaced)
-        if not confidential:
-            confidential = bool(self._secrecy & (self._missing(session_id) or set()))
         trusted = self.catalog.get(tool).integrity == "trusted"
-        if not confidential and not trusted:
-            return frozenset()
-        labels = self._labels_once(session_id, args)
+        recent = getattr(self._recent, "v", None)
+        if recent is not None and recent[0] == session_id and recent[1] is args:
+            labels = recent[2]  # what the decision computed: nothing more to look up
+        else:  # worth labelling only where an argument can carry something
+            with self._lock:
+                prov = self._provenance(session_id)
+                confidential = not self._secrecy.isdisjoint(prov.labels) or \
+                    not self._secrecy.isdisjoint(prov.unplaced)
+            if not confidential and not trusted:
+                return frozenset()
+            labels = self.arg_labels(session_id, args)
         out = {x for v in labels.values() for x in v if x in self._secrecy}
         if trusted and self._tainting(session_id, args, labels):
             out.add("untrusted")
