@@ -246,7 +246,8 @@ class Kernel:
                              errors=(f"invalid tool name {raw!r}",))
             tool = canon
         agent, session = action.agent, action.session
-        if not isinstance(agent or {}, Mapping) or not isinstance(session or {}, Mapping):
+        if (agent and type(agent) is not dict and not isinstance(agent, Mapping)) or \
+                (session and type(session) is not dict and not isinstance(session, Mapping)):
             return _deny(did, ts, action, self.compiled.digest, "invalid_identity",
                          errors=("agent and session must be maps such as {'id': 'a1'}",))
         agent_id = agent.get("id", "") if agent else ""
