@@ -10,7 +10,7 @@ from flow_support import ARGS_ONLY, CATALOG, PACK, act, read_injection
 
 import bastion
 from bastion.audit import read_events, verify
-from bastion.kernel import _flow
+from bastion.kernel import _flowfacts
 
 PAY = {"recipient": "US133000000121212121212", "amount": 5000}
 
@@ -42,8 +42,8 @@ def test_every_kernel_on_a_shared_store_denies_an_ended_session(tmp_path: Path) 
         assert (decision.allowed, decision.code) == (False, "session_ended")
         # the session's label counters are gone from the store; its tombstone stays
         store = a.state
-        assert store.counts("flow:l:s1:", _flow.FOREVER, 0) == {}
-        assert store.count("flow:n:s1", _flow.FOREVER, 0) >= _flow.ENDED_COUNT
+        assert store.counts("flow:l:s1:", _flowfacts.FOREVER, 0) == {}
+        assert store.count("flow:n:s1", _flowfacts.FOREVER, 0) >= _flowfacts.ENDED_COUNT
 
 
 def test_ending_a_session_keeps_the_counters_of_a_session_whose_id_extends_it(
@@ -53,7 +53,7 @@ def test_ending_a_session_keeps_the_counters_of_a_session_whose_id_extends_it(
         read_injection(a, "s1")
         read_injection(a, "s1:x")
         a.end_session("s1", by="ops")
-        assert a.state.count("flow:l:s1:x:untrusted", _flow.FOREVER, 0) == 1
+        assert a.state.count("flow:l:s1:x:untrusted", _flowfacts.FOREVER, 0) == 1
         ok = a.evaluate(act("pre_tool", "send_money", args={"recipient": "me", "amount": 1},
                             session="s1:x"))
         assert ok.code != "session_ended"

@@ -29,7 +29,7 @@ from flow_support import (
 import bastion
 from bastion.flow import Provenance
 from bastion.flow._values import scalars
-from bastion.kernel import _flow
+from bastion.kernel import _flow, _flowfacts
 
 FRIEND = "GB29NWBK60161331926819"
 ATTACKER = "US133000000121212121212"
@@ -292,7 +292,7 @@ def test_kernels_sharing_an_in_memory_store_lose_no_counts() -> None:
                 t.start()
             for t in threads:
                 t.join()
-            total = _flow._LOCAL_COUNTS[store]["s1"][0]
+            total = _flowfacts._LOCAL_COUNTS[store]["s1"][0]
             mine = a._flow._recorded["s1"] + b._flow._recorded["s1"]
             if total != mine:
                 break

@@ -26,7 +26,7 @@ from flow_support import (
 )
 
 import bastion
-from bastion.kernel import _flow
+from bastion.kernel import _flow, _flowfacts
 
 ATTACKER = "US133000000121212121212"
 PAY = {"recipient": ATTACKER, "amount": 5000}
@@ -314,11 +314,11 @@ def test_ending_a_session_whose_id_looks_like_another_sessions_key(tmp_path: Pat
         for sid in ("s1", "s1:", "s1:untrusted"):
             read_injection(a, sid)
         a.end_session("s1:untrusted", by="ops")  # not s1's `untrusted` label counter
-        assert a.state.count("flow:l:s1:untrusted", _flow.FOREVER, 0) == 1
+        assert a.state.count("flow:l:s1:untrusted", _flowfacts.FOREVER, 0) == 1
         assert "untrusted" in b._flow.session_facts("s1")[0]
         assert "ended" not in b._flow.session_facts("s1")[0]
         a.end_session("s1", by="ops")  # not session "s1:"'s
-        assert a.state.count("flow:l:s1::untrusted", _flow.FOREVER, 0) == 1
+        assert a.state.count("flow:l:s1::untrusted", _flowfacts.FOREVER, 0) == 1
         labels = b._flow.session_facts("s1:")[0]
         assert "untrusted" in labels and "ended" not in labels
 
@@ -329,7 +329,7 @@ def test_ending_twice_stays_ended(tmp_path: Path) -> None:
         read_injection(k)
         k.end_session("s1", by="ops")
         k.end_session("s1", by="ops")
-        assert k.state.count("flow:n:s1", _flow.FOREVER, 0) >= 2 * _flow.ENDED_COUNT
+        assert k.state.count("flow:n:s1", _flowfacts.FOREVER, 0) >= 2 * _flowfacts.ENDED_COUNT
         assert k.evaluate(act("pre_tool", "send_money", args=PAY)).code == "session_ended"
 
 
@@ -465,6 +465,6 @@ def test_an_in_memory_store_counts_calls_without_store_access() -> None:
         for _ in range(20):
             assert k.evaluate(act("pre_tool", "send_money", args={"recipient": "bob",
                                                                  "amount": 1})).allowed
-        assert _flow._LOCAL_COUNTS[store]["s1"][0] == 21  # one input and twenty calls
+        assert _flowfacts._LOCAL_COUNTS[store]["s1"][0] == 21  # one input and twenty calls
         k.end_session("s1", by="ops")
     assert not [key for key in store.keys if key.startswith("flow:")]

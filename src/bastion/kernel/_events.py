@@ -143,3 +143,12 @@ def _ident(holder: Mapping[str, Any]) -> str | None:
         return None
     value = holder.get("id", "") if holder else ""
     return value if isinstance(value, str) else None
+
+
+def _deny(did: str, ts: int, action: Action, policy: str, code: str, *,
+          errors: tuple[str, ...] = (), reasons: tuple[str, ...] = ()) -> Decision:
+    tool = action.tool if isinstance(action.tool, str) else repr(action.tool)
+    return Decision(id=did, effect="deny", stage=str(action.stage), tool=tool, errors=errors,
+                    reasons=reasons or errors[:1] or (code.replace("_", " "),), policy=policy,
+                    args=action.args, ts_ns=ts, code=code, agent=_ident(action.agent) or "",
+                    session=_ident(action.session) or "")

@@ -6,31 +6,18 @@ Bounded: at most ``MAX_FLOW_SESSIONS`` sessions (least recently used out, counte
 ``evicted``); a session's quarantine vault goes with its provenance, so a handle never outlives
 the labels of what it hides.
 
-Provenance lives in this process, but every fact recorded is also counted in the kernel's state
-store (``flow:n:SESSION``, and ``flow:l:SESSION:LABEL`` for each session-level label the first
-time this process records it). A process that finds more facts counted for a session than it
-recorded itself (another process shares the store, this one restarted, or it evicted the
-session) has not seen all of the session: it fails closed by giving the session the labels
-``untrusted`` and ``incomplete`` and every counted label, so values it never saw are ``unknown``
-in a session that has read untrusted data. An in-process store (``:memory:``) cannot be shared
-between processes, so its counts are kept in this process, per store object (every kernel given
-that store shares them), without a store read per decision; they outlive an evicted session's
-provenance, so eviction still fails closed. A fact is claimed as this process's only after its
-count is written, so a failed write never hides another process's fact. Allowed calls are facts
-too (counted whatever this kernel's own policy reads). An ended session (``end``) is a tombstone
-in the store: every tracker then reads it as ``ended`` and forgets what it held of it.
+Provenance lives in this process; ``SharedFacts`` (``_flowfacts``) counts every fact in the state
+store, so a process that has not seen all of a session fails closed, and an ended session is a
+tombstone every tracker reads. Allowed calls are facts too (counted whatever this kernel's own
+policy reads).
 """
 
 from __future__ import annotations
 
-import contextlib
-import re
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import AbstractContextManager
 from typing import Any
 
 from bastion._canon import canonical_tool
@@ -43,27 +30,20 @@ from bastion.flow._results import (
     injection_signal,
     mark,
 )
+from bastion.kernel._flowfacts import ENDED, INCOMPLETE, SharedFacts
+from bastion.kernel._flowrules import literals, reads_history
 from bastion.kernel._types import EMPTY, Action, Decision
-from bastion.policy._celast import checked_expr
 
 MAX_FLOW_SESSIONS = 10_000  # sessions whose provenance is kept in memory (least recent out)
-FOREVER = 1 << 40  # a counter window no session outlives
 _MAX_WAITING = 64  # calls of one tool whose results are still to carry their arguments' labels
-INCOMPLETE = "incomplete"  # session label: facts were recorded that this process has not seen
-ENDED = "ended"  # session label: the session was ended (Kernel.end_session); its id is spent
-ENDED_COUNT = 1 << 40  # what an end adds to the session's fact count: more than anyone recorded
 SESSION_ENDED = ("the session was ended (Kernel.end_session): its flow facts are forgotten, so "
                  "nothing in it can be decided; start a new session id")
 HISTORY_UNKNOWN = ("a rule reads session.history, but this kernel has not seen every flow fact of "
                    "the session (another process, a restart or eviction): its history is not "
                    "known")
-# the counts of each in-process store, shared by every tracker given that store object
-_LOCAL_COUNTS: weakref.WeakKeyDictionary[Any, dict[str, tuple[int, frozenset[str]]]] = \
-    weakref.WeakKeyDictionary()
-_LOCAL_LOCK = threading.Lock()  # guards every tracker's use of _LOCAL_COUNTS
 
 
-class FlowTracker:
+class FlowTracker(SharedFacts):
     """Provenance and quarantine per session, for one kernel and its tool catalog."""
 
     def __init__(self, catalog: ToolCatalog, state: Any = None,
@@ -71,19 +51,8 @@ class FlowTracker:
         self.catalog = catalog
         self._flows: OrderedDict[str, Provenance] = OrderedDict()
         self._vaults: dict[str, Quarantine] = {}
-        self._recorded: dict[str, int] = {}  # session -> facts this process recorded
-        self._state = state
-        # an in-process store (":memory:") is nobody else's: its counts are kept here, so only
-        # eviction can make them differ from what this tracker recorded
-        self._local: dict[str, tuple[int, frozenset[str]]] | None = None
-        if getattr(state, "path", None) == ":memory:":
-            try:  # every tracker given this store object shares its counts
-                with _LOCAL_LOCK:
-                    self._local = _LOCAL_COUNTS.setdefault(state, {})
-            except TypeError:  # a store that cannot be weakly referenced: count in it
-                self._local = None
+        SharedFacts.__init__(self, state, clock)
         self.history_rules: frozenset[str] = frozenset()  # ids of rules reading the history
-        self._counted: dict[str, set[str]] = {}  # session -> labels this process counted
         # session -> trusted tool -> allowed calls in flight that took untrusted or unknown
         # arguments: what such a call returns may be those arguments echoed back, so a result of
         # that tool is untrusted while any is in flight (a clean call clears none of them)
@@ -93,13 +62,11 @@ class FlowTracker:
             {"secret", "internal", *(i.confidentiality for i in catalog.tools.values())}
             - {"public"})
         self._recent = threading.local()  # the arguments' labels this thread just computed
-        self._clock = clock
         # every session-level label a fact can carry (this catalog's, and any the policy names:
         # another worker's catalog may label what this one does not)
         self._labels = sorted({"untrusted", INJECTION, *labels} | {
             x for info in catalog.tools.values()
             for x in (info.integrity, info.confidentiality) if x != "trusted"})
-        self._lock = threading.RLock()
         self.evicted = 0
 
     @classmethod
@@ -109,8 +76,8 @@ class FlowTracker:
         ``session.history`` (Cedar's context has none), and reads back the labels the rules
         name as well as the catalog's."""
         rules = tuple(rules)
-        history = frozenset(cr.rule.id for cr in rules if _reads_history(cr))
-        tracker = cls(catalog, state, clock, labels=_literals(cr.program for cr in rules))
+        history = frozenset(cr.rule.id for cr in rules if reads_history(cr))
+        tracker = cls(catalog, state, clock, labels=literals(cr.program for cr in rules))
         tracker.history_rules = history
         return tracker
 
@@ -149,65 +116,13 @@ class FlowTracker:
             return labels, calls
         return sorted(set(labels) | counted | {"untrusted", INCOMPLETE}), calls
 
-    def _missing(self, session_id: str) -> set[str] | None:
-        """``None`` when this process has seen every counted fact of the session; else the
-        labels counted for it (the store's, read with one query where the store can)."""
-        if self._state is None:
-            return None
-        if self._local is not None:  # read together: a fact is counted and claimed at once
-            with self._lock, _LOCAL_LOCK:
-                mine = self._recorded.get(session_id, 0)
-                total, counted = self._local.get(session_id, (0, frozenset()))
-            if total <= mine:
-                return None
-            if total < ENDED_COUNT:
-                return set(counted)
-            self._forget(session_id)
-            return {ENDED}
-        with self._lock:
-            mine = self._recorded.get(session_id, 0)
-        now = self._clock()
-        total = self._state.count(f"flow:n:{session_id}", FOREVER, now)
-        if total <= mine:
-            return None
-        if total < ENDED_COUNT:
-            prefix = f"flow:l:{session_id}:"
-            many = getattr(self._state, "counts", None)
-            if many is not None:
-                found = {k[len(prefix):] for k, n in many(prefix, FOREVER, now).items() if n > 0}
-                labels = {x for x in found if ":" not in x}  # not session "ID:more"'s labels
-            else:
-                labels = {x for x in self._labels
-                          if self._state.count(f"{prefix}{x}", FOREVER, now) > 0}
-            # an end between the two reads deletes the labels: read the count again
-            if self._state.count(f"flow:n:{session_id}", FOREVER, now) < ENDED_COUNT:
-                return labels
-        self._forget(session_id)  # ended: its labels may be gone, and the kernel denies it
-        return {ENDED}
-
     def end(self, session_id: str) -> None:
-        """End a session: forget its provenance and quarantine here, and leave a tombstone in
-        the state store (its fact count raised past anything recorded; its label counters
-        deleted where the store can). Any kernel on the store, this one included, then reads the
-        session as ``ended`` and denies what it would decide from the session's labels, so a
-        worker that still holds part of the session cannot carry on with it. The tombstone is
-        written before anything is forgotten, so a decision racing the end reads either the
-        whole session or its end."""
-        if self._state is None:
-            self._forget(session_id)
-            return
-        if self._local is not None:
-            with _LOCAL_LOCK:
-                total, _ = self._local.get(session_id, (0, frozenset()))
-                self._local[session_id] = (total + ENDED_COUNT, frozenset())
-        else:
-            now = self._clock()
-            self._state.add(f"flow:n:{session_id}", ENDED_COUNT, FOREVER, now)
-            delete, many = (getattr(self._state, "delete", None),
-                            getattr(self._state, "counts", None))
-            if delete is not None and many is not None:
-                prefix = f"flow:l:{session_id}:"  # not session "ID:more"'s labels
-                delete([k for k in many(prefix, FOREVER, now) if ":" not in k[len(prefix):]])
+        """End a session: forget its provenance and quarantine here, after leaving a tombstone
+        in the state store (``SharedFacts.tombstone``): any kernel on the store, this one
+        included, then reads the session as ``ended``. The tombstone is written before anything
+        is forgotten, so a decision racing the end reads either the whole session or its
+        end."""
+        self.tombstone(session_id)
         self._forget(session_id)
 
     def _forget(self, session_id: str) -> None:
@@ -410,48 +325,6 @@ class FlowTracker:
         return decision._replace(result=shown, obligations=(
             *decision.obligations, f"{info.handling}:catalog"))
 
-    def _counted_fact(self, session_id: str, prov: Provenance,
-                      labels: Iterable[str] = ()) -> None:
-        """Count a fact ``prov`` recorded, then claim it as this process's: a count that fails
-        (or has not happened yet) must never let this process claim more than it counted."""
-        with self._lock:
-            new = set(labels) - self._counted.get(session_id, set())
-        self._count(session_id, new)
-        with self._lock:
-            if self._flows.get(session_id) is prov:  # not evicted meanwhile
-                self._claim(session_id, new)
-
-    @property
-    def shares_store(self) -> bool:
-        """Flow facts are counted in a store that does I/O (not kept in this process)."""
-        return self._state is not None and self._local is None
-
-    def _span(self) -> AbstractContextManager[Any]:
-        """Where counting costs no I/O (an in-process store), a fact is counted, recorded and
-        claimed under the lock, so a concurrent decision of the same session never sees it
-        counted but not yet claimed (a false ``incomplete``). A shared store's count is I/O and
-        is not held under the lock: there the gap remains, on the safe side."""
-        return self._lock if self._local is not None else contextlib.nullcontext()
-
-    def _claim(self, session_id: str, labels: Iterable[str]) -> None:
-        """This process saw one more counted fact of the session (call with the lock held)."""
-        self._recorded[session_id] = self._recorded.get(session_id, 0) + 1
-        self._counted.setdefault(session_id, set()).update(labels)
-
-    def _count(self, session_id: str, new_labels: Iterable[str]) -> None:
-        """Count one recorded fact (and labels new to this process) in the state store."""
-        if self._state is None:
-            return
-        if self._local is not None:
-            with _LOCAL_LOCK:
-                total, counted = self._local.get(session_id, (0, frozenset()))
-                self._local[session_id] = (total + 1, counted | frozenset(new_labels))
-            return
-        now = self._clock()
-        for label in new_labels:
-            self._state.add(f"flow:l:{session_id}:{label}", 1, FOREVER, now)
-        self._state.add(f"flow:n:{session_id}", 1, FOREVER, now)
-
     def label_result(self, decision: Decision, result: Any) -> Any:
         """``observe_result`` for the result of a call ``decision`` allowed, outside
         ``evaluate``; returns what the model may see."""
@@ -485,73 +358,3 @@ class FlowTracker:
 
     def __len__(self) -> int:
         return len(self._flows)
-
-
-def flow_note(data: Mapping[str, Any]) -> str:
-    """Why, in flow terms: each argument's labels and the session's (for the audit event)."""
-    parts = [f"{k}={'+'.join(v)}" for k, v in sorted(data["arg_labels"].items())]
-    session = data.get("session")
-    note = "flow: args " + ("; ".join(parts) or "none")
-    if isinstance(session, dict) and session.get("labels"):
-        note += f"; session {'+'.join(session['labels'])}"
-    return note[:1000]
-
-
-def _literals(programs: Iterable[Any]) -> set[str]:
-    """The string literals of compiled conditions (read from CEL's checked AST, so escapes and
-    raw strings are CEL's own): the labels a policy may ask about."""
-    found: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, tuple | list):
-            if len(node) == 2 and node[0] == "const" and isinstance(node[1], str):
-                found.add(node[1])
-            for item in node:
-                walk(item)
-
-    for program in programs:
-        if program is not None:
-            try:
-                walk(checked_expr(program))
-            except (ValueError, KeyError, IndexError, StopIteration, UnicodeDecodeError):
-                continue  # a literal missed here only costs the per-label fallback a label
-    return {x for x in found if 0 < len(x) <= 64 and ":" not in x}
-
-
-# session.history, session["history"]: the plain ways CEL can read it
-_HISTORY_REF = re.compile(r"\bsession\s*(?:\.\s*history\b|\[\s*[\"']history[\"']\s*\])")
-
-
-def _reads_history(compiled: Any) -> bool:
-    """Whether a rule's condition may read ``session.history``: named plainly, or, in its
-    checked AST, the variable ``session`` used other than by a field or a constant key that is
-    not ``history`` (``session[r"history"]``, ``session["his" + "tory"]``, ``session`` passed
-    whole). A condition that does not name ``session`` cannot read it; one whose AST cannot be
-    read is taken to."""
-    when = compiled.rule.when or ""
-    if "session" not in when:
-        return False
-    if _HISTORY_REF.search(when):
-        return True
-    try:
-        root = checked_expr(compiled.program, members=True)
-    except (ValueError, KeyError, IndexError, StopIteration, UnicodeDecodeError, AttributeError):
-        return True
-
-    def reads(node: Any) -> bool:
-        if not isinstance(node, tuple) or not node:
-            return False
-        if node == ("other",):
-            return True
-        if node == ("ident", "session"):
-            return True  # used whole
-        if node[0] == "select" and node[1] == ("ident", "session"):
-            return bool(node[2] == "history")
-        if node[0] == "call" and node[1] == "_[_]" and node[2] and \
-                node[2][0] == ("ident", "session"):
-            key = node[2][1]
-            return not (key[0] == "const" and key[1] != "history") or reads(key)
-        return any(reads(x) for x in node[1:] if isinstance(x, tuple)) or any(
-            reads(y) for x in node[1:] if isinstance(x, list) for y in x)
-
-    return reads(root)

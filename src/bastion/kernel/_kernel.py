@@ -24,19 +24,20 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from bastion._canon import canonical_tool
 from bastion._errors import ConfigError
-from bastion.flow import EMPTY_CATALOG, Provenance, ToolCatalog, load_catalog
+from bastion.flow import EMPTY_CATALOG, ToolCatalog, load_catalog
 from bastion.flow._results import has_handle
-from bastion.kernel._approvals import Approvals, Approver, action_digest
+from bastion.kernel._approvals import Approvals, Approver
 from bastion.kernel._budgets import FOREVER, SessionBudgets
-from bastion.kernel._events import _Event, _ident, _Outcome
-from bastion.kernel._flow import HISTORY_UNKNOWN, SESSION_ENDED, FlowTracker, flow_note
+from bastion.kernel._events import _deny, _Event
+from bastion.kernel._flow import HISTORY_UNKNOWN, SESSION_ENDED, FlowTracker
+from bastion.kernel._flowrules import flow_note
+from bastion.kernel._operations import KernelOperations, _kill_hit, _name, _open_audit
 from bastion.kernel._redact import redact
-from bastion.kernel._types import EMPTY, Action, Decision
+from bastion.kernel._types import EMPTY, Action, AgentFacts, Decision, Guard
 from bastion.policy import (
     CompiledPolicy,
     Effect,
@@ -50,7 +51,7 @@ from bastion.policy import (
 )
 from bastion.policy._cedar import CedarPolicy, load_cedar
 from bastion.policy._eval import evaluate_tiers
-from bastion.state import Approval, StateStore, open_store
+from bastion.state import StateStore, open_store
 
 _STAGES = {s.value: s for s in Stage}
 _STAGE = {s: s.value for s in Stage}
@@ -67,21 +68,7 @@ _BEFORE_GUARDS = frozenset({"invalid_stage", "missing_tool", "invalid_tool", "in
                             "kill_switch", "guard", "internal_error", "audit_unavailable"})
 
 
-class AgentFacts(Protocol):
-    """Supplies what the kernel must not take from the caller: trust, ring, roles, scopes."""
-
-    def __call__(self, agent_id: str) -> Mapping[str, Any]: ...
-
-
-class Guard(Protocol):
-    """A check the kernel runs on every action before the policy, supplied by the layers above
-    (a capability-token check, a ring check). ``None`` lets the action go on to the policy; a
-    string denies it with that reason (``code: guard``); an exception denies it too."""
-
-    def __call__(self, action: Action, tool: str, agent_id: str) -> str | None: ...
-
-
-class Kernel:
+class Kernel(KernelOperations):
     """Decides every action; thread-safe; also a context manager (``close`` on exit)."""
 
     def __init__(
@@ -353,31 +340,6 @@ class Kernel:
             data["now"] = dt.datetime.fromtimestamp(ts / 1e9, dt.UTC)
         return data
 
-    # -- information flow -----------------------------------------------------------------------
-    def provenance(self, session_id: str) -> Provenance:
-        """The provenance the kernel keeps for ``session_id`` (for inspection and tests)."""
-        return self._flow.provenance(session_id)
-
-    def end_session(self, session_id: str, *, by: str, reason: str = "") -> None:
-        """End a session's information flow: its provenance and quarantined values are
-        forgotten, and the state store keeps a tombstone, so every kernel on the store denies
-        what the session's labels would decide (code ``session_ended``) from now on. A
-        conversation that goes on needs a new session id. Audited as ``session.end``."""
-        if not by:
-            raise ConfigError("ending a session needs an identity ('by')")
-        if not isinstance(session_id, str) or not session_id:
-            raise ConfigError(f"a session id is a non-empty string: {session_id!r}")
-        self._flow.end(session_id)  # tracking flow or not: other kernels on the store may
-        if self._audit is not None:
-            ts = self._clock()
-            self._audit.append({"kind": "session.end", "id": f"session:{session_id}:{ts}",
-                                "ts": ts, "session": session_id, "by": by, "reason": reason})
-
-    @property
-    def flow_sessions_evicted(self) -> int:
-        """Sessions whose provenance was dropped to stay within ``MAX_FLOW_SESSIONS``."""
-        return self._flow.evicted
-
     def _finish(self, action: Action, verdict: Verdict, stage: Stage, tool: str,
                 agent_id: str, session_id: str, did: str, ts: int) -> Decision:
         effect = verdict.effect
@@ -410,33 +372,6 @@ class Kernel:
                         self.compiled.digest, approval_id, args, result, redacted, ts, code,
                         agent_id, session_id)
 
-    # -- approvals ---------------------------------------------------------------------------
-    def action_digest(self, action: Action) -> str:
-        """The digest an approval is bound to: canonical tool, stage, arguments, agent, session."""
-        return action_digest(action)
-
-    def approve(self, approval_id: str, *, by: str, note: str = "") -> Approval:
-        """Grant a pending approval (single use, only for the action it was created for)."""
-        return self._approvals.decide(approval_id, True, by, note)
-
-    def refuse(self, approval_id: str, *, by: str, note: str = "") -> Approval:
-        return self._approvals.decide(approval_id, False, by, note)
-
-    def pending_approvals(self) -> list[Approval]:
-        return self._approvals.pending()
-
-    def kill_hit(self, decision: Decision) -> str | None:
-        """The kill flag (scope) that now covers the call ``decision`` allowed, if any: for
-        callers that start work some time after the decision (async tools)."""
-        flags = self._flags()
-        return _kill_hit(flags, decision.agent, decision.session, decision.tool) if flags \
-            else None
-
-    def add_guard(self, guard: Guard) -> None:
-        """Register one more guard; it runs after those already registered."""
-        self._guards = (*self._guards, guard)
-        self._guard_names = (*self._guard_names, _name(guard))
-
     # -- limits and budgets --------------------------------------------------------------------
     def _limits(self, action: Action, verdict: Verdict, stage: Stage, tool: str, agent_id: str,
                 session_id: str, ts: float) -> tuple[str, str] | None:
@@ -454,94 +389,6 @@ class Kernel:
             return self._session_budgets.check(action, tool, session_id, ts)
         return None
 
-    def reset_breaker(self, session_id: str, *, by: str, reason: str = "") -> None:
-        """Re-open a session's tripped loop breaker and clear its repeat and failure counts."""
-        if not by:
-            raise ConfigError("resetting a loop breaker needs an identity ('by')")
-        self._session_budgets.reset(session_id, self._clock() / 1e9)
-        if self._audit is not None:
-            ts = self._clock()
-            self._audit.append({"kind": "breaker.reset", "id": f"breaker:{session_id}:{ts}",
-                                "ts": ts, "session": session_id, "by": by, "reason": reason})
-
-    def report_usage(self, session_id: str, *, cost: float = 0.0, tokens: int = 0) -> None:
-        """Add usage the caller measured (model cost, tokens) to the session's budgets."""
-        if not (isinstance(cost, int | float) and 0 <= cost < 1e12):
-            raise ConfigError(f"cost must be a finite, non-negative number below 1e12: {cost!r}")
-        if not (isinstance(tokens, int) and not isinstance(tokens, bool)
-                and 0 <= tokens < 1 << 53):
-            raise ConfigError(f"tokens must be a non-negative integer: {tokens!r}")
-        self._session_budgets.add_usage(session_id, cost, tokens, self._clock() / 1e9)
-
-    # -- audit --------------------------------------------------------------------------------
-    def record_outcome(self, decision: Decision, status: str, *, error: str | None = None,
-                       duration_ns: int | None = None) -> None:
-        """Record what happened to an allowed call (succeeded | failed | exception)."""
-        if status not in ("succeeded", "failed", "exception"):
-            raise ConfigError(f"unknown outcome status {status!r}")
-        if status != "succeeded" and self.policy.budgets.max_failures is not None:
-            self._session_budgets.failed(decision.session, decision.tool, decision.args,
-                                         self._clock() / 1e9)
-        if self._audit is not None:
-            self._audit.append(_Outcome(decision, status, error, duration_ns, self._clock()))
-
-    @property
-    def audit(self) -> Any:
-        return self._audit
-
-    @property
-    def checks_results(self) -> bool:
-        """Whether the policy decides results: it has ``post_tool`` rules (or is Cedar). Callers
-        then send every result through ``evaluate`` at ``post_tool``."""
-        return self._checks_results
-
-    @property
-    def tracks_flow(self) -> bool:
-        """Whether the kernel keeps provenance (a catalog was given or a rule reads flow facts).
-        A result the policy does not decide must still reach ``label_result``."""
-        return self._flow_on
-
-    def label_result(self, decision: Decision, result: Any) -> Any:
-        """Record the result of the call ``decision`` allowed, for a kernel that tracks flow but
-        whose policy does not decide results: its labels (and ``injection`` signal) join the
-        session's provenance; returns what the model may see (marked or quarantined as the
-        catalog says). With ``post_tool`` rules, ``evaluate`` does this instead."""
-        if not decision.allowed:  # a result the model may see exists only for an allowed call
-            raise ConfigError(f"label_result needs a decision that allowed the call, not "
-                              f"{decision.effect!r} ({decision.id})")
-        if not self._flow_on:
-            return result
-        return self._flow.label_result(decision, result)
-
-    @property
-    def clock(self) -> Callable[[], int]:
-        """The kernel's clock (ns since the epoch), as injected."""
-        return self._clock
-
-    @property
-    def state(self) -> StateStore:
-        return self._state
-
-    def close(self) -> None:
-        """Flush and close the audit log and the state store (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._audit is not None:
-            self._audit.close()
-        self._state.close()
-
-    def __enter__(self) -> Kernel:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _name(obj: object) -> str:
-    return str(getattr(obj, "name", None) or getattr(obj, "__name__", type(obj).__name__))
-
-
 def _plain_map(value: Any) -> Any:
     """A dict for CEL (which refuses other mapping types); anything else is passed unchanged,
     so a wrong type makes conditions err (and the combiner fail closed) instead of raising."""
@@ -550,31 +397,3 @@ def _plain_map(value: Any) -> Any:
     if value is EMPTY:
         return {}
     return dict(value) if isinstance(value, Mapping) else value
-
-
-def _kill_hit(flags: Mapping[str, str], agent: str, session: str, tool: str) -> str | None:
-    for key in ("kill:all", f"kill:agent:{agent}", f"kill:session:{session}", f"kill:tool:{tool}"):
-        if key in flags:
-            return key.removeprefix("kill:")
-    return None
-
-
-def _deny(did: str, ts: int, action: Action, policy: str, code: str, *,
-          errors: tuple[str, ...] = (), reasons: tuple[str, ...] = ()) -> Decision:
-    tool = action.tool if isinstance(action.tool, str) else repr(action.tool)
-    return Decision(id=did, effect="deny", stage=str(action.stage), tool=tool, errors=errors,
-                    reasons=reasons or errors[:1] or (code.replace("_", " "),), policy=policy,
-                    args=action.args, ts_ns=ts, code=code, agent=_ident(action.agent) or "",
-                    session=_ident(action.session) or "")
-
-
-def _open_audit(audit: Any, durable: bool) -> Any:
-    if audit is False:
-        return None
-    if audit is not None and hasattr(audit, "append"):
-        return audit
-    from bastion.audit import AuditLog
-
-    target = None if audit is None else os.fspath(audit) if isinstance(audit, str | Path) \
-        else audit
-    return AuditLog.open(target, durable=durable)

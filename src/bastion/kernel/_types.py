@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 EffectName = Literal["allow", "deny", "require_approval"]
 EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -95,3 +95,17 @@ class Decision(NamedTuple):
             elif self.args is not None:
                 out["args"] = dict(self.args)
         return out
+
+
+class AgentFacts(Protocol):
+    """Supplies what the kernel must not take from the caller: trust, ring, roles, scopes."""
+
+    def __call__(self, agent_id: str) -> Mapping[str, Any]: ...
+
+
+class Guard(Protocol):
+    """A check the kernel runs on every action before the policy, supplied by the layers above
+    (a capability-token check, a ring check). ``None`` lets the action go on to the policy; a
+    string denies it with that reason (``code: guard``); an exception denies it too."""
+
+    def __call__(self, action: Action, tool: str, agent_id: str) -> str | None: ...
