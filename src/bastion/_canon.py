@@ -107,12 +107,20 @@ def canonical_json(value: Any) -> bytes:
 def _reject_non_finite(value: Any) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"non-finite number {value!r} cannot be encoded")
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         for item in value.values():
             _reject_non_finite(item)
-    elif isinstance(value, (list, tuple)):
+    elif isinstance(value, list | tuple | set | frozenset):
         for item in value:
             _reject_non_finite(item)
+
+
+def _has_non_finite(value: Any) -> bool:
+    try:
+        _reject_non_finite(value)
+    except ValueError:
+        return True
+    return False
 
 
 def _widen(value: Any) -> Any:
@@ -136,14 +144,53 @@ def digest(value: Any) -> str:
 def snapshot(value: Any) -> Any:
     """A deep, JSON-shaped copy of ``value`` taken now: what the audit records of an action.
 
-    Integers beyond 64 bits become ``{"$bigint": ...}``, non-string keys strings, and objects
-    JSON cannot hold ``{"$repr": ..., "$type": ...}``, so recording never fails and never changes
-    what the caller holds.
+    Integers beyond 64 bits become ``{"$bigint": ...}``, non-finite floats ``{"$float": ...}``,
+    text that is not valid UTF-8 (a lone surrogate) ``{"$str": <escaped>}``, non-string keys
+    strings, and objects JSON cannot hold ``{"$repr": ..., "$type": ...}``, so recording never
+    fails, never shows a value that was not passed (orjson alone writes NaN as null), and never
+    changes what the caller holds.
     """
     try:
-        return orjson.loads(orjson.dumps(value, default=_lossy, option=orjson.OPT_NON_STR_KEYS))
+        out = orjson.dumps(value, default=_lossy, option=orjson.OPT_NON_STR_KEYS)
     except (orjson.JSONEncodeError, TypeError):
         return _walk(value, 0)
+    if b"null" in out and _has_non_finite(value):
+        return _walk(value, 0)
+    return orjson.loads(out)
+
+
+def _utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(text: str) -> str:
+    """``text`` as valid UTF-8: a lone surrogate becomes its ``\\udxxx`` escape."""
+    return text if _utf8(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def repaired(value: Any, depth: int = 0) -> Any:
+    """``value`` with only what JSON text cannot carry made explicit: text that is not valid
+    UTF-8 as ``{"$str": <escaped>}`` and non-finite floats as ``{"$float": ...}``; anything
+    else is kept as it is, so an object ``canonical_json`` refuses is still refused (the audit
+    records such a body as malformed rather than as a lossy copy)."""
+    if depth > 64:
+        raise ValueError("nested deeper than 64 levels")
+    if isinstance(value, str):
+        return value if _utf8(value) else {"$str": _escaped(value)}
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"$float": repr(value)}
+    if isinstance(value, Mapping):
+        return {_escaped(k) if isinstance(k, str) else k: repaired(v, depth + 1)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [repaired(v, depth + 1) for v in value]
+    return value
 
 
 def _lossy(value: Any) -> Any:
@@ -156,14 +203,16 @@ def _lossy(value: Any) -> Any:
 def _walk(value: Any, depth: int) -> Any:
     if depth > 64:
         return {"$repr": "<nested deeper than 64 levels>", "$type": type(value).__name__}
-    if value is None or isinstance(value, bool | str):
+    if isinstance(value, str):
+        return value if _utf8(value) else {"$str": _escaped(value)}
+    if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
         return value if -(2**63) <= value < 2**64 else {"$bigint": str(value)}
     if isinstance(value, float):
         return value if math.isfinite(value) else {"$float": repr(value)}
     if isinstance(value, Mapping):
-        return {str(k): _walk(v, depth + 1) for k, v in value.items()}
+        return {_escaped(str(k)): _walk(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_walk(v, depth + 1) for v in value]
     if isinstance(value, set | frozenset):

@@ -18,6 +18,7 @@ failed commit therefore leaves the head where storage is.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 from collections.abc import Callable, Mapping
@@ -26,7 +27,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bastion._canon import canonical_json
+from bastion._canon import canonical_json, repaired
 from bastion.audit._keys import public_key_id
 from bastion.audit._merkle import CompactTree
 from bastion.audit._store import FORMAT_VERSION, Resumed, sign_checkpoint
@@ -62,13 +63,24 @@ def encode_entry(body: Any, seq: int, prev: str) -> bytes:
 
 
 def malformed_body(body: Any, exc: Exception, ts: int) -> dict[str, Any]:
-    """The body recorded in place of one that cannot be encoded."""
-    ident = body.get("id") if isinstance(body, dict) else None
+    """The body recorded in place of one that cannot be encoded: encodable whatever ``body``
+    and ``exc`` hold (text that is not valid UTF-8 is escaped), with the body's id and kind
+    where they can be read at all."""
+    def text(value: Any, limit: int) -> str | None:
+        if not isinstance(value, str):
+            return None
+        return value[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+
+    ident = kind = None
+    with contextlib.suppress(Exception):  # a lazy body may fail again in any way
+        if isinstance(body, Mapping):
+            ident, kind = text(body.get("id"), 500), text(body.get("kind"), 100)
     return {
         "kind": "audit.malformed",
-        "error": str(exc)[:500],
+        "error": text(str(exc), 500),
         "ts": ts,
-        "id": ident if isinstance(ident, str) else None,
+        "id": ident,
+        "of": kind,
     }
 
 
@@ -106,8 +118,11 @@ class Chain:
             try:
                 data = encode_entry(body, seq, prev)
             except Exception as exc:  # a lazy Mapping may fail in any way while it is built
-                malformed += 1
-                data = encode_entry(malformed_body(body, exc, self._clock()), seq, prev)
+                try:  # text with a lone surrogate, a NaN: recorded in their tagged forms
+                    data = encode_entry(repaired(body), seq, prev)
+                except Exception:
+                    malformed += 1
+                    data = encode_entry(malformed_body(body, exc, self._clock()), seq, prev)
             h = mac0.copy()
             h.update(data)
             raw = h.digest()

@@ -387,6 +387,9 @@ class AuditLog:
         sealed = self._chain.seal(bodies)
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
+        if self._moved(conn):  # one writer per file: refuse rather than fork the chain
+            conn.execute("ROLLBACK")
+            raise AuditError("another writer appended to this audit log since it was opened")
         conn.executemany(_INSERT_ENTRY, sealed.rows)
         if sealed.checkpoint is not None:
             conn.execute(_INSERT_CHECKPOINT, sealed.checkpoint)
@@ -398,10 +401,24 @@ class AuditLog:
 
     def _checkpoint(self, _: Any) -> None:
         row: CheckpointRow | None = self._chain.checkpoint()
-        if row is not None:
-            self._conn.execute(_INSERT_CHECKPOINT, row)
-            self._chain.checkpoint_stored(row)
-            self._checkpoints += 1
+        if row is None:
+            return
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        if self._moved(conn):  # a stale head: its checkpoint would read as the log shrinking
+            conn.execute("ROLLBACK")
+            return
+        conn.execute(_INSERT_CHECKPOINT, row)
+        conn.execute("COMMIT")
+        self._chain.checkpoint_stored(row)
+        self._checkpoints += 1
+
+    def _moved(self, conn: Any) -> bool:
+        """Another writer has appended entries or checkpoints past this writer's head."""
+        top = conn.execute("SELECT max(seq) FROM entries").fetchone()[0]
+        signed = conn.execute("SELECT max(tree_size) FROM checkpoints").fetchone()[0]
+        head = self._chain.next_seq
+        return (top if top is not None else -1) != head - 1 or (signed or 0) > head
 
 
 def _close_at_exit(ref: weakref.ref[AuditLog]) -> None:

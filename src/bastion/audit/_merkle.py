@@ -214,7 +214,7 @@ def verify_consistency(
     """RFC 9162 §2.1.4.2: does ``proof`` show the tree ``old_root`` is a prefix of ``new_root``?
 
     1. Fail if ``old_size > new_size``. Equal sizes need an empty proof and equal roots; an old
-       size of 0 needs an empty proof. Otherwise an empty proof fails.
+       size of 0 needs an empty proof and the empty root. Otherwise an empty proof fails.
     2. If ``old_size`` is a power of two, prepend ``old_root`` to the proof.
     3. ``fn = old_size - 1``, ``sn = new_size - 1``; while ``LSB(fn)``, shift both.
     4. ``fr = sr = proof[0]``. For each later ``c``: fail if ``sn == 0``; if ``LSB(fn)`` or
@@ -227,8 +227,8 @@ def verify_consistency(
         return False
     if old_size == new_size:
         return not proof and old_root == new_root
-    if old_size == 0:
-        return not proof
+    if old_size == 0:  # only the empty tree has no entries
+        return not proof and old_root == EMPTY_ROOT
     if not proof:
         return False
     path = list(proof)

@@ -4,7 +4,8 @@ A holder of an old checkpoint checks that the log only grew:
 
 1. ``check_checkpoint(new)`` — the new checkpoint is signed by the expected key;
 2. ``check_consistency(prove_consistency(log, old["tree_size"], new["tree_size"]),
-   old["root_hash"], new["root_hash"])`` — the old tree is a prefix of the new one.
+   old["root_hash"], new["root_hash"], old_size=old["tree_size"], new_size=new["tree_size"])``
+   — the old tree is a prefix of the new one (the sizes, like the roots, are the holder's).
 
 And that an entry is in the log: ``check_inclusion(prove_inclusion(log, seq))``, which checks
 the entry's leaf hash, the signed checkpoint and the audit path against its root. The checks
@@ -45,7 +46,10 @@ _CHECKPOINT = "SELECT body, signature FROM checkpoints"
 
 
 def _checkpoint_json(reader: _store.Reader, row: Any) -> dict[str, Any]:
-    checkpoint = _store.Checkpoint(_store.blob(row[0]), str(row[1]))
+    try:
+        checkpoint = _store.Checkpoint(_store.blob(row[0]), str(row[1]))
+    except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+        raise AuditError(f"a stored checkpoint is malformed ({exc}); run verify") from None
     found = reader.fetch("SELECT public_key FROM signers WHERE key_id = ?", (checkpoint.key_id,))
     return {
         "tree_size": checkpoint.tree_size,
@@ -132,6 +136,10 @@ def prove_inclusion(
         if not rows:
             raise AuditError(f"{where!r}: entry {seq} is missing")
         body, mac = _store.blob(rows[0][0]), str(rows[0][1])
+        try:
+            bytes.fromhex(mac)
+        except ValueError:
+            raise AuditError(f"{where!r}: entry {seq} has a malformed mac; run verify") from None
         path = subtree_inclusion_proof(_db_roots(reader), seq, size)
     return {
         "type": "inclusion",
@@ -205,17 +213,23 @@ def prove_consistency(
     }
 
 
-def check_consistency(proof: dict[str, Any], old_root_hex: str, new_root_hex: str) -> bool:
+def check_consistency(proof: dict[str, Any], old_root_hex: str, new_root_hex: str, *,
+                      old_size: int | None = None, new_size: int | None = None) -> bool:
     """True iff ``proof`` shows the tree with root ``old_root_hex`` (of ``old_size`` entries) is
     a prefix of the one with ``new_root_hex`` (RFC 9162 §2.1.4.2). The roots are the caller's,
-    taken from checkpoints it trusts; the roots the proof carries are ignored."""
+    taken from checkpoints it trusts; the roots the proof carries are ignored. Pass the trusted
+    checkpoints' sizes too (``old_size``/``new_size``): a proof that claims other sizes fails.
+    An old size of 0 holds only for the empty root."""
     try:
-        old_size, new_size = proof["old_size"], proof["new_size"]
+        claimed_old, claimed_new = proof["old_size"], proof["new_size"]
         path = [bytes.fromhex(node) for node in proof["proof"]]
         old_root, new_root = bytes.fromhex(old_root_hex), bytes.fromhex(new_root_hex)
-        if type(old_size) is not int or type(new_size) is not int:
+        if type(claimed_old) is not int or type(claimed_new) is not int:
             return False
     except (KeyError, TypeError, ValueError, AttributeError):
         return False
-    return verify_consistency(old_size, new_size, old_root, new_root, path)
+    if (old_size is not None and old_size != claimed_old) or \
+            (new_size is not None and new_size != claimed_new):
+        return False
+    return verify_consistency(claimed_old, claimed_new, old_root, new_root, path)
 

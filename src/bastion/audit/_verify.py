@@ -147,6 +147,8 @@ def verify_tail(source: AuditSource, *, since_seq: int, prev_mac: str,
         verifier = _Verifier(reader, key, None)
         try:
             verifier._check_meta()
+            if since_seq > 0:
+                verifier._check_last_seen(since_seq - 1, prev_mac)
             verifier._check_entries(start=since_seq, prev=prev_mac)
         except _Failed as failed:
             return VerifyReport(False, verifier._entries, 0, failed.first_bad_seq, failed.reason)
@@ -227,6 +229,18 @@ class _Verifier:
                 size = checkpoint.tree_size
                 self._checkpoints.append((size, checkpoint.root))
                 index += 1
+
+    def _check_last_seen(self, seq: int, mac: str) -> None:
+        """Entry ``seq`` (verified by the caller before) is still there, with ``mac``."""
+        rows = self._reader.fetch("select mac from entries where seq = ?", (seq,))
+        if not rows:
+            top = self._reader.fetch("select max(seq) from entries")
+            last = top[0][0] if top and top[0][0] is not None else -1
+            first = min(last + 1, seq)
+            raise _Failed(f"entry {seq}, verified before, is gone (entries from {first} deleted "
+                          "or truncated)", first)
+        if not _store.same_text(rows[0][0], mac):
+            raise _Failed(f"entry {seq}: its mac is not the one verified before (edited)", seq)
 
     def _check_entries(self, start: int = 0, prev: str = _store.ZERO_MAC) -> None:
         mac0 = hmac.new(self._key, digestmod=hashlib.sha256)

@@ -12,7 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from bastion._canon import LazyModule, canonical_json, canonical_tool, digest
+from bastion._canon import (
+    LazyModule,
+    _has_non_finite,
+    canonical_json,
+    canonical_tool,
+    digest,
+    repaired,
+)
 from bastion._errors import ApprovalError
 from bastion.flow._values import object_fields
 from bastion.kernel._events import _ident
@@ -38,9 +45,14 @@ def action_digest(action: Action) -> str:
     ``snapshot`` shortens long object texts and deep nesting; this does not). Arguments that
     cannot be told apart exactly (nested deeper than ``MAX_DEPTH``) cannot be approved."""
     tool = canonical_tool(action.tool) if action.tool else ""
-    try:
-        args: Any = orjson.loads(canonical_json(action.args))  # plain JSON data: as it is
-        form = "json"
+    args: Any = action.args
+    try:  # plain JSON data as it is; anything else (bytes, sets, big or non-finite numbers,
+        # objects, other mappings) in the exact form, which keeps every type apart
+        raw = orjson.dumps(args, option=orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
+                           | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS)
+        if b"null" in raw and _has_non_finite(args):  # orjson writes NaN as null
+            raise ValueError("non-finite number")
+        args, form = orjson.loads(raw), "json"
     except (TypeError, ValueError):
         args, form = _exact(action.args, 0), "exact"
     return digest({"tool": tool, "stage": action.stage, "args": args, "form": form,
@@ -50,13 +62,16 @@ def action_digest(action: Action) -> str:
 MAX_DEPTH = 256  # levels of nesting an approved call's arguments may have
 
 
+
 def _exact(value: Any, depth: int) -> Any:
     """``value`` as JSON data that keeps every difference: key types, sets, big and
     non-finite numbers, bytes, and each object's type, whole ``repr`` and fields."""
     if depth > MAX_DEPTH:
         raise ApprovalError(f"arguments nested deeper than {MAX_DEPTH} levels cannot be bound "
                             "to an approval")
-    if value is None or isinstance(value, bool | str):
+    if isinstance(value, str):
+        return repaired(value)  # text with a lone surrogate: tagged, not refused
+    if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
         return {"$int": str(value)}

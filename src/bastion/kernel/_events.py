@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from bastion._canon import digest, snapshot
+from bastion._canon import digest, repaired, snapshot
 from bastion.kernel._types import Action, Decision
 
 _FLAT = frozenset((str, int, float, bool, type(None)))
@@ -107,7 +107,9 @@ def decision_event(d: Decision, action: Action, args: Any) -> dict[str, Any]:
     (the names of the kernel's guards that admitted the action) when any did. The audit log adds
     ``v``, ``seq``, ``prev`` and the MAC over all of them.
     """
-    agent, session = _ident(action.agent), _ident(action.session)
+    # what JSON text cannot carry (a lone surrogate, a NaN) in its tagged form, never lost
+    agent, session = repaired(_ident(action.agent)), repaired(_ident(action.session))
+    args = repaired(args)
     event: dict[str, Any] = {
         "kind": "decision", "id": d.id, "ts": d.ts_ns, "stage": d.stage, "tool": d.tool,
         "agent": agent, "session": session, "effect": d.effect, "code": d.code,
@@ -124,7 +126,7 @@ def decision_event(d: Decision, action: Action, args: Any) -> dict[str, Any]:
         event["result"] = snapshot(d.result)
     if action.context:
         event["context"] = _masked_context(snapshot(action.context))
-    return event
+    return repaired(event)  # type: ignore[no-any-return]
 
 
 SECRET_CONTEXT_KEYS = frozenset({"bastion_token", "authorization", "api_key", "password"})
