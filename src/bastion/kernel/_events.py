@@ -141,16 +141,31 @@ def _masked_context(context: Any) -> Any:
 
 
 def _ident(holder: Mapping[str, Any]) -> str | None:
-    if holder and not isinstance(holder, Mapping):  # e.g. agent="a1": no id can be read
+    """The ``id`` of an agent or session map; ``None`` when it has none that is text, and
+    when reading it fails in any way (a mapping whose reads raise)."""
+    try:
+        if not holder:
+            return ""
+        if not isinstance(holder, Mapping):  # e.g. agent="a1": no id can be read
+            return None
+        value = holder.get("id", "")
+    except Exception:
         return None
-    value = holder.get("id", "") if holder else ""
     return value if isinstance(value, str) else None
+
+
+def _text(value: Any, show: Any) -> str:
+    try:
+        return str(show(value))
+    except Exception:  # a repr or str that raises: the deny still gets made
+        return f"<unprintable {type(value).__name__}>"
 
 
 def _deny(did: str, ts: int, action: Action, policy: str, code: str, *,
           errors: tuple[str, ...] = (), reasons: tuple[str, ...] = ()) -> Decision:
-    tool = action.tool if isinstance(action.tool, str) else repr(action.tool)
-    return Decision(id=did, effect="deny", stage=str(action.stage), tool=tool, errors=errors,
+    tool = action.tool if type(action.tool) is str else _text(action.tool, repr)
+    stage = action.stage if type(action.stage) is str else _text(action.stage, str)
+    return Decision(id=did, effect="deny", stage=stage, tool=tool, errors=errors,
                     reasons=reasons or errors[:1] or (code.replace("_", " "),), policy=policy,
                     args=action.args, ts_ns=ts, code=code, agent=_ident(action.agent) or "",
                     session=_ident(action.session) or "")

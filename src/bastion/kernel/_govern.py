@@ -73,11 +73,11 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
             return Action(tool, args, stage, a, s, c, result,
                           _APPROVAL.get() if stage == "pre_tool" else None)
 
-        def after(decision: Decision, result: Any, started: int) -> Any:
+        def check(decision: Decision, result: Any, started: int) -> Any:
+            """One result (or one item a generator yields): labelled, and decided at
+            ``post_tool`` when the policy decides results."""
             if labels:
                 result = kernel.label_result(decision, result)
-            if not post and kernel.audit is None:
-                return result
             if post:
                 checked = kernel.evaluate(action("post_tool", decision.args or {}, result))
                 if not checked.allowed:
@@ -85,8 +85,43 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
                                           duration_ns=time.perf_counter_ns() - started)
                     raise GovernanceDenied(checked)
                 result = checked.result
+            return result
+
+        def succeeded(decision: Decision, started: int) -> None:
             kernel.record_outcome(decision, "succeeded",
                                   duration_ns=time.perf_counter_ns() - started)
+
+        def items(decision: Decision, gen: Any, started: int) -> Any:
+            """A generator's items, each checked as a result (``check``) as it is yielded."""
+            try:
+                for item in gen:
+                    yield check(decision, item, started)
+            except GovernanceDenied:
+                raise
+            except BaseException as exc:
+                failed(decision, exc, started)
+                raise
+            succeeded(decision, started)
+
+        async def async_items(decision: Decision, gen: Any, started: int) -> Any:
+            try:
+                async for item in gen:
+                    yield check(decision, item, started)
+            except GovernanceDenied:
+                raise
+            except BaseException as exc:
+                failed(decision, exc, started)
+                raise
+            succeeded(decision, started)
+
+        def after(decision: Decision, result: Any, started: int) -> Any:
+            if inspect.isgenerator(result):  # what it yields is the result: checked item by item
+                return items(decision, result, started)
+            if inspect.isasyncgen(result):
+                return async_items(decision, result, started)
+            result = check(decision, result, started)
+            if post or kernel.audit is not None:
+                succeeded(decision, started)
             return result
 
         def before(args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -224,7 +259,10 @@ class _Binder:
             for pname, value in b.arguments.items():
                 kind = self.sig.parameters[pname].kind
                 if kind is self.P.VAR_KEYWORD:
-                    out.update(value)
+                    if set(value) & set(out):  # run_shell("rm", argv=["ls"]): both are
+                        out[pname] = dict(value)  # decided, the extra keywords by their name
+                    else:
+                        out.update(value)
                 elif kind is self.P.VAR_POSITIONAL:
                     out[pname] = list(value)
                 else:
@@ -237,10 +275,15 @@ class _Binder:
                 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The call's arguments with redacted values put back in their places."""
         b = self.sig.bind(*args, **kwargs)
+        b.apply_defaults()  # a default the decision redacted is passed redacted
         for pname in list(b.arguments):
             kind = self.sig.parameters[pname].kind
             if kind is self.P.VAR_KEYWORD:
-                b.arguments[pname] = {k: new.get(k, v) for k, v in b.arguments[pname].items()}
+                extra = b.arguments[pname]
+                nested = set(extra) & (set(b.arguments) - {pname})  # as ``bind`` decided them
+                src = new.get(pname, {}) if nested else new
+                src = src if isinstance(src, Mapping) else {}
+                b.arguments[pname] = {k: src.get(k, v) for k, v in extra.items()}
             elif pname in new and pname not in _SKIP:
                 b.arguments[pname] = new[pname]
         return b.args, b.kwargs

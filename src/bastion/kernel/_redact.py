@@ -7,6 +7,7 @@ never modified: a redacted copy is returned.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -35,7 +36,7 @@ def redact(root: Any, paths: tuple[str, ...], pattern: str | None) -> Any:
 
 
 def _copy(value: Any) -> Any:
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):  # a read-only view or a ChainMap too: copied to a dict
         return {k: _copy(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):  # sets as lists: every item reachable
         return [_copy(v) for v in value]
@@ -65,7 +66,7 @@ def _mask_pattern(node: Any, rx: Any) -> Any:
         text = bytes(node).decode("utf-8", "replace")
         masked = rx.sub(MASK, text)
         return node if masked == text else masked
-    if isinstance(node, dict):
+    if isinstance(node, Mapping):
         out: dict[Any, Any] = {}
         for k, v in node.items():
             key = rx.sub(MASK, k) if isinstance(k, str) else k

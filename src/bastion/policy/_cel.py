@@ -67,20 +67,27 @@ VARIABLES: dict[str, Any] = {
 }
 
 
+_LIST_MARKS = re.compile(r"[\s,;<>]")
+
+
 def host(text: str) -> str:
     """Lower-cased host of a URL (``https://u@h:1/p``), ``user@host`` or bare host string.
 
     Parsed the way a client connects: a backslash ends the authority (WHATWG), ideographic full
     stops are dots (IDNA), IPv4 in decimal, hex or octal forms becomes dotted-quad, and
-    ``//host/path`` is scheme-relative. "" when there is no host.
+    ``//host/path`` is scheme-relative. "" when there is no host, and when the authority holds
+    white space, ``,``, ``;``, ``<`` or ``>`` (several addresses, or a display name).
     """
     raw = norm_text(text).replace("\\", "/").replace("\u3002", ".")
     if "://" not in raw and not raw.startswith("//"):
         raw = "//" + raw
     try:
-        name = urlsplit(raw).hostname or ""
+        parts = urlsplit(raw)
+        name = parts.hostname or ""
     except ValueError:
         return ""
+    if _LIST_MARKS.search(parts.netloc):  # "x@evil.test, ops@example.com": several addresses
+        return ""  # (or a display name) are no one host: the last one's must not answer
     name = norm_text(unquote(name)).replace("\u3002", ".").rstrip(".")
     return _ipv4(name) or name
 

@@ -283,20 +283,20 @@ def _has_nul(value: Any, depth: int) -> bool:
     closed). Nesting deeper than 64 levels counts as unsafe too.
     """
     t = type(value)
-    if t is str:
+    if t is str or isinstance(value, str):  # subclasses too: CEL gets their plain value
         return "\x00" in value
     if t is dict or isinstance(value, Mapping):
         if depth > 64:
             return True
         for k, v in value.items():
-            if (type(k) is str and "\x00" in k) or _has_nul(v, depth + 1):
+            if (isinstance(k, str) and "\x00" in k) or _has_nul(v, depth + 1):
                 return True
         return False
-    if t is list or t is tuple or t is set or t is frozenset:
+    if isinstance(value, list | tuple | set | frozenset):  # a namedtuple is a tuple
         if depth > 64:
             return True
         return any(_has_nul(v, depth + 1) for v in value)
-    if t is bytes or t is bytearray:
+    if isinstance(value, bytes | bytearray):
         return b"\x00" in value
     return False
 

@@ -24,15 +24,16 @@ _DECLARED: dict[str, type] = {
 
 def clean(value: Any, depth: int = 0) -> bool:
     """Whether CEL holds ``value`` unchanged: exact dict (string keys), list, str, int within
-    64 bits, float, bool and None, no NUL byte in any string, at most 64 levels deep."""
+    64 bits, float, bool and None, no NUL byte or lone surrogate in any string, at most 64
+    levels deep."""
     t = type(value)
     if t is str:
-        return "\x00" not in value
+        return "\x00" not in value and (value.isascii() or _text_ok(value))
     if t is dict:
         if depth > 64:
             return False
         for k in value:
-            if type(k) is not str or "\x00" in k:
+            if type(k) is not str or "\x00" in k or (not k.isascii() and not _text_ok(k)):
                 return False
         return _clean_items(value.values(), depth)
     if t is list:
@@ -42,12 +43,25 @@ def clean(value: Any, depth: int = 0) -> bool:
     return t is float or t is bool or value is None
 
 
+def _text_ok(text: str) -> bool:
+    """No NUL byte, and valid Unicode (CEL cannot hold a lone surrogate: it errs)."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _clean_items(values: Any, depth: int) -> bool:
     """``clean`` for the values of a map or the elements of a list at ``depth``."""
     for v in values:
         tv = type(v)
         if tv is str:
-            if "\x00" in v:
+            if "\x00" in v or (not v.isascii() and not _text_ok(v)):
                 return False
         elif tv is int:
             if not INT64[0] <= v <= INT64[1]:

@@ -294,17 +294,17 @@ def _redaction(ctx: _Ctx, node: Located, effect: Effect, stage: Stage
 
 
 def _budgets(ctx: _Ctx, doc: Located) -> Budgets:
-    node = doc.get("budgets")
-    if node is None:
+    if "budgets" not in doc:
         return Budgets()
-    if not isinstance(node, Located):
+    node = doc["budgets"]
+    if not isinstance(node, Located):  # "budgets:" with nothing after it too: a ceiling lost
         ctx.fail(doc.value_pos["budgets"], "'budgets' must be a mapping")
     ctx.check_keys(node, _BUDGET_KEYS, "budgets")
     values: dict[str, Any] = {}
     for key in _BUDGET_KEYS:
-        value = node.get(key)
-        if value is None:
+        if key not in node:
             continue
+        value = node[key]
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if key == "session_cost":
             if not number or not 0 < value < 1e12:

@@ -135,6 +135,7 @@ def _convert(node: yaml.Node, path: str, ctor: Any, seen: set[int]) -> Any:
                     "mapping keys must be plain strings", path=path, line=kp.line, column=kp.column
                 )
             key = key_node.value
+            _utf8(key, key_node, path)
             if key == "<<":
                 raise PolicyError(
                     "merge keys ('<<') are not allowed", path=path, line=kp.line, column=kp.column
@@ -154,4 +155,19 @@ def _convert(node: yaml.Node, path: str, ctor: Any, seen: set[int]) -> Any:
             seq.append(_convert(item, path, ctor, seen))
             seq.item_pos.append(_pos(item))
         return seq
-    return ctor.construct_object(node, deep=True)
+    value = ctor.construct_object(node, deep=True)
+    if isinstance(value, str):
+        _utf8(value, node, path)
+    return value
+
+
+def _utf8(text: str, node: yaml.Node, path: str) -> None:
+    """A lone surrogate (``"\\ud800"`` in a double-quoted scalar) is no text: refused where it
+    is written, not later by CEL or the digest."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            p = _pos(node)
+            raise PolicyError("text with a lone surrogate (not valid Unicode)", path=path,
+                              line=p.line, column=p.column) from None
