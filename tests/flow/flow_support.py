@@ -37,7 +37,8 @@ assert NO_SECRET_CATALOG != CATALOG
 
 
 class FlakyStore:
-    """A state store whose ``add`` fails once for each key prefix in ``fail``."""
+    """A state store whose ``add`` (and ``add_fact``) fails once for each key prefix in
+    ``fail``."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
@@ -46,12 +47,19 @@ class FlakyStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def add(self, key: str, amount: int, window_s: int, now: float) -> int:
+    def _maybe_fail(self, key: str) -> None:
         for prefix in list(self.fail):
             if key.startswith(prefix):
                 self.fail.discard(prefix)
                 raise OSError("database is locked")
+
+    def add(self, key: str, amount: int, window_s: int, now: float) -> int:
+        self._maybe_fail(key)
         return int(self._inner.add(key, amount, window_s, now))
+
+    def add_fact(self, key: str, window_s: int, now: float, facts: str, body: bytes) -> int:
+        self._maybe_fail(key)
+        return int(self._inner.add_fact(key, window_s, now, facts, body))
 
 
 # policies several review files use: a history rule that allows, one that denies, and a rule on

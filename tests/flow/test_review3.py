@@ -491,11 +491,12 @@ def test_a_concurrent_call_of_the_same_session_is_not_incomplete(
         other = threading.Thread(target=lambda: seen.append(
             k.evaluate(act("pre_tool", "upload", args={}))))
 
-        def count(session_id: str, labels: Any) -> None:
-            real(session_id, labels)
+        def count(session_id: str, labels: Any, *rest: Any) -> Any:
+            seq = real(session_id, labels, *rest)
             if not other.is_alive() and not seen:  # another thread decides before the claim
                 other.start()
                 other.join(0.2)  # a fix that holds the lock over count and claim blocks it
+            return seq
 
         monkeypatch.setattr(tracker, "_count", count)
         assert k.evaluate(act("pre_tool", "list_files", args={})).allowed

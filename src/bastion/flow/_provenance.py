@@ -147,6 +147,13 @@ class Provenance(SplitValues):
         if TRUSTED not in labels and keys:
             self.records.remember(value, frozenset(keys))
 
+    def record_unplaced(self, labels: Iterable[str]) -> None:
+        """Data with ``labels`` was seen, but its values are not known here (a replayed fact
+        kept without its data): the session has its labels, and any value not the user's
+        carries them (``unplaced``)."""
+        self.record(None, labels)
+        self._unplace(labels)
+
     def record_input(self, text: Any) -> None:
         self.record(text, (TRUSTED, USER))
 

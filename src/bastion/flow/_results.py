@@ -157,9 +157,11 @@ class Quarantine:
         self._held: OrderedDict[str, tuple[Any, frozenset[str]]] = OrderedDict()
         self.evicted = 0
 
-    def hold(self, value: Any, source: str, labels: Iterable[str] = ()) -> tuple[str, str]:
-        """Keep ``value`` (and ``labels``); returns its handle and the text the model sees."""
-        handle = _new_handle()
+    def hold(self, value: Any, source: str, labels: Iterable[str] = (),
+             handle: str | None = None) -> tuple[str, str]:
+        """Keep ``value`` (and ``labels``); returns its handle (a new one unless given: a
+        replayed fact keeps the one it was shown under) and the text the model sees."""
+        handle = handle or _new_handle()
         self._held[handle] = (value, frozenset(labels))
         if len(self._held) > MAX_HANDLES:
             self._held.popitem(last=False)

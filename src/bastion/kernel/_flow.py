@@ -25,17 +25,18 @@ from bastion.flow import Provenance, ToolCatalog, ToolInfo
 from bastion.flow._results import (
     INJECTION,
     Quarantine,
+    _new_handle,
     as_text,
     has_handle,
     injection_signal,
     mark,
 )
-from bastion.kernel._flowfacts import ENDED, INCOMPLETE, SharedFacts
+from bastion.kernel._flowfacts import ENDED, INCOMPLETE, SharedFacts, _wait
 from bastion.kernel._flowrules import literals, reads_history
 from bastion.kernel._types import EMPTY, Action, Decision
 
 MAX_FLOW_SESSIONS = 10_000  # sessions whose provenance is kept in memory (least recent out)
-_MAX_WAITING = 64  # calls of one tool whose results are still to carry their arguments' labels
+_COMPLETE: Any = frozenset({"<complete>"})  # sync found nothing missing (not None: "not asked")
 SESSION_ENDED = ("the session was ended (Kernel.end_session): its flow facts are forgotten, so "
                  "nothing in it can be decided; start a new session id")
 HISTORY_UNKNOWN = ("a rule reads session.history, but this kernel has not seen every flow fact of "
@@ -47,11 +48,12 @@ class FlowTracker(SharedFacts):
     """Provenance and quarantine per session, for one kernel and its tool catalog."""
 
     def __init__(self, catalog: ToolCatalog, state: Any = None,
-                 clock: Callable[[], float] = time.time, *, labels: Iterable[str] = ()):
+                 clock: Callable[[], float] = time.time, *, labels: Iterable[str] = (),
+                 share: bool = False):
         self.catalog = catalog
         self._flows: OrderedDict[str, Provenance] = OrderedDict()
         self._vaults: dict[str, Quarantine] = {}
-        SharedFacts.__init__(self, state, clock)
+        SharedFacts.__init__(self, state, clock, share=share)
         self.history_rules: frozenset[str] = frozenset()  # ids of rules reading the history
         # session -> trusted tool -> allowed calls in flight that took untrusted or unknown
         # arguments: what such a call returns may be those arguments echoed back, so a result of
@@ -71,13 +73,14 @@ class FlowTracker(SharedFacts):
 
     @classmethod
     def for_rules(cls, catalog: ToolCatalog, rules: Iterable[Any], state: Any,
-                  clock: Callable[[], float]) -> FlowTracker:
+                  clock: Callable[[], float], *, share: bool = False) -> FlowTracker:
         """The tracker for a compiled policy's rules: it knows which rules read
         ``session.history`` (Cedar's context has none), and reads back the labels the rules
         name as well as the catalog's."""
         rules = tuple(rules)
         history = frozenset(cr.rule.id for cr in rules if reads_history(cr))
-        tracker = cls(catalog, state, clock, labels=literals(cr.program for cr in rules))
+        tracker = cls(catalog, state, clock, labels=literals(cr.program for cr in rules),
+                      share=share)
         tracker.history_rules = history
         return tracker
 
@@ -102,17 +105,31 @@ class FlowTracker(SharedFacts):
                         for cr in (*t.unconditional, *t.conditional)))
 
     # -- what policies see ----------------------------------------------------------------------
-    def session_facts(self, session_id: str, *, history: bool = True
-                      ) -> tuple[list[str], list[str]]:
+    def sync(self, session_id: str) -> set[str] | None:
+        """Before a decision reads the session: where provenance is shared, replay what other
+        processes recorded (``_catch_up``); what ``_missing`` says is still missing."""
+        return self._missing(session_id)
+
+    @property
+    def shares_facts(self) -> bool:
+        """Facts are replayed from the state store (``Kernel(share_flow=True)``)."""
+        return self._logs
+
+    def session_facts(self, session_id: str, *, history: bool = True,
+                      missing: Any = None) -> tuple[list[str], list[str]]:
         """The session's labels and (with ``history``) its history of allowed calls; with
         ``incomplete`` (and the labels counted in the state store) when facts were recorded
-        that this process has not seen."""
+        that this process has not seen. ``missing``: what ``sync`` just said, when it was
+        called for this decision (the session is then read after the replay)."""
+        if self._logs:
+            counted = self.sync(session_id) if missing is None else missing
         with self._lock:
             prov = self._provenance(session_id)
             labels = prov.session_labels()
             calls = prov.full_history() if history else []
-        counted = self._missing(session_id)
-        if counted is None:
+        if not self._logs:
+            counted = self._missing(session_id)
+        if counted is None or counted is _COMPLETE:
             return labels, calls
         return sorted(set(labels) | counted | {"untrusted", INCOMPLETE}), calls
 
@@ -131,6 +148,7 @@ class FlowTracker(SharedFacts):
             self._flows.pop(session_id, None)
             self._vaults.pop(session_id, None)
             self._recorded.pop(session_id, None)
+            self._seen.pop(session_id, None)
             self._counted.pop(session_id, None)
             self._tainted_calls.pop(session_id, None)
 
@@ -193,10 +211,12 @@ class FlowTracker(SharedFacts):
         if stage == "input":
             if decision.allowed:  # counted first: an input whose count fails is not recorded
                 with self._span():
-                    self._count(decision.session, ())
+                    seq = self._count(decision.session, (), self._fact(
+                        {"k": "input", "v": action.args}))
                     with self._lock:
-                        self._provenance(decision.session).record_input(action.args)
-                        self._claim(decision.session, ())
+                        if not self._holds(decision.session, seq):  # not replayed already
+                            self._provenance(decision.session).record_input(action.args)
+                            self._claim(decision.session, (), seq)
         elif stage == "post_tool":
             return self.observe_result(action, decision)
         elif stage == "pre_tool" and decision.allowed:
@@ -204,7 +224,7 @@ class FlowTracker(SharedFacts):
             if held and ENDED in (self._missing(decision.session) or ()):
                 return decision._replace(effect="deny", code="session_ended", args=None,
                                          errors=(*decision.errors, SESSION_ENDED))
-            self._note_call(decision)
+            carried = self._note_call(decision)
             with self._lock:
                 if held:
                     args, used, missing = self._vault(decision.session).release(decision.args)
@@ -219,10 +239,12 @@ class FlowTracker(SharedFacts):
             # session.history (a rollout). Counted first, so a call whose count fails (and is
             # denied) never joins the history
             with self._span():
-                self._count(decision.session, ())
+                seq = self._count(decision.session, (), self._fact(
+                    {"k": "call", "tool": decision.tool, "carried": sorted(carried)}))
                 with self._lock:
-                    self._provenance(decision.session).record_call(decision.tool)
-                    self._claim(decision.session, ())
+                    if not self._holds(decision.session, seq):
+                        self._provenance(decision.session).record_call(decision.tool)
+                        self._claim(decision.session, (), seq)
         return decision
 
     def _labels_once(self, session_id: str, args: Any) -> dict[str, list[str]]:
@@ -247,7 +269,7 @@ class FlowTracker(SharedFacts):
         return any("untrusted" in v or ("unknown" in v and untrusted_session)
                    for v in labels.values())
 
-    def _note_call(self, decision: Decision) -> None:
+    def _note_call(self, decision: Decision) -> frozenset[str]:
         """Before its handles are released: what this call's result must carry from its
         arguments (``observe_result`` adds it): ``untrusted`` when a trusted tool takes tainted
         arguments, and the confidentiality labels of its arguments (what an encoder or a
@@ -256,11 +278,8 @@ class FlowTracker(SharedFacts):
         if carried:
             with self._lock:
                 calls = self._tainted_calls.setdefault(decision.session, {})
-                waiting = calls.setdefault(decision.tool, [])
-                if len(waiting) < _MAX_WAITING:
-                    waiting.append(carried)
-                else:  # bounded: later results of the tool carry more, never less
-                    waiting[-1] |= carried
+                _wait(calls, decision.tool, carried)
+        return carried
 
     def _carried(self, session_id: str, tool: str, args: Any) -> frozenset[str]:
         if not isinstance(args, Mapping) or not args:
@@ -306,12 +325,18 @@ class FlowTracker(SharedFacts):
             labels.append(INJECTION)
             decision = decision._replace(reasons=(
                 *decision.reasons, f"flow: result reads like an injection ({signal})"))
+        recorded = as_text(action.result)
+        held = decision.allowed and info.handling == "quarantine"
+        handle = _new_handle() if held else None
         with self._span():
             with self._lock:
                 prov = self._provenance(decision.session)
-                prov.record(as_text(action.result), labels, info.keys)
-            self._counted_fact(decision.session, prov, [x for x in labels if x != "trusted"
-                                                        and ":" not in x])
+                prov.record(recorded, labels, info.keys)
+            self._counted_fact(
+                decision.session, prov, [x for x in labels if x != "trusted" and ":" not in x],
+                self._fact({"k": "result", "tool": tool or str(decision.tool), "v": recorded,
+                            "labels": labels, "keys": sorted(info.keys), "handle": handle,
+                            "raw": decision.result if held else None}))
         if not decision.allowed or info.handling == "pass":
             return decision
         with self._lock:
@@ -320,7 +345,7 @@ class FlowTracker(SharedFacts):
                 shown = mark(decision.result, source)
             else:
                 handle, shown = self._vault(decision.session).hold(decision.result, source,
-                                                                   labels)
+                                                                   labels, handle)
                 self._provenance(decision.session).record(handle, labels)
         return decision._replace(result=shown, obligations=(
             *decision.obligations, f"{info.handling}:catalog"))
@@ -342,6 +367,7 @@ class FlowTracker(SharedFacts):
                 evicted, _ = self._flows.popitem(last=False)
                 self._vaults.pop(evicted, None)  # a handle must not outlive its labels
                 self._recorded.pop(evicted, None)  # its counted facts now read as unseen
+                self._seen.pop(evicted, None)
                 self._counted.pop(evicted, None)
                 self._tainted_calls.pop(evicted, None)
                 self.evicted += 1

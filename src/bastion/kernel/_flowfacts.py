@@ -21,18 +21,55 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from bastion._canon import LazyModule, snapshot
 from bastion.flow import Provenance
+from bastion.flow._results import Quarantine
+
+if TYPE_CHECKING:
+    import orjson
+else:
+    orjson = LazyModule("orjson", globals())
 
 FOREVER = 1 << 40  # a counter window no session outlives
 INCOMPLETE = "incomplete"  # session label: facts were recorded that this process has not seen
 ENDED = "ended"  # session label: the session was ended (Kernel.end_session); its id is spent
+_MAX_WAITING = 64  # calls of one tool whose results are still to carry their arguments' labels
+MAX_FACT_BYTES = 8 << 20  # a fact's body kept for replay (a larger one is kept without its data)
 ENDED_COUNT = 1 << 40  # what an end adds to the session's fact count: more than anyone recorded
 # the counts of each in-process store, shared by every tracker given that store object
 _LOCAL_COUNTS: weakref.WeakKeyDictionary[Any, dict[str, tuple[int, frozenset[str]]]] = \
     weakref.WeakKeyDictionary()
 _LOCAL_LOCK = threading.Lock()  # guards every tracker's use of _LOCAL_COUNTS
+
+
+class _Seen:
+    """The numbers (1, 2, …) of one session's facts this process holds: every one up to
+    ``upto``, and the later ones in ``later``."""
+
+    __slots__ = ("later", "upto")
+
+    def __init__(self, upto: int = 0) -> None:
+        self.upto = upto
+        self.later: set[int] = set()
+
+    def add(self, seq: int) -> None:
+        if seq > self.upto:
+            self.later.add(seq)
+            while self.upto + 1 in self.later:
+                self.upto += 1
+                self.later.discard(self.upto)
+
+    def __contains__(self, seq: object) -> bool:
+        return isinstance(seq, int) and (seq <= self.upto or seq in self.later)
+
+    def __len__(self) -> int:
+        return self.upto + len(self.later)
+
+    @property
+    def last(self) -> int:
+        return max(self.later) if self.later else self.upto
 
 
 class SharedFacts:
@@ -41,13 +78,20 @@ class SharedFacts:
     ``_labels`` (every session-level label a fact can carry) and ``_forget``."""
 
     _flows: Any
+    _vaults: dict[str, Quarantine]
+    _tainted_calls: dict[str, dict[str, list[frozenset[str]]]]
     _labels: list[str]
 
-    def __init__(self, state: Any, clock: Callable[[], float]):
+    def __init__(self, state: Any, clock: Callable[[], float], *, share: bool = False):
         self._state = state
         self._clock = clock
         self._lock = threading.RLock()
-        self._recorded: dict[str, int] = {}  # session -> facts this process recorded
+        self._recorded: dict[str, int] = {}  # session -> facts this process holds
+        self._seen: dict[str, _Seen] = {}  # session -> which facts (by number) it holds
+        # sharing provenance (Kernel(share_flow=True)) on a store that keeps each fact's body
+        # (add_fact): a process that has not seen a fact replays it from there (_catch_up)
+        # instead of failing closed
+        self._logs = share and state is not None and callable(getattr(state, "add_fact", None))
         self._counted: dict[str, set[str]] = {}  # session -> labels this process counted
         # an in-process store (":memory:") is nobody else's: its counts are kept here, so only
         # eviction can make them differ from what this tracker recorded
@@ -61,6 +105,53 @@ class SharedFacts:
 
     def _forget(self, session_id: str) -> None:
         raise NotImplementedError
+
+    def _provenance(self, session_id: str) -> Provenance:
+        raise NotImplementedError
+
+    def _vault(self, session_id: str) -> Quarantine:
+        raise NotImplementedError
+
+    def _fact(self, fact: dict[str, Any]) -> dict[str, Any] | None:
+        """``fact`` as JSON data for a store that keeps facts (``None`` where none is kept)."""
+        if not self._logs or self._local is not None:
+            return None
+        return {k: snapshot(v) if k in ("v", "raw") else v for k, v in fact.items()}
+
+    def _install(self, session_id: str, facts: list[dict[str, Any]], fresh: bool) -> None:
+        """Apply ``facts`` (in order) to the session: onto what this process holds, or, when
+        ``fresh``, onto an empty session that replaces it (call with the lock held)."""
+        if fresh:  # replaces what this process held: an in-flight record into it goes unclaimed
+            self._flows.pop(session_id, None)
+            self._vaults.pop(session_id, None)
+            self._tainted_calls.pop(session_id, None)
+        prov = self._provenance(session_id)
+        calls = self._tainted_calls.setdefault(session_id, {})
+        for fact in facts:
+            kind, tool = fact.get("k"), str(fact.get("tool", ""))
+            if kind == "input":
+                prov.record_input(fact.get("v"))
+            elif kind == "call":
+                prov.record_call(tool)
+                carried = frozenset(str(x) for x in fact.get("carried") or ())
+                if carried:
+                    _wait(calls, tool, carried)
+            elif kind == "result":
+                labels = [str(x) for x in fact.get("labels") or ("untrusted",)]
+                waiting = calls.get(tool)
+                if waiting:
+                    waiting.pop(0)  # as the recording process did
+                if fact.get("cut"):  # too large to keep: what it held is not placed
+                    prov.record_unplaced(labels)
+                    continue
+                prov.record(fact.get("v"), labels, [str(k) for k in fact.get("keys") or ()])
+                handle = fact.get("handle")
+                if isinstance(handle, str):
+                    self._vault(session_id).hold(fact.get("raw"), f"tool:{tool}", labels, handle)
+                    prov.record(handle, labels)
+            else:  # a fact this version does not know: what it held is not placed
+                prov.record_unplaced(["untrusted", INCOMPLETE])
+
 
     def _missing(self, session_id: str) -> set[str] | None:
         """``None`` when this process has seen every counted fact of the session; else the
@@ -83,6 +174,8 @@ class SharedFacts:
         total = self._state.count(f"flow:n:{session_id}", FOREVER, now)
         if total <= mine:
             return None
+        if total < ENDED_COUNT and self._logs and self._catch_up(session_id, total):
+            return None
         if total < ENDED_COUNT:
             prefix = f"flow:l:{session_id}:"
             many = getattr(self._state, "counts", None)
@@ -97,6 +190,41 @@ class SharedFacts:
                 return labels
         self._forget(session_id)  # ended: its labels may be gone, and the kernel denies it
         return {ENDED}
+
+    def _catch_up(self, session_id: str, total: int) -> bool:
+        """Replay the facts other processes recorded (``total`` counted): the missing ones onto
+        what this process holds when they all came after its own, else every fact onto an empty
+        session. ``False`` (the caller fails closed) when a fact's body is not there yet, cannot
+        be read, or this process recorded a fact meanwhile."""
+        with self._lock:
+            before = self._recorded.get(session_id, 0)
+            seen = self._seen.get(session_id)
+            since = seen.last if seen is not None and len(seen) == seen.last else 0
+        bodies = self._state.facts(session_id, total, since)
+        if len(bodies) != total - since:
+            return False
+        try:
+            facts = [orjson.loads(bodies[n]) for n in range(since + 1, total + 1)]
+        except (orjson.JSONDecodeError, KeyError):
+            return False
+        if not all(isinstance(f, dict) for f in facts):
+            return False
+        with self._lock:
+            if self._recorded.get(session_id, 0) != before:
+                return False  # recorded here meanwhile: try again at the next decision
+            self._install(session_id, facts, fresh=since == 0)
+            self._seen[session_id] = _Seen(total)
+            self._recorded[session_id] = total
+            self._counted.setdefault(session_id, set()).update(
+                x for f in facts for x in f.get("labels", ())
+                if isinstance(x, str) and x != "trusted" and ":" not in x)
+        return True
+
+    def _holds(self, session_id: str, seq: int | None) -> bool:
+        """This process already holds fact ``seq`` (replayed before its own recording got
+        there): it must not be recorded twice (call with the lock held)."""
+        seen = self._seen.get(session_id)
+        return seq is not None and seen is not None and seq in seen
 
     def tombstone(self, session_id: str) -> None:
         """Leave an end in the state store: the session's fact count raised past anything
@@ -117,17 +245,20 @@ class SharedFacts:
             if delete is not None and many is not None:
                 prefix = f"flow:l:{session_id}:"  # not session "ID:more"'s labels
                 delete([k for k in many(prefix, FOREVER, now) if ":" not in k[len(prefix):]])
+            drop = getattr(self._state, "delete_facts", None)
+            if callable(drop):  # whoever wrote them
+                drop(session_id)
 
     def _counted_fact(self, session_id: str, prov: Provenance,
-                      labels: Iterable[str] = ()) -> None:
+                      labels: Iterable[str] = (), fact: dict[str, Any] | None = None) -> None:
         """Count a fact ``prov`` recorded, then claim it as this process's: a count that fails
         (or has not happened yet) must never let this process claim more than it counted."""
         with self._lock:
             new = set(labels) - self._counted.get(session_id, set())
-        self._count(session_id, new)
+        seq = self._count(session_id, new, fact)
         with self._lock:
-            if self._flows.get(session_id) is prov:  # not evicted meanwhile
-                self._claim(session_id, new)
+            if self._flows.get(session_id) is prov:  # not evicted or replaced meanwhile
+                self._claim(session_id, new, seq)
 
     @property
     def shares_store(self) -> bool:
@@ -141,21 +272,47 @@ class SharedFacts:
         is not held under the lock: there the gap remains, on the safe side."""
         return self._lock if self._local is not None else contextlib.nullcontext()
 
-    def _claim(self, session_id: str, labels: Iterable[str]) -> None:
-        """This process saw one more counted fact of the session (call with the lock held)."""
-        self._recorded[session_id] = self._recorded.get(session_id, 0) + 1
+    def _claim(self, session_id: str, labels: Iterable[str], seq: int | None) -> None:
+        """This process holds counted fact ``seq`` of the session (call with the lock held)."""
+        if seq is None:  # no store: nothing to compare with
+            self._recorded[session_id] = self._recorded.get(session_id, 0) + 1
+        else:
+            seen = self._seen.get(session_id)
+            if seen is None:
+                seen = self._seen[session_id] = _Seen()
+            seen.add(seq)
+            self._recorded[session_id] = len(seen)
         self._counted.setdefault(session_id, set()).update(labels)
 
-    def _count(self, session_id: str, new_labels: Iterable[str]) -> None:
-        """Count one recorded fact (and labels new to this process) in the state store."""
+    def _count(self, session_id: str, new_labels: Iterable[str],
+               fact: dict[str, Any] | None = None) -> int | None:
+        """Count one recorded fact (and labels new to this process) in the state store; its
+        number. Where the store keeps facts, ``fact`` (JSON data) is kept with its number."""
         if self._state is None:
-            return
+            return None
         if self._local is not None:
             with _LOCAL_LOCK:
                 total, counted = self._local.get(session_id, (0, frozenset()))
                 self._local[session_id] = (total + 1, counted | frozenset(new_labels))
-            return
+            return total + 1
         now = self._clock()
         for label in new_labels:
             self._state.add(f"flow:l:{session_id}:{label}", 1, FOREVER, now)
-        self._state.add(f"flow:n:{session_id}", 1, FOREVER, now)
+        if fact is not None and self._logs:
+            body = orjson.dumps(fact)
+            if len(body) > MAX_FACT_BYTES:  # kept without its data: a replay unplaces its labels
+                body = orjson.dumps({**{k: v for k, v in fact.items() if k not in ("v", "raw")},
+                                     "cut": True})
+            return int(self._state.add_fact(f"flow:n:{session_id}", FOREVER, now, session_id,
+                                            body))
+        return int(self._state.add(f"flow:n:{session_id}", 1, FOREVER, now))
+
+
+def _wait(calls: dict[str, list[frozenset[str]]], tool: str, carried: frozenset[str]) -> None:
+    """One more call of ``tool`` whose result is to carry ``carried`` (bounded: past
+    ``_MAX_WAITING``, later results of the tool carry more, never less)."""
+    waiting = calls.setdefault(tool, [])
+    if len(waiting) < _MAX_WAITING:
+        waiting.append(carried)
+    else:
+        waiting[-1] |= carried

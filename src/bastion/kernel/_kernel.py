@@ -33,7 +33,7 @@ from bastion.flow._results import has_handle
 from bastion.kernel._approvals import Approvals, Approver
 from bastion.kernel._budgets import FOREVER, SessionBudgets
 from bastion.kernel._events import _deny, _Event
-from bastion.kernel._flow import HISTORY_UNKNOWN, SESSION_ENDED, FlowTracker
+from bastion.kernel._flow import _COMPLETE, HISTORY_UNKNOWN, SESSION_ENDED, FlowTracker
 from bastion.kernel._flowrules import flow_note
 from bastion.kernel._operations import KernelOperations, _kill_hit, _name, _open_audit
 from bastion.kernel._redact import redact
@@ -84,6 +84,7 @@ class Kernel(KernelOperations):
         approval_ttl_s: float = 900.0,
         clock: Callable[[], int] = time.time_ns,
         id_prefix: str | None = None,
+        share_flow: bool = False,
     ):
         self._cedar = policy if isinstance(policy, CedarPolicy) else None
         if isinstance(policy, CedarPolicy):
@@ -126,7 +127,7 @@ class Kernel(KernelOperations):
             cr.rule.when and any(w in cr.rule.when for w in _FLOW_WORDS)
             for cr in self.compiled.rules)
         self._flow = FlowTracker.for_rules(self.catalog, self.compiled.rules, self._state,
-                                           clock=lambda: self._clock() / 1e9)
+                                           clock=lambda: self._clock() / 1e9, share=share_flow)
         self._needs_history = bool(self._flow.history_rules)
         self._checks_results = self._cedar is not None or any(
             cr.rule.stage is Stage.POST_TOOL for cr in self.compiled.rules)
@@ -313,6 +314,11 @@ class Kernel(KernelOperations):
             data["agent"] = agent
         # the arguments' labels are read before the session's: an end_session between the two
         # reads then shows in the session's labels (ended), never as forgotten provenance alone
+        synced: Any = None  # shared provenance: replay what other workers recorded first
+        if self._flow_on and self._flow.shares_facts and (
+                "arg_labels" in names or "session" in names):
+            missing = self._flow.sync(session_id)  # an empty set is missing facts too
+            synced = _COMPLETE if missing is None else missing
         if "arg_labels" in names:
             data["arg_labels"] = self._flow.arg_labels(session_id, action.args)
         if "session" in names:
@@ -321,7 +327,7 @@ class Kernel(KernelOperations):
                 session["calls"] = self._state.count(f"calls:{session_id}", FOREVER, ts / 1e9)
             if self._flow_on:
                 session["labels"], history = self._flow.session_facts(
-                    session_id, history=self._needs_history)
+                    session_id, history=self._needs_history, missing=synced)
                 if self._needs_history:  # 64 entries converted for CEL on every decision
                     session["history"] = history
             data["session"] = session

@@ -90,6 +90,12 @@ return {1, bump(n, 1)}
 _ADD = _COUNTER_LUA + """
 return bump(current(), ARGV[3])
 """
+# KEYS: as _TAKE, then the facts hash. ARGV: as _ADD (amount 1), then the fact's body.
+_ADD_FACT = _COUNTER_LUA + """
+local n = bump(current(), 1)
+redis.call('HSET', KEYS[4], n, ARGV[6])
+return n
+"""
 # KEYS: index. ARGV: range min, range max, counter key prefix, window. Drops expired names.
 _COUNTS = """
 local out = {}
@@ -255,6 +261,7 @@ class RedisStore:
         s = self._r.register_script
         self._take, self._add, self._counts, self._clear, self._delete = (
             s(_TAKE), s(_ADD), s(_COUNTS), s(_CLEAR), s(_DELETE))
+        self._add_fact = s(_ADD_FACT)
         self._put, self._decide, self._consume = s(_PUT), s(_DECIDE), s(_CONSUME)
         self._index, self._flagkey = self._p + "cx", self._p + "flags"
         self._expiring = self._p + "cxe"  # names of counters that expire, by when
@@ -300,6 +307,27 @@ class RedisStore:
 
     def add(self, key: str, amount: int, window_s: int, now: float) -> int:
         return int(self._counter_call(self._add, key, window_s, now, amount))
+
+    def add_fact(self, key: str, window_s: int, now: float, facts: str, body: bytes) -> int:
+        """``add(key, 1, …)`` and keep ``body`` under ``(facts, the new count)``, atomically."""
+        with self._io("add_fact"):
+            return int(self._add_fact(
+                keys=[self._counter(key), self._index, self._expiring, self._p + "f:" + facts],
+                args=[key, int(now // window_s), 1, self._ttl_ms(window_s), self._p + "c:",
+                      body]))
+
+    def facts(self, facts: str, upto: int, since: int = 0) -> dict[int, bytes]:
+        """The bodies kept under ``facts`` numbered ``since + 1`` to ``upto``."""
+        seqs = list(range(max(since, 0) + 1, upto + 1))
+        if not seqs:
+            return {}
+        with self._io("facts"):
+            raw = self._r.hmget(self._p + "f:" + facts, seqs)
+        return {n: bytes(v) for n, v in zip(seqs, raw, strict=True) if v is not None}
+
+    def delete_facts(self, facts: str) -> int:
+        with self._io("delete_facts"):
+            return int(self._r.delete(self._p + "f:" + facts))
 
     def count(self, key: str, window_s: int, now: float) -> int:
         with self._io("count"):

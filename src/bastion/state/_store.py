@@ -101,6 +101,8 @@ create table if not exists flags (key text primary key, value text not null);
 create table if not exists approvals (id text primary key, digest text not null, tool text,
     agent text, session text, created real, expires real, status text not null,
     decided_by text, note text);
+create table if not exists facts (key text not null, seq integer not null, body blob not null,
+                                  primary key (key, seq));
 """
 
 
@@ -197,6 +199,30 @@ class SQLiteStore:
         with self._tx() as db:
             return sum(int(db.execute("delete from counters where key=?", (k,)).rowcount)
                        for k in keys)
+
+    def add_fact(self, key: str, window_s: int, now: float, facts: str, body: bytes) -> int:
+        """``add(key, 1, …)`` and keep ``body`` under ``(facts, the new count)``, atomically:
+        the count numbers the fact. For a log that other processes replay (the flow facts)."""
+        window = int(now // window_s)
+        with self._tx() as db:
+            row = db.execute("select window, n from counters where key=?", (key,)).fetchone()
+            n = (row[1] if row and row[0] == window else 0) + 1
+            db.execute("insert into counters(key, window, n) values(?,?,?) on conflict(key) do "
+                       "update set window=excluded.window, n=excluded.n", (key, window, n))
+            db.execute("insert or replace into facts(key, seq, body) values(?,?,?)",
+                       (facts, n, body))
+            return int(n)
+
+    def facts(self, facts: str, upto: int, since: int = 0) -> dict[int, bytes]:
+        """The bodies kept under ``facts`` numbered ``since + 1`` to ``upto``."""
+        with self._lock:
+            rows = self._db.execute("select seq, body from facts where key=? and seq > ? and "
+                                    "seq <= ?", (facts, since, upto)).fetchall()
+        return {int(seq): bytes(body) for seq, body in rows}
+
+    def delete_facts(self, facts: str) -> int:
+        with self._tx() as db:
+            return int(db.execute("delete from facts where key=?", (facts,)).rowcount)
 
     def count(self, key: str, window_s: int, now: float) -> int:
         window = int(now // window_s)
