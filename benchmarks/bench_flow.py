@@ -9,6 +9,9 @@ Rows (default pack ``policies/flow-default.yaml``, a catalog, audit off):
   session): what an agent that reads and acts in turn meets;
 * ``post_tool`` decision that records one such result (``pass``), marks it (``mark``) or
   quarantines it (``quarantine``);
+* with a shared SQLite state file: the ``pre_tool`` decision, the same with provenance shared
+  (``share_flow=True``), and a worker switch (worker A records a 1 KB result, worker B, which
+  replays it, decides);
 * for comparison, the same ``pre_tool`` call under a policy without flow (no catalog).
 
 Each row is the median of 5 rounds; the script prints the range so a noisy machine shows.
@@ -125,6 +128,23 @@ def main() -> None:
         k.evaluate(bastion.Action(stage="input", session={"id": "s"}, args={
             "text": "pay the rent of 1200 EUR to DE89 3704 0044 0532 0130 00"}))
         rows["pre_tool, shared SQLite state store"] = per_call_us(lambda: k.evaluate(pay), 300)
+    with tempfile.TemporaryDirectory() as tmp, bastion.Kernel.from_policy(
+            PACK, catalog=CATALOG, audit=False, state=f"{tmp}/state.db",
+            share_flow=True) as a, bastion.Kernel.from_policy(
+            PACK, catalog=CATALOG, audit=False, state=f"{tmp}/state.db", share_flow=True) as b:
+        # provenance shared by two workers: every fact's body is kept too, and a worker replays
+        # what the other recorded before it decides
+        a.evaluate(bastion.Action(stage="input", session={"id": "s"}, args={
+            "text": "pay the rent of 1200 EUR to DE89 3704 0044 0532 0130 00"}))
+        rows["pre_tool, shared SQLite, share_flow"] = per_call_us(lambda: a.evaluate(pay), 300)
+        seq = iter(range(1 << 30))
+
+        def switch() -> None:
+            a.evaluate(bastion.Action(tool="read_inbox", stage="post_tool", session={"id": "s"},
+                                      result=[email(rnd, 5000 + next(seq))]))
+            b.evaluate(pay)
+
+        rows["1 KB result on A, then pre_tool on B"] = per_call_us(switch, 100)
     with bastion.Kernel.from_text(PLAIN, audit=False) as k:
         rows["pre_tool, policy without flow"] = per_call_us(lambda: k.evaluate(pay), 3000)
     print(f"{'row':40} {'p50 µs':>9} {'min':>9} {'max':>9}")
