@@ -11,7 +11,8 @@ the caller's thread, committed (``synchronous=FULL``) before ``append`` returns.
 
 Fail closed: once a write fails the log is unhealthy, events still queued are counted in
 ``stats.failed`` and every later ``append``/``flush`` raises ``AuditError``. One writer per file:
-a second writer's entries collide on ``seq`` and fail its log the same way.
+a writer whose head another has moved past refuses to write (and so fails) and signs no stale
+checkpoint.
 """
 
 from __future__ import annotations
@@ -19,14 +20,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import secrets
 import sqlite3
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,8 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from bastion._errors import AuditError, ConfigError
 from bastion.audit import _store
 from bastion.audit._chain import Chain, CheckpointRow
-from bastion.audit._keys import StrPath, public_key_id, raw_public_key, resolve_keys
-from bastion.audit._store import Resumed, create_log, resume_log
+from bastion.audit._keys import StrPath
+from bastion.audit._store import AuditStats, Resumed
 
 __all__ = ["AuditLog", "AuditStats"]
 
@@ -45,19 +44,6 @@ _IDLE_WAIT = 0.1
 _GATHER_WAIT = 0.005  # a lone event waits at most this long for others to batch with
 _INSERT_ENTRY = "INSERT INTO entries (seq, body, mac, leaf) VALUES (?, ?, ?, ?)"
 _INSERT_CHECKPOINT = "INSERT INTO checkpoints (tree_size, body, signature) VALUES (?, ?, ?)"
-
-
-@dataclass(frozen=True, slots=True)
-class AuditStats:
-    """A snapshot of the writer's counters. ``appended == written + failed + queue_depth`` once
-    the writer is between batches; ``malformed`` entries are also counted in ``written``."""
-
-    appended: int
-    written: int
-    failed: int
-    queue_depth: int
-    checkpoints: int
-    malformed: int
 
 
 class _Marker:
@@ -142,29 +128,9 @@ class AuditLog:
             if type(value) is not int or value < 1:
                 raise ConfigError(f"audit option {name!r} must be a positive integer")
         path = _store.resolve_target(target)
-        conn = _store.connect(path, durable=durable)
-        try:
-            _store.init_schema(conn)
-            meta = _store.read_meta(conn)
-            mac_key, signing_key = resolve_keys(
-                path, existing=bool(meta), key=key, key_path=key_path,
-                signing_key=signing_key, signing_key_path=signing_key_path,
-            )
-            if meta:
-                resumed = resume_log(conn, mac_key, meta, where=str(path or ":memory:"))
-            else:
-                resumed = create_log(conn, mac_key, log_id=secrets.token_hex(16))
-            public = signing_key.public_key()
-            conn.execute(
-                "INSERT OR IGNORE INTO signers (key_id, public_key) VALUES (?, ?)",
-                (public_key_id(public), raw_public_key(public).hex()),
-            )
-        except sqlite3.Error as exc:
-            conn.close()
-            raise AuditError(f"{str(path or ':memory:')!r}: cannot open audit log: {exc}") from exc
-        except BaseException:
-            conn.close()
-            raise
+        conn, mac_key, signing_key, resumed = _store.open_chain(
+            path, durable, key=key, key_path=key_path, signing_key=signing_key,
+            signing_key_path=signing_key_path)
         return cls(conn=conn, path=path, key=mac_key, signing_key=signing_key, resumed=resumed,
                    durable=durable, batch_max=batch_max, queue_max=queue_max,
                    checkpoint_every=checkpoint_every, clock=clock)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import secrets
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from bastion._canon import canonical_json
 from bastion._errors import AuditError, ConfigError
+from bastion.audit._keys import StrPath, public_key_id, raw_public_key, resolve_keys
 from bastion.audit._merkle import CompactTree
 
 __all__ = [
@@ -310,3 +312,46 @@ def _stored_checkpoint(conn: sqlite3.Connection, row: Any, *, where: str) -> Che
     if public is None or not checkpoint.signed_by(public):
         raise AuditError(f"{where!r}: latest checkpoint signature does not verify")
     return checkpoint
+
+
+def open_chain(path: Path | None, durable: bool, *, key: bytes | None, key_path: StrPath | None,
+                signing_key: Ed25519PrivateKey | None, signing_key_path: StrPath | None
+                ) -> tuple[sqlite3.Connection, bytes, Ed25519PrivateKey, Resumed]:
+    """Connect, create the schema, find the keys, and continue (or start) the stored chain."""
+    conn = connect(path, durable=durable)
+    try:
+        init_schema(conn)
+        meta = read_meta(conn)
+        mac_key, signer = resolve_keys(
+            path, existing=bool(meta), key=key, key_path=key_path,
+            signing_key=signing_key, signing_key_path=signing_key_path,
+        )
+        if meta:
+            resumed = resume_log(conn, mac_key, meta, where=str(path or ":memory:"))
+        else:
+            resumed = create_log(conn, mac_key, log_id=secrets.token_hex(16))
+        public = signer.public_key()
+        conn.execute(
+            "INSERT OR IGNORE INTO signers (key_id, public_key) VALUES (?, ?)",
+            (public_key_id(public), raw_public_key(public).hex()),
+        )
+    except sqlite3.Error as exc:
+        conn.close()
+        raise AuditError(f"{str(path or ':memory:')!r}: cannot open audit log: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn, mac_key, signer, resumed
+
+
+@dataclass(frozen=True, slots=True)
+class AuditStats:
+    """A snapshot of the writer's counters. ``appended == written + failed + queue_depth`` once
+    the writer is between batches; ``malformed`` entries are also counted in ``written``."""
+
+    appended: int
+    written: int
+    failed: int
+    queue_depth: int
+    checkpoints: int
+    malformed: int

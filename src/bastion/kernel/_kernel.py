@@ -37,7 +37,7 @@ from bastion.kernel._flow import _COMPLETE, HISTORY_UNKNOWN, SESSION_ENDED, Flow
 from bastion.kernel._flowrules import flow_note
 from bastion.kernel._operations import KernelOperations, _kill_hit, _name, _open_audit
 from bastion.kernel._redact import redact
-from bastion.kernel._types import EMPTY, Action, AgentFacts, Decision, Guard
+from bastion.kernel._types import EMPTY, Action, AgentFacts, Decision, Guard, _plain_map
 from bastion.policy import (
     CompiledPolicy,
     Effect,
@@ -394,12 +394,3 @@ class Kernel(KernelOperations):
         if stage is Stage.PRE_TOOL and self._budgeted:
             return self._session_budgets.check(action, tool, session_id, ts)
         return None
-
-def _plain_map(value: Any) -> Any:
-    """A dict for CEL (which refuses other mapping types); anything else is passed unchanged,
-    so a wrong type makes conditions err (and the combiner fail closed) instead of raising."""
-    if type(value) is dict:
-        return value
-    if value is EMPTY:
-        return {}
-    return dict(value) if isinstance(value, Mapping) else value

@@ -109,3 +109,13 @@ class Guard(Protocol):
     string denies it with that reason (``code: guard``); an exception denies it too."""
 
     def __call__(self, action: Action, tool: str, agent_id: str) -> str | None: ...
+
+
+def _plain_map(value: Any) -> Any:
+    """A dict for CEL (which refuses other mapping types); anything else is passed unchanged,
+    so a wrong type makes conditions err (and the combiner fail closed) instead of raising."""
+    if type(value) is dict:
+        return value
+    if value is EMPTY:
+        return {}
+    return dict(value) if isinstance(value, Mapping) else value
