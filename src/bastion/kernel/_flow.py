@@ -59,10 +59,6 @@ class FlowTracker(SharedFacts):
         # arguments: what such a call returns may be those arguments echoed back, so a result of
         # that tool is untrusted while any is in flight (a clean call clears none of them)
         self._tainted_calls: dict[str, dict[str, list[frozenset[str]]]] = {}
-        # the confidentiality labels a result can bring (every catalog's but "public")
-        self._secrecy = frozenset(
-            {"secret", "internal", *(i.confidentiality for i in catalog.tools.values())}
-            - {"public"})
         self._recent = threading.local()  # the arguments' labels this thread just computed
         # every session-level label a fact can carry (this catalog's, and any the policy names:
         # another worker's catalog may label what this one does not)
@@ -158,6 +154,10 @@ class FlowTracker(SharedFacts):
         is ``incomplete`` and no rule over its history is answered from now on."""
         with self._lock:
             self._provenance(session_id).labels.add(INCOMPLETE)
+        if self._logs:  # other workers (and this one, after a replay) must learn it too
+            seq = self._count(session_id, (), {"k": "unsure"})
+            with self._lock:
+                self._claim(session_id, (), seq)
 
     def arg_labels(self, session_id: str, args: Any) -> dict[str, list[str]]:
         """Each argument's labels, including those of the quarantined values its handles stand
@@ -208,6 +208,8 @@ class FlowTracker(SharedFacts):
 
     def _observe(self, action: Action, decision: Decision) -> Decision:
         stage = action.stage
+        if self._logs and stage in ("post_tool", "pre_tool") and decision.session is not None:
+            self.sync(decision.session)  # a static verdict read nothing: replay before acting
         if stage == "input":
             if decision.allowed:  # counted first: an input whose count fails is not recorded
                 with self._span():
@@ -224,7 +226,7 @@ class FlowTracker(SharedFacts):
             if held and ENDED in (self._missing(decision.session) or ()):
                 return decision._replace(effect="deny", code="session_ended", args=None,
                                          errors=(*decision.errors, SESSION_ENDED))
-            carried = self._note_call(decision)
+            carried = self._carried(decision.session, decision.tool, decision.args)
             with self._lock:
                 if held:
                     args, used, missing = self._vault(decision.session).release(decision.args)
@@ -244,6 +246,9 @@ class FlowTracker(SharedFacts):
                 with self._lock:
                     if not self._holds(decision.session, seq):
                         self._provenance(decision.session).record_call(decision.tool)
+                        if carried:  # what its result is to carry (see _carried)
+                            _wait(self._tainted_calls.setdefault(decision.session, {}),
+                                  decision.tool, carried)
                         self._claim(decision.session, (), seq)
         return decision
 
@@ -269,19 +274,11 @@ class FlowTracker(SharedFacts):
         return any("untrusted" in v or ("unknown" in v and untrusted_session)
                    for v in labels.values())
 
-    def _note_call(self, decision: Decision) -> frozenset[str]:
-        """Before its handles are released: what this call's result must carry from its
-        arguments (``observe_result`` adds it): ``untrusted`` when a trusted tool takes tainted
-        arguments, and the confidentiality labels of its arguments (what an encoder or a
-        translator makes of a secret is still secret)."""
-        carried = self._carried(decision.session, decision.tool, decision.args)
-        if carried:
-            with self._lock:
-                calls = self._tainted_calls.setdefault(decision.session, {})
-                _wait(calls, decision.tool, carried)
-        return carried
-
     def _carried(self, session_id: str, tool: str, args: Any) -> frozenset[str]:
+        """What a call's result must carry from its arguments: ``untrusted`` when a trusted
+        tool takes tainted arguments, and the confidentiality labels of its arguments (what an
+        encoder or a translator makes of a secret is still secret), whichever catalog named
+        them (a replayed fact may bring one this catalog does not)."""
         if not isinstance(args, Mapping) or not args:
             return frozenset()
         trusted = self.catalog.get(tool).integrity == "trusted"
@@ -291,12 +288,12 @@ class FlowTracker(SharedFacts):
         else:  # worth labelling only where an argument can carry something
             with self._lock:
                 prov = self._provenance(session_id)
-                confidential = not self._secrecy.isdisjoint(prov.labels) or \
-                    not self._secrecy.isdisjoint(prov.unplaced)
+                confidential = any(_confidential(x) for x in prov.labels) or \
+                    any(_confidential(x) for x in prov.unplaced)
             if not confidential and not trusted:
                 return frozenset()
             labels = self.arg_labels(session_id, args)
-        out = {x for v in labels.values() for x in v if x in self._secrecy}
+        out = {x for v in labels.values() for x in v if _confidential(x)}
         if trusted and self._tainting(session_id, args, labels):
             out.add("untrusted")
         return frozenset(out)
@@ -307,7 +304,7 @@ class FlowTracker(SharedFacts):
         info = self.catalog.get(tool) if tool else ToolInfo(str(decision.tool))
         integrity = info.integrity
         carried: frozenset[str] = frozenset()
-        if tool:  # what the call's arguments carry into its result (see _note_call)
+        if tool:  # what the call's arguments carry into its result (see _carried)
             with self._lock:
                 waiting = self._tainted_calls.get(decision.session, {}).get(tool)
                 if waiting:
@@ -328,7 +325,7 @@ class FlowTracker(SharedFacts):
         recorded = as_text(action.result)
         held = decision.allowed and info.handling == "quarantine"
         handle = _new_handle() if held else None
-        with self._span():
+        with self._span(), self._recording(decision.session):
             with self._lock:
                 prov = self._provenance(decision.session)
                 prov.record(recorded, labels, info.keys)
@@ -384,3 +381,13 @@ class FlowTracker(SharedFacts):
 
     def __len__(self) -> int:
         return len(self._flows)
+
+
+_NOT_CONFIDENTIALITY = frozenset({"trusted", "untrusted", "unknown", "selected", "user", "public",
+                                  "untrusted_identifier", INJECTION, INCOMPLETE, ENDED})
+
+
+def _confidential(label: str) -> bool:
+    """A confidentiality label other than ``public`` (any catalog's: ``internal``, ``secret``,
+    ``pii:hr``), not an integrity, a source or a session marker."""
+    return label not in _NOT_CONFIDENTIALITY and not label.startswith("tool:")

@@ -88,6 +88,7 @@ class SharedFacts:
         self._lock = threading.RLock()
         self._recorded: dict[str, int] = {}  # session -> facts this process holds
         self._seen: dict[str, _Seen] = {}  # session -> which facts (by number) it holds
+        self._pending: dict[str, int] = {}  # session -> own results recorded, not yet claimed
         # sharing provenance (Kernel(share_flow=True)) on a store that keeps each fact's body
         # (add_fact): a process that has not seen a fact replays it from there (_catch_up)
         # instead of failing closed
@@ -128,6 +129,9 @@ class SharedFacts:
         prov = self._provenance(session_id)
         calls = self._tainted_calls.setdefault(session_id, {})
         for fact in facts:
+            if not _well_formed(fact):  # a foreign or corrupt body: what it held is not placed
+                prov.record_unplaced(["untrusted", INCOMPLETE])
+                continue
             kind, tool = fact.get("k"), str(fact.get("tool", ""))
             if kind == "input":
                 prov.record_input(fact.get("v"))
@@ -149,8 +153,8 @@ class SharedFacts:
                 if isinstance(handle, str):
                     self._vault(session_id).hold(fact.get("raw"), f"tool:{tool}", labels, handle)
                     prov.record(handle, labels)
-            else:  # a fact this version does not know: what it held is not placed
-                prov.record_unplaced(["untrusted", INCOMPLETE])
+            elif kind == "unsure":  # a call another worker counted was denied after all
+                prov.labels.add(INCOMPLETE)
 
 
     def _missing(self, session_id: str) -> set[str] | None:
@@ -191,14 +195,31 @@ class SharedFacts:
         self._forget(session_id)  # ended: its labels may be gone, and the kernel denies it
         return {ENDED}
 
+    @contextlib.contextmanager
+    def _recording(self, session_id: str) -> Any:
+        """Around recording a result and claiming it: a replay meanwhile would apply it a
+        second time (it is counted before it is claimed), so none runs until it is claimed."""
+        with self._lock:
+            self._pending[session_id] = self._pending.get(session_id, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._pending.pop(session_id, 1) - 1
+                if left > 0:
+                    self._pending[session_id] = left
+
     def _catch_up(self, session_id: str, total: int) -> bool:
         """Replay the facts other processes recorded (``total`` counted): the missing ones onto
         what this process holds when they all came after its own, else every fact onto an empty
         session. ``False`` (the caller fails closed) when a fact's body is not there yet, cannot
         be read, or this process recorded a fact meanwhile."""
         with self._lock:
+            if self._pending.get(session_id):
+                return False  # an own result is between its count and its claim: not now
             before = self._recorded.get(session_id, 0)
             seen = self._seen.get(session_id)
+            prov = self._flows.get(session_id)
             since = seen.last if seen is not None and len(seen) == seen.last else 0
         bodies = self._state.facts(session_id, total, since)
         if len(bodies) != total - since:
@@ -207,17 +228,19 @@ class SharedFacts:
             facts = [orjson.loads(bodies[n]) for n in range(since + 1, total + 1)]
         except (orjson.JSONDecodeError, KeyError):
             return False
-        if not all(isinstance(f, dict) for f in facts):
-            return False
         with self._lock:
-            if self._recorded.get(session_id, 0) != before:
+            # the same objects, not just the same counts: an eviction and a new claim would
+            # bring the count back while what this process held is gone
+            if self._recorded.get(session_id, 0) != before or self._pending.get(session_id) \
+                    or self._seen.get(session_id) is not seen or \
+                    self._flows.get(session_id) is not prov:
                 return False  # recorded here meanwhile: try again at the next decision
             self._install(session_id, facts, fresh=since == 0)
             self._seen[session_id] = _Seen(total)
             self._recorded[session_id] = total
             self._counted.setdefault(session_id, set()).update(
-                x for f in facts for x in f.get("labels", ())
-                if isinstance(x, str) and x != "trusted" and ":" not in x)
+                x for f in facts if _well_formed(f) and f["k"] == "result"
+                for x in f["labels"] if x != "trusted" and ":" not in x)
         return True
 
     def _holds(self, session_id: str, seq: int | None) -> bool:
@@ -316,3 +339,22 @@ def _wait(calls: dict[str, list[frozenset[str]]], tool: str, carried: frozenset[
         waiting.append(carried)
     else:
         waiting[-1] |= carried
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(x, str) for x in value)
+
+
+def _well_formed(fact: Any) -> bool:
+    """A fact as this version writes them (kind, and each field of the type it must have)."""
+    if not isinstance(fact, dict):
+        return False
+    kind = fact.get("k")
+    if kind in ("input", "unsure"):
+        return True
+    if not isinstance(fact.get("tool"), str):
+        return False
+    if kind == "call":
+        return _strings(fact.get("carried", []))
+    return kind == "result" and _strings(fact.get("labels")) and bool(fact["labels"]) and \
+        _strings(fact.get("keys", [])) and isinstance(fact.get("handle"), str | None)
