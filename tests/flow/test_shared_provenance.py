@@ -15,9 +15,12 @@ from typing import Any
 
 import pytest
 from flow_support import CATALOG, PACK, SEQUENCE, VERIFY_THEN_PAY, act, call_tool
+from hypothesis import given
+from hypothesis import strategies as st
 
 import bastion
 from bastion.flow._results import HANDLE
+from bastion.kernel._flowfacts import _Seen
 
 ATTACKER = "XX12ATTACKER000000000001"
 LANDLORD = "GB33BUKB20201555555555"
@@ -170,3 +173,15 @@ def test_a_worker_in_another_process(url: str) -> None:
         assert injected.effect == "require_approval" and "incomplete" not in _note(injected)
         assert b.evaluate(act("pre_tool", "send_money",
                               args={"recipient": LANDLORD, "amount": 900})).allowed
+
+
+@given(st.lists(st.integers(min_value=1, max_value=60)))
+def test_the_facts_a_worker_holds_are_counted_exactly(seqs: list[int]) -> None:
+    """However facts arrive (replayed, own, twice), the count is the number of distinct ones:
+    never more, or a later missing fact would go unnoticed."""
+    seen = _Seen()
+    for n in seqs:
+        seen.add(n)
+    assert len(seen) == len(set(seqs))
+    assert all(n in seen for n in seqs) and 0 not in seen and 61 not in seen
+    assert seen.last == max(seqs, default=0)

@@ -293,7 +293,8 @@ class FlowTracker(SharedFacts):
             if not confidential and not trusted:
                 return frozenset()
             labels = self.arg_labels(session_id, args)
-        out = {x for v in labels.values() for x in v if _confidential(x)}
+        out = {x for v in labels.values() for x in v}
+        out = {x for x in out - _NOT_CONFIDENTIALITY if not x.startswith("tool:")}
         if trusted and self._tainting(session_id, args, labels):
             out.add("untrusted")
         return frozenset(out)

@@ -55,7 +55,9 @@ class _Seen:
         self.later: set[int] = set()
 
     def add(self, seq: int) -> None:
-        if seq > self.upto:
+        if seq == self.upto + 1 and not self.later:  # the usual case: the next one
+            self.upto = seq
+        elif seq > self.upto:
             self.later.add(seq)
             while self.upto + 1 in self.later:
                 self.upto += 1
