@@ -64,7 +64,7 @@ class _Seen:
                 self.later.discard(self.upto)
 
     def __contains__(self, seq: object) -> bool:
-        return isinstance(seq, int) and (seq <= self.upto or seq in self.later)
+        return isinstance(seq, int) and (1 <= seq <= self.upto or seq in self.later)
 
     def __len__(self) -> int:
         return self.upto + len(self.later)
