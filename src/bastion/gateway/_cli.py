@@ -98,11 +98,15 @@ def tools(config: ConfigOpt = None, state: StateOpt = None,
 @gateway_app.command("approve-tool")
 def approve_tool(name: Annotated[str, typer.Argument(help="The served name: upstream__tool.")],
                  by: Annotated[str, typer.Option("--by", help="Who approves.")],
-                 config: ConfigOpt = None, state: StateOpt = None) -> None:
-    """Trust the definition of NAME the gateway last saw (review it with `tools --full`)."""
+                 config: ConfigOpt = None, state: StateOpt = None,
+                 digest: Annotated[str | None, typer.Option(
+                     "--digest", help="The definition reviewed (`tools --full`'s seen): "
+                                      "refused if the tool changed since.")] = None) -> None:
+    """Trust the definition of NAME the gateway last saw (review it with `tools --full`, and
+    pass its `seen` as --digest so that a definition swapped since is not approved)."""
     store, cfg = _pins(config, state)
     try:
-        pin = store.approve(name, by, time.time())
+        pin = store.approve(name, by, time.time(), digest)
     except BastionError as exc:
         fail(f"error: {exc}", 1)
     finally:

@@ -79,7 +79,7 @@ def parse_config(text: str, path: str = "<text>", *, base: Path | None = None) -
         raise PolicyError("expected a mapping", path=path, line=1, column=1)
     c = _Checker(path, base or Path.cwd())
     c.keys(doc, _TOP, required=("version", "policy", "upstreams"))
-    if doc["version"] != 1:
+    if type(doc["version"]) is not int or doc["version"] != 1:  # not True, not 1.0
         c.fail(doc.value_pos["version"], "unsupported version (expected 1)")
     ups = doc["upstreams"]
     if not isinstance(ups, LocatedList) or not ups:
@@ -132,6 +132,8 @@ class _Checker:
 
     def path(self, node: Located, key: str, *, optional: bool = False) -> Any:
         value = self.string(node, key, optional=optional)
+        if value is not None and "\0" in value:
+            self.fail(node.value_pos[key], f"{key!r} holds a NUL character")
         if value is None or "://" in value or value.startswith(":memory:"):
             return value
         return str(self.base / value)

@@ -127,13 +127,18 @@ class PinStore:
                 _put(db, pin)
         return pin, moved
 
-    def approve(self, name: str, by: str, now: float) -> Pin:
-        """Trust the definition of ``name`` last seen; ``StateError`` when it was never seen."""
+    def approve(self, name: str, by: str, now: float, digest: str | None = None) -> Pin:
+        """Trust the definition of ``name`` last seen; ``StateError`` when it was never seen,
+        and when ``digest`` (what the approver reviewed, ``tools --full``'s ``seen``) is not
+        the definition last seen: an upstream that swapped it since gets no approval."""
         with self._tx() as db:
             row = db.execute("select * from mcp_tool_pins where name=?", (name,)).fetchone()
             if row is None:
                 raise StateError(f"no tool {name!r} has been seen by the gateway")
             old = _pin(row)
+            if digest is not None and digest != old.seen:
+                raise StateError(f"tool {name!r} changed since it was reviewed (reviewed "
+                                 f"{digest[:19]}, now {old.seen[:19]}): review it again")
             pin = Pin(old.name, old.upstream, old.tool, old.seen, "approved", "ok", old.seen,
                       old.definition, (), by, now)
             _put(db, pin)

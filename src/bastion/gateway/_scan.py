@@ -124,7 +124,10 @@ def _scan_text(where: str, text: str,
         yield Finding("invisible", where, detail + (f" (hidden text {smuggled[:80]!r})"
                                                     if smuggled else ""))
     normal = norm_text(text)
-    for variant in dict.fromkeys((normal, norm_text(tag_text(text)))):
+    # and read with words joined by '_' (as schema keys must be) apart, and look-alike letters
+    # of other scripts as the Latin ones they imitate
+    for variant in dict.fromkeys((normal, norm_text(tag_text(text)), _spaced(normal),
+                                  _spaced(_latin(normal)))):
         for label, rx in _INSTRUCTIONS:
             m = rx.search(variant)
             if m:
@@ -134,6 +137,23 @@ def _scan_text(where: str, text: str,
         if rx.search(normal):
             yield Finding("tool_reference", where, f"mentions {other!r}, a tool of another "
                                                    "server")
+
+
+def _spaced(text: str) -> str:
+    return text.replace("_", " ")
+
+
+# Cyrillic and Greek letters that look like Latin ones (letters only: no digit folds)
+_LATIN = str.maketrans({
+    "а": "a", "в": "b", "с": "c", "е": "e", "һ": "h", "і": "i", "ј": "j", "к": "k", "м": "m",
+    "н": "h", "о": "o", "р": "p", "ԛ": "q", "ѕ": "s", "т": "t", "у": "y", "х": "x", "ԝ": "w",
+    "ӏ": "l", "ɡ": "g", "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v",
+    "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "γ": "y", "ѵ": "v", "ԁ": "d", "ɩ": "i",
+})
+
+
+def _latin(text: str) -> str:
+    return text.translate(_LATIN)
 
 
 def _schema_strings(node: Any, where: str, depth: int) -> Iterator[tuple[str, str]]:

@@ -124,11 +124,19 @@ class Gateway:
 
     def _findings(self, listed: list[Served]) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
+        counts: dict[str, int] = {}
         for s in listed:
-            others = [o.tool for o in listed if o.upstream != s.upstream]
+            counts[s.name] = counts.get(s.name, 0) + 1
+        for s in listed:
+            # other upstreams' tools by both names: the bare one and the one the model sees
+            others = [n for o in listed if o.upstream != s.upstream for n in (o.tool, o.name)]
             d = s.definition
-            out[s.name] = [str(f) for f in scan_tool(d.name, d.description, d.input_schema,
-                                                     title=d.title, other_tools=others)]
+            found = [str(f) for f in scan_tool(d.name, d.description, d.input_schema,
+                                               title=d.title, other_tools=others)]
+            if counts[s.name] > 1:  # which of the entries would be called is the upstream's
+                found.append(f"listed {counts[s.name]} times by {s.upstream!r}: no one "
+                             "definition can be pinned")
+            out.setdefault(s.name, []).extend(found)
         trusted = {s.name for s in listed if (p := self.pins.get(s.name)) is not None
                    and p.trusted and p.trusted == p.seen}
         for i, j, why in typosquats([(s.upstream, s.tool) for s in listed]):
@@ -164,9 +172,12 @@ class Gateway:
             result = await self.clients[served.upstream].call_tool(served.tool, pre.args)
         except Exception as exc:
             self.gate.failed(pre, exc)
+            # the upstream's own words are as untrusted as a result: none reach the model
+            log.warning("upstream %r: call to %r failed: %s", served.upstream, served.tool, exc)
             return CallToolResult(content=[TextContent(
                 text=f"The upstream server {served.upstream!r} failed the call to "
-                     f"{served.tool!r}: {type(exc).__name__}: {exc}")], is_error=True)
+                     f"{served.tool!r} ({type(exc).__name__}; its message is in the gateway's "
+                     "log, not shown here).")], is_error=True)
         # the upstream's _meta (its serverInfo stamp among others) is not the gateway's to pass
         post, shown = await govern_result(self.gate, pre, result.model_copy(update={"meta": None}))
         if post.stop:

@@ -67,6 +67,8 @@ def read_source(path: str | os.PathLike[str]) -> str:
         raise PolicyError("file not found", path=p, line=0, column=0) from None
     except OSError as exc:
         raise PolicyError(f"cannot read file: {exc.strerror}", path=p) from None
+    except ValueError as exc:  # a NUL in the name
+        raise PolicyError(f"cannot read file: {exc}", path=p.replace("\0", "\\0")) from None
     if len(raw) > MAX_BYTES:
         raise PolicyError(f"file is larger than {MAX_BYTES} bytes", path=p, line=1, column=1)
     try:
