@@ -66,7 +66,8 @@ class _StaticFacts:
 def run_file(path: str | Path) -> list[CaseResult]:
     """Run every case of one test file. Raises ``PolicyError`` for a malformed file or policy."""
     p = Path(path)
-    doc = read_yaml(read_source(p), str(p))
+    source = read_source(p)
+    doc = read_yaml(source, str(p))
     where = str(p)
     if not isinstance(doc, Located):
         raise PolicyError("a policy test file must be a mapping", path=where, line=1, column=1)
@@ -80,10 +81,19 @@ def run_file(path: str | Path) -> list[CaseResult]:
         vp = doc.value_pos["policy_text"]
         try:
             policy = parse_policy(str(doc["policy_text"]), path=f"{where}#policy_text")
-        except PolicyError as exc:  # point into the test file: block text starts a line later
-            raise PolicyError(exc.message, path=where, line=vp.line + exc.line,
-                              column=exc.column) from None
-    facts = _StaticFacts(dict(doc.get("agents") or {}))
+        except PolicyError as exc:  # point into the test file: block text starts a line later,
+            line = vp.line + exc.line  # and its lines are indented there (by its first line)
+            lines = source.splitlines()[vp.line:]
+            first = next((t for t in lines if t.strip()), "")
+            indent = len(first) - len(first.lstrip(" ")) if exc.column else 0
+            raise PolicyError(exc.message, path=where, line=line,
+                              column=exc.column + indent if exc.column else exc.column) from None
+    agents = doc.get("agents") or {}
+    if not isinstance(agents, dict) or not all(isinstance(v, dict) for v in agents.values()):
+        vp = doc.value_pos["agents"]
+        raise PolicyError("'agents' must map agent ids to their facts", path=where,
+                          line=vp.line, column=vp.column)
+    facts = _StaticFacts(dict(agents))
     catalog = None
     if "catalog" in doc or "catalog_text" in doc:
         from bastion.flow import load_catalog, parse_catalog
@@ -97,7 +107,7 @@ def run_file(path: str | Path) -> list[CaseResult]:
     results = []
     with Kernel(policy, audit=None, agent_facts=facts, catalog=catalog) as kernel:
         if doc.get("rings"):
-            _rings(kernel, facts, doc)
+            _rings(kernel, facts, doc, where)
         for case, pos in zip(cases, cases.item_pos, strict=True):
             if not isinstance(case, Located):
                 raise PolicyError("a case must be a mapping", path=where, line=pos.line,
@@ -106,7 +116,7 @@ def run_file(path: str | Path) -> list[CaseResult]:
     return results
 
 
-def _rings(kernel: Kernel, facts: _StaticFacts, doc: Located) -> None:
+def _rings(kernel: Kernel, facts: _StaticFacts, doc: Located, where: str) -> None:
     import json
     import time
 
@@ -114,7 +124,14 @@ def _rings(kernel: Kernel, facts: _StaticFacts, doc: Located) -> None:
 
     guard = RingGuard(kernel.catalog, ring_of=lambda a: facts(a).get("ring"), state=kernel.state)
     kernel.add_guard(guard)
-    for agent, grant in dict(doc.get("elevations") or {}).items():
+    elevations = doc.get("elevations") or {}
+    bad = not isinstance(elevations, dict) or not all(
+        isinstance(g, dict) and type(g.get("ring")) is int for g in elevations.values())
+    if bad:
+        vp = doc.value_pos.get("elevations", doc.pos)
+        raise PolicyError("'elevations' must map agent ids to {ring: N, expired: bool}",
+                          path=where, line=vp.line, column=vp.column)
+    for agent, grant in elevations.items():
         expires = time.time() + (-60 if grant.get("expired") else 3600)
         kernel.state.set_flag(f"elevation:{agent}", json.dumps(
             {"agent": agent, "ring": grant["ring"], "expires": expires,
@@ -155,6 +172,15 @@ def _run_case(kernel: Kernel, case: Located, where: str) -> CaseResult:
                           path=where, line=case.pos.line, column=case.pos.column)
     if isinstance(expect, Located):
         _check_keys(expect, _EXPECT_KEYS, "expect", where)
+        for key in ("rule_ids", "args"):
+            value = expect.get(key)
+            ok = isinstance(value, dict) if key == "args" else isinstance(value, list) and all(
+                isinstance(x, str) for x in value)
+            if key in expect and not ok:
+                vp = expect.value_pos[key]
+                raise PolicyError(f"'expect.{key}' must be a "
+                                  + ("list of rule ids" if key == "rule_ids" else "mapping"),
+                                  path=where, line=vp.line, column=vp.column)
     repeat = case.get("repeat", 1)
     if not isinstance(repeat, int) or isinstance(repeat, bool) or not 1 <= repeat <= 10_000:
         raise PolicyError("'repeat' must be an integer from 1 to 10000", path=where,

@@ -98,8 +98,16 @@ def eval_(
     with kernel:
         decision = kernel.evaluate(Action(tool=tool, stage=stage, result=res,
                                           approval=approval, **parsed))
-    typer.echo(json.dumps(decision.to_dict(), ensure_ascii=False, default=str))
+    typer.echo(_json_out(decision.to_dict()))
     raise typer.Exit(0 if decision.allowed else 1)
+
+
+def _json_out(value: Any) -> str:
+    """JSON text that parses anywhere: what JSON cannot carry (a lone surrogate, NaN) in the
+    tagged form the audit log uses (``{"$str": …}``, ``{"$float": …}``)."""
+    from bastion._canon import repaired
+
+    return json.dumps(repaired(value), ensure_ascii=False, default=str, allow_nan=False)
 
 
 @app.command()
@@ -133,18 +141,32 @@ def approve(
     by: Annotated[str, typer.Option("--by", help="Who approves.")],
     refuse: Annotated[bool, typer.Option("--refuse", help="Refuse instead of granting.")] = False,
     note: Annotated[str, typer.Option("--note")] = "",
+    audit: Annotated[str | None, typer.Option("--audit", help="Audit log to record it in.")] = None,
 ) -> None:
     """Grant (or --refuse) a pending approval. It is single-use and bound to one action."""
     from bastion._errors import ApprovalError
-    from bastion.state import open_store
+    from bastion.kernel._approvals import Approvals
 
-    store = open_store(state)
+    if not by.strip():
+        _fail("error: an approval needs the approver's identity (--by)")
+    store = _open_state(state)
+    log = None
     try:
-        decided = store.decide_approval(approval_id, not refuse, by, note, time.time())
+        if audit:
+            from bastion.audit import AuditLog
+
+            log = AuditLog.open(audit, durable=True)
+        # the kernel's own approval path: the identity check, and the audit event
+        decided = Approvals(store, None, 0.0, log, time.time_ns).decide(
+            approval_id, not refuse, by, note)
     except ApprovalError as exc:
         _fail(f"error: {exc}", 1)
+    except BastionError as exc:
+        _fail(f"error: {exc}")
     finally:
         store.close()
+        if log is not None:
+            log.close()
     typer.echo(f"{decided.id}: {decided.status} by {decided.decided_by} ({decided.tool})")
 
 
@@ -152,16 +174,28 @@ def approve(
 def approvals(state: Annotated[str, typer.Option("--state")],
               all_: Annotated[bool, typer.Option("--all")] = False) -> None:
     """List pending approvals (``--all``: every status)."""
-    from bastion.state import open_store
-
-    store = open_store(state)
+    store = _open_state(state)
     try:
-        for a in store.list_approvals(None if all_ else "pending"):
+        try:
+            listed = store.list_approvals(None if all_ else "pending")
+        except BastionError as exc:
+            _fail(f"error: {exc}")
+        for a in listed:
             typer.echo(json.dumps({"id": a.id, "status": a.status, "tool": a.tool,
                                    "agent": a.agent, "session": a.session,
                                    "expires": a.expires, "digest": a.digest}))
     finally:
         store.close()
+
+
+def _open_state(state: str) -> Any:
+    """The state store named by ``--state``; exit 2 with the reason when it cannot be."""
+    from bastion.state import open_store
+
+    try:
+        return open_store(state)
+    except BastionError as exc:
+        _fail(f"error: {exc}")
 
 
 ScopeAgent = Annotated[str | None, typer.Option("--agent", help="One agent id.")]
@@ -301,7 +335,12 @@ def audit_export(path: Path,
 
     if fmt != "jsonl":
         _fail(f"error: unknown format {fmt!r} (jsonl)")
-    sink = out.open("w", encoding="utf-8") if out else sys.stdout
+    if not path.exists():
+        _fail(f"{path}: error: no such audit log")
+    try:
+        sink = out.open("w", encoding="utf-8") if out else sys.stdout
+    except OSError as exc:
+        _fail(f"{out}: error: cannot write: {exc.strerror}")
     try:
         for event in _read(path, read_events):
             sink.write(json.dumps(event, ensure_ascii=False) + "\n")
@@ -350,7 +389,13 @@ def demo(workdir: Annotated[Path, typer.Option("--dir", help="Where to write fil
     """Run a scripted, governed agent that shows the main features."""
     from bastion._demo import run_demo
 
-    raise typer.Exit(run_demo(workdir))
+    if workdir.exists() and not workdir.is_dir():
+        _fail(f"{workdir}: error: not a directory")
+    try:
+        code = run_demo(workdir)
+    except OSError as exc:
+        _fail(f"{workdir}: error: {exc.strerror or exc}")
+    raise typer.Exit(code)
 
 
 def main() -> None:

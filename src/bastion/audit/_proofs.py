@@ -138,8 +138,10 @@ def prove_inclusion(
         body, mac = _store.blob(rows[0][0]), str(rows[0][1])
         try:
             bytes.fromhex(mac)
-        except ValueError:
-            raise AuditError(f"{where!r}: entry {seq} has a malformed mac; run verify") from None
+            text = body.decode("utf-8")
+        except ValueError:  # UnicodeDecodeError too
+            raise AuditError(f"{where!r}: entry {seq} is malformed (its mac or body); run "
+                             "verify") from None
         path = subtree_inclusion_proof(_db_roots(reader), seq, size)
     return {
         "type": "inclusion",
@@ -148,7 +150,7 @@ def prove_inclusion(
         "leaf_hash": entry_leaf_hash(body, bytes.fromhex(mac)).hex(),
         "root_hash": checkpoint["root_hash"],
         "audit_path": [node.hex() for node in path],
-        "entry": {"body": body.decode("utf-8"), "mac": mac},
+        "entry": {"body": text, "mac": mac},
         "checkpoint": checkpoint,
     }
 

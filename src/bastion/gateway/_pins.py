@@ -131,6 +131,8 @@ class PinStore:
         """Trust the definition of ``name`` last seen; ``StateError`` when it was never seen,
         and when ``digest`` (what the approver reviewed, ``tools --full``'s ``seen``) is not
         the definition last seen: an upstream that swapped it since gets no approval."""
+        if not isinstance(by, str) or not by.strip():
+            raise StateError("approving a tool needs the approver's identity ('by')")
         with self._tx() as db:
             row = db.execute("select * from mcp_tool_pins where name=?", (name,)).fetchone()
             if row is None:

@@ -133,7 +133,7 @@ class Approvals:
 
     def decide(self, approval_id: str, grant: bool, by: str, note: str) -> Approval:
         """Grant or refuse a pending approval, as ``by``; audited."""
-        if not by:
+        if not isinstance(by, str) or not by.strip():
             raise ApprovalError("an approval decision needs the approver's identity ('by')")
         decided = self._state.decide_approval(approval_id, grant, by, note, self._clock() / 1e9)
         if self._audit is not None:

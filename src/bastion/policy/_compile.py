@@ -35,6 +35,34 @@ def check_condition(source: str) -> tuple[int, int, str] | None:
         return 1, 1, text.removeprefix("INVALID_ARGUMENT: ").strip()
     if expr.return_type().name().lower() != "bool":
         return 1, 1, f"condition must be a bool, not {expr.return_type().name().lower()}"
+    bad = _bad_constant_regex(expr)
+    if bad is not None:  # it would err on every evaluation: refused at load
+        return 1, 1, bad
+    return None
+
+
+def _bad_constant_regex(program: Any) -> str | None:
+    """The first ``matches()`` whose pattern is a constant RE2 refuses, as a message."""
+    from bastion.policy._celast import checked_expr
+
+    try:
+        root = checked_expr(program, members=True)
+    except (ValueError, KeyError, IndexError, StopIteration, UnicodeDecodeError):
+        return None  # not readable here: CEL still errs (fails closed) at evaluation
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, tuple) or not node:
+            continue
+        if node[0] in ("member", "call") and node[1] == "matches" and len(node[2]) == 2 \
+                and node[2][1][0] == "const" and isinstance(node[2][1][1], str):
+            problem = re2_problem(node[2][1][1])
+            if problem is not None:
+                return f"matches(): invalid regular expression {node[2][1][1]!r}: {problem}"
+        stack.extend(x for x in node[1:] if isinstance(x, tuple | list))
     return None
 
 
@@ -162,3 +190,17 @@ class CompiledPolicy:
 
 def compile_policy(policy: Policy) -> CompiledPolicy:
     return CompiledPolicy(policy)
+
+
+def re2_problem(pattern: str) -> str | None:
+    """Why RE2 refuses ``pattern`` (``None`` when it compiles), without RE2's own logging."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        re2.compile(pattern, options)
+    except Exception as exc:  # re2.error
+        detail = exc.args[0] if exc.args else exc
+        return detail.decode("utf-8", "replace") if isinstance(detail, bytes) else str(detail)
+    return None

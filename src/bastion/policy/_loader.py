@@ -284,12 +284,11 @@ def _redaction(ctx: _Ctx, node: Located, effect: Effect, stage: Stage
     if pattern is not None:
         if not isinstance(pattern, str) or not pattern:
             ctx.fail(node.value_pos["redact_pattern"], "'redact_pattern' must be a regex string")
-        import re2
+        from bastion.policy._compile import re2_problem
 
-        try:
-            re2.compile(pattern)
-        except Exception as exc:
-            ctx.fail(node.value_pos["redact_pattern"], f"bad redact_pattern: {exc}")
+        problem = re2_problem(pattern)
+        if problem is not None:
+            ctx.fail(node.value_pos["redact_pattern"], f"bad redact_pattern: {problem}")
     return tuple(out), pattern
 
 

@@ -97,8 +97,19 @@ def read_yaml(text: str, path: str) -> Any:
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = exc.problem or exc.context or "malformed yaml"
         raise PolicyError(f"invalid yaml: {problem}", path=path, line=line, column=col) from None
+    except yaml.reader.ReaderError as exc:  # a control character: at its place, on one line
+        at = max(0, min(int(exc.position), len(text)))
+        line = text.count("\n", 0, at) + 1
+        column = at - (text.rfind("\n", 0, at) + 1) + 1
+        ch = exc.character
+        code = ch if isinstance(ch, int) else ord(ch) if isinstance(ch, str) and len(ch) == 1 \
+            else None
+        what = f" (U+{code:04X})" if code is not None else ""
+        raise PolicyError(f"invalid yaml: {exc.reason}{what}", path=path, line=line,
+                          column=column) from None
     except yaml.YAMLError as exc:
-        raise PolicyError(f"invalid yaml: {exc}", path=path, line=1, column=1) from None
+        detail = " ".join(str(exc).split())  # one line
+        raise PolicyError(f"invalid yaml: {detail}", path=path, line=1, column=1) from None
     if node is None:
         return None
     return _convert(node, path, _scalars()(), set())
