@@ -47,14 +47,17 @@ def verify_attestation(att: Any) -> dict[str, Any]:
         raise VerificationError("malformed", "not a version 1 attestation")
     if att["kind"] not in KINDS or type(att["weight"]) is not int \
             or not 1 <= att["weight"] <= MAX_WEIGHT or type(att["at"]) is not int \
-            or not isinstance(att["subject"], str):
+            or not all(isinstance(att[k], str) for k in ("subject", "issuer", "sig")) \
+            or not all(isinstance(att[k], str) for k in _FIELDS & {"nonce", "reason"}):
         raise VerificationError("malformed", "attestation fields out of range")
     body = {k: v for k, v in att.items() if k != "sig"}
     try:
         sig = b64d(att["sig"])
-    except ValueError:
-        raise VerificationError("malformed", "attestation signature is not base64url") from None
-    verify_signature(att["issuer"], DOMAIN, canonical_json(body), sig)
+        message = canonical_json(body)
+    except (TypeError, ValueError):
+        raise VerificationError("malformed", "attestation cannot be read (its signature or "
+                                             "fields)") from None
+    verify_signature(att["issuer"], DOMAIN, message, sig)
     return dict(att)
 
 

@@ -67,7 +67,12 @@ def sign_card(card: Any, identity: Identity) -> dict[str, str]:
 
 def verify_card(card: Any, *, did: str) -> None:
     """Raise ``VerificationError`` unless ``card`` carries a valid signature by ``did``."""
-    data = card_json(card)
+    try:
+        data = card_json(card)
+    except (TypeError, ValueError, AttributeError) as exc:  # a JSON list or text from a peer
+        raise VerificationError("malformed", f"an agent card is a JSON object: {exc}") from None
+    if not isinstance(data, dict):
+        raise VerificationError("malformed", "an agent card is a JSON object")
     signatures = data.get("signatures") or []
     if not isinstance(signatures, list) or not signatures:
         raise VerificationError("signature", "agent card is not signed")

@@ -149,7 +149,8 @@ def token_verify(token: str, root: Annotated[list[str], typer.Option("--root")],
         _fail(f"error: {exc}")
     try:
         verified = verify_token(token, roots=root, now=time.time(), audience=aud,
-                                revocations=revocations)
+                                revocations=revocations,  # a revoked or rotated delegator too
+                                issuer_ok=revocations.is_current_key if revocations else None)
         problem = verified.permits(tool, _json("--args", args) or {}) if tool else None
     except VerificationError as exc:
         _out({"valid": False, "reason": exc.reason, "error": str(exc)})

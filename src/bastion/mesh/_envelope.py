@@ -16,8 +16,9 @@ first failure raises ``EnvelopeError``:
 5. The body's digest matches. (``digest``)
 6. The sender is accepted, when a check is given (registered, not revoked). (``unknown_key``)
 7. The nonce is claimed in the shared nonce store under the sender, held until
-   ``ts + MAX_SKEW_S`` — the largest skew any receiver may accept, so a process configured with
-   a wider window than the one that claimed the nonce still sees it
+   ``ts + 2 * MAX_SKEW_S`` — the largest skew any receiver may accept, plus as much again for
+   the clock of whichever process prunes expired nonces (it may run ahead), so a process
+   configured with a wider window than the one that claimed the nonce still sees it
    (after which step 4 refuses the envelope anyway). Already held → ``replay``.
 
 The nonce is claimed last so an envelope that fails any other check never burns a nonce.
@@ -93,7 +94,7 @@ def open_envelope(wire: bytes, *, recipient: str | Collection[str], nonces: Nonc
     if accept_sender is not None and not accept_sender(header["from"]):  # step 6
         raise EnvelopeError("unknown_key", f"sender {header['from']!r} is not accepted")
     if not nonces.claim_nonce(f"env:{header['from']}", header["nonce"],  # step 7
-                              expires=ts + MAX_SKEW_S, now=now):
+                              expires=ts + 2 * MAX_SKEW_S, now=now):
         raise EnvelopeError("replay", f"nonce {header['nonce']!r} was already used")
     return Opened(header["from"], header["to"], header["ts"], header["nonce"], body)
 

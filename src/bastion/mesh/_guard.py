@@ -15,8 +15,9 @@ The kernel never imports ``bastion.mesh``; it runs the ``Guard`` callables it wa
 5. at ``pre_tool``, unless ``unsafe_bearer``: checks ``context["bastion_token_proof"]``
    (``prove_call``), a signature by the token's audience key over this token, tool, arguments,
    time and a nonce, fresh (``|now - ts| <= skew_s``) and used once: its nonce is held until
-   ``ts + MAX_SKEW_S``, the widest skew any guard sharing the nonce store may accept — so a
-   copied token is useless without the key, and a used proof is refused by every guard.
+   ``ts + 2 * MAX_SKEW_S``: the widest skew any guard sharing the nonce store may accept, plus
+   as much again for the clock of the process that prunes expired nonces (which may run ahead)
+   — so a copied token is useless without the key, and a used proof is refused by every guard.
 
 Actions without a tool (``input``/``output``) pass to the policy unchanged.
 """
@@ -157,7 +158,7 @@ class TokenGuard:
         if abs(now - ts) > self._skew:
             return "the proof of possession is stale"
         assert self._nonces is not None
-        if not self._nonces.claim_nonce(f"call:{did}", nonce, expires=ts + MAX_SKEW_S + 1,
+        if not self._nonces.claim_nonce(f"call:{did}", nonce, expires=ts + 2 * MAX_SKEW_S + 1,
                                         now=now):
             return "the proof of possession was already used (replay)"
         return None

@@ -88,7 +88,29 @@ def public_from_did(did: str) -> Ed25519PublicKey:
         raise VerificationError("unknown_key", f"{did!r}: {exc}") from None
     if len(data) != 34 or data[:2] != _ED25519_PUB or did_from_public(data[2:]) != did:
         raise VerificationError("unknown_key", f"{did!r} is not an ed25519 did:key")
+    if _weak(data[2:]):
+        raise VerificationError("unknown_key", f"{did!r} is a small-order or non-canonical "
+                                               "ed25519 key (a signature by it proves nothing)")
     return Ed25519PublicKey.from_public_bytes(data[2:])
+
+
+_P = 2**255 - 19
+# the y-coordinates (sign bit cleared) of the points of order 1, 2, 4 and 8: for such a key one
+# fixed signature verifies over every message
+_SMALL_ORDER = frozenset(bytes.fromhex(h) for h in (
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+))
+
+
+def _weak(raw: bytes) -> bool:
+    """A public key no signature can be trusted from: a point of small order, or an encoding
+    whose y is not reduced modulo p (a second spelling of some point)."""
+    y = bytes(raw[:31]) + bytes([raw[31] & 0x7F])
+    return y in _SMALL_ORDER or int.from_bytes(y, "little") >= _P
 
 
 def _framed(domain: str, message: bytes) -> bytes:

@@ -242,6 +242,9 @@ def verify_token(text: str, *, roots: Collection[str], now: float,
                  revocations: RevocationList | None = None, skew_s: int = 30,
                  issuer_ok: Callable[[str], bool] | None = None) -> VerifiedToken:
     """Verify ``text`` (steps 1-8 of the module docstring) and return it as ``VerifiedToken``."""
+    # one DID given as text is that DID, not a collection of its substrings
+    roots = {roots} if isinstance(roots, str) else roots
+    audience = {audience} if isinstance(audience, str) else audience
     token = parse_token(text)  # step 1
     links = token.links
     if links[0]["prev"] is not None or links[0]["iss"] not in roots:  # step 2

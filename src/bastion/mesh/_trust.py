@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bastion._canon import digest
 from bastion.mesh._attest import verify_attestation
 from bastion.mesh._errors import MeshError, VerificationError
 from bastion.mesh._store import AgentRegistry
@@ -132,6 +133,10 @@ class _Agent:
         self.events = 0
 
 
+# how the audit records a token that is not there (credentials are recorded by digest only)
+_NO_TOKEN = [None, "", *({"$masked": digest(v)} for v in (None, ""))]
+
+
 def _authenticated(event: Mapping[str, Any]) -> bool:
     """The decision passed a ``TokenGuard`` that proved who asked: a ``pre_tool`` decision (the
     only stage where the guard checks the proof of possession; it does not run at ``input`` and
@@ -144,6 +149,8 @@ def _authenticated(event: Mapping[str, Any]) -> bool:
     if not (event.get("stage") == "pre_tool" and isinstance(context, dict)
             and "bastion_token" in context):
         return False
+    if context["bastion_token"] in _NO_TOKEN:  # the key present, no token in it: an optional
+        return False                           # guard let it by without proving anything
     if event.get("code") == "guard":
         return True
     guards = event.get("guards")
