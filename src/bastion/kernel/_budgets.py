@@ -9,6 +9,9 @@ repeat count of this exact call (tripping the breaker for the whole session), th
 from __future__ import annotations
 
 import math
+import re
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from bastion._canon import digest, norm_text, snapshot
@@ -16,6 +19,8 @@ from bastion.kernel._types import Action
 from bastion.policy import Budgets
 from bastion.state import StateStore
 
+_MAX_KEYS = 10_000  # decisions whose outcome may still be reported
+_KEY = re.compile(r"[0-9a-f]{32}")  # a call key (see _call_key): nothing after it
 FOREVER = 1 << 40  # a window no counter outlives: budgets count for the session's lifetime
 _MICRO = 1_000_000  # cost is counted in millionths
 
@@ -24,9 +29,13 @@ class SessionBudgets:
     def __init__(self, state: StateStore, budgets: Budgets):
         self._state = state
         self._b = budgets
+        # decision id -> the key its call was checked under (the arguments as the agent gave
+        # them: a redaction must not give a failing call a fresh retry budget)
+        self._keys: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
 
     def check(self, action: Action, tool: str, session_id: str,
-              ts: float) -> tuple[str, str] | None:
+              ts: float, did: str = "") -> tuple[str, str] | None:
         """Per-session budgets and the loop breaker (see ``bastion.policy.Budgets``)."""
         b, state = self._b, self._state
         if b.session_cost is not None:
@@ -42,6 +51,11 @@ class SessionBudgets:
                 return "loop", ("the session's loop breaker has tripped; no further calls until "
                                 "it is reset")
             call = _call_key(tool, action.args)
+            if did and b.max_failures is not None:
+                with self._lock:
+                    self._keys[did] = call
+                    if len(self._keys) > _MAX_KEYS:
+                        self._keys.popitem(last=False)
             tripped = None
             if b.max_failures is not None:
                 failed = state.count(f"fail:{session_id}:{call}", FOREVER, ts)
@@ -62,15 +76,25 @@ class SessionBudgets:
             return "budget", f"session call budget exhausted ({budget} calls)"
         return None
 
-    def failed(self, session_id: str, tool: str, args: Any, now: float) -> None:
-        """Count a failed call against its retry budget."""
-        self._state.add(f"fail:{session_id}:{_call_key(tool, args)}", 1, FOREVER, now)
+    def failed(self, session_id: str, tool: str, args: Any, now: float, did: str = "") -> None:
+        """Count a failed call against its retry budget (under the key it was checked with)."""
+        with self._lock:
+            call = self._keys.pop(did, None) if did else None
+        call = call or _call_key(tool, args)
+        self._state.add(f"fail:{session_id}:{call}", 1, FOREVER, now)
 
     def reset(self, session_id: str, now: float) -> None:
         trips = self._state.count(f"breaker:{session_id}", FOREVER, now)
         self._state.add(f"breaker:{session_id}", -trips, FOREVER, now)
-        self._state.clear_prefix(f"repeat:{session_id}:")
-        self._state.clear_prefix(f"fail:{session_id}:")
+        for kind in ("repeat", "fail"):  # this session's keys only: not those of "ID:more"
+            prefix = f"{kind}:{session_id}:"
+            many = getattr(self._state, "counts", None)
+            delete = getattr(self._state, "delete", None)
+            if many is not None and delete is not None:
+                delete([k for k in many(prefix, FOREVER, now)
+                        if _KEY.fullmatch(k[len(prefix):])])
+            else:
+                self._state.clear_prefix(prefix)
 
     def add_usage(self, session_id: str, cost: float, tokens: int, now: float) -> None:
         if cost:  # rounded up: many tiny reports must not add up to nothing

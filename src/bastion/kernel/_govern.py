@@ -91,12 +91,23 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
             kernel.record_outcome(decision, "succeeded",
                                   duration_ns=time.perf_counter_ns() - started)
 
+        def live(decision: Decision) -> None:
+            """Between two items of a generator: the kill switch may have been engaged."""
+            hit = kernel.kill_hit(decision)
+            if hit is not None:
+                raise GovernanceDenied(decision._replace(
+                    effect="deny", code="kill_switch",
+                    reasons=(f"kill switch engaged ({hit}) while the call was streaming",)))
+
         def items(decision: Decision, gen: Any, started: int) -> Any:
-            """A generator's items, each checked as a result (``check``) as it is yielded."""
+            """A generator's items, each checked as a result (``check``) as it is yielded, and
+            none after the kill switch covers the call."""
             try:
                 for item in gen:
+                    live(decision)
                     yield check(decision, item, started)
             except GovernanceDenied:
+                gen.close()
                 raise
             except BaseException as exc:
                 failed(decision, exc, started)
@@ -106,6 +117,7 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
         async def async_items(decision: Decision, gen: Any, started: int) -> Any:
             try:
                 async for item in gen:
+                    live(decision)
                     yield check(decision, item, started)
             except GovernanceDenied:
                 raise
@@ -206,7 +218,7 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
                 except BaseException as exc:
                     failed(decision, exc, started)
                     raise
-                if post or labels:
+                if post or labels or inspect.isgenerator(result) or inspect.isasyncgen(result):
                     return after(decision, result, started)
                 audit = kernel.audit  # record_outcome(decision, "succeeded"), inlined
                 if audit is not None:

@@ -358,7 +358,8 @@ class Kernel(KernelOperations):
                                                                 session_id, did, ts)
             reasons.append(note)
         if effect is Effect.ALLOW:  # step 6
-            limited = self._limits(action, verdict, stage, tool, agent_id, session_id, ts / 1e9)
+            limited = self._limits(action, verdict, stage, tool, agent_id, session_id, ts / 1e9,
+                                   did)
             if limited is not None:
                 effect, code = Effect.DENY, limited[0]
                 reasons.insert(0, limited[1])
@@ -380,7 +381,7 @@ class Kernel(KernelOperations):
 
     # -- limits and budgets --------------------------------------------------------------------
     def _limits(self, action: Action, verdict: Verdict, stage: Stage, tool: str, agent_id: str,
-                session_id: str, ts: float) -> tuple[str, str] | None:
+                session_id: str, ts: float, did: str = "") -> tuple[str, str] | None:
         for cr in verdict.rules:
             lim = cr.rule.limit
             if lim is None:
@@ -392,5 +393,5 @@ class Kernel(KernelOperations):
                 return "rate_limit", (f"rate limit of rule {cr.rule.id!r} exceeded "
                                       f"({lim.text} per {lim.per.value})")
         if stage is Stage.PRE_TOOL and self._budgeted:
-            return self._session_budgets.check(action, tool, session_id, ts)
+            return self._session_budgets.check(action, tool, session_id, ts, did)
         return None

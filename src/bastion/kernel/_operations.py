@@ -119,7 +119,7 @@ class KernelOperations:
             raise ConfigError(f"unknown outcome status {status!r}")
         if status != "succeeded" and self.policy.budgets.max_failures is not None:
             self._session_budgets.failed(decision.session, decision.tool, decision.args,
-                                         self._clock() / 1e9)
+                                         self._clock() / 1e9, decision.id)
         if self._audit is not None:
             self._audit.append(_Outcome(decision, status, error, duration_ns, self._clock()))
 

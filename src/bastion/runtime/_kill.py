@@ -149,15 +149,22 @@ class KillSwitch:
             raise ConfigError("engaging the kill switch needs an identity ('by')")
         key = flag_key(agent=agent, session=session, tool=tool, everything=everything)
         record = {"by": by, "reason": reason, "ts": self._clock()}
-        self._state.set_flag(key, json.dumps(record))  # step 1
+        failure: Exception | None = None
+        try:
+            self._state.set_flag(key, json.dumps(record))  # step 1
+        except Exception as exc:  # the store is down: what runs here is still stopped
+            failure = exc
         cancelled = IN_FLIGHT.cancel(_matcher({key: ""}))  # step 2
-        errors = []
+        errors = [] if failure is None else [f"flag not written: {type(failure).__name__}: "
+                                             f"{failure}"]
         for hook in self._hooks:  # step 3
             try:
                 hook(key)
             except Exception as exc:  # a failing hook must not stop the others
                 errors.append(f"{type(exc).__name__}: {exc}")
         self._record("kill.engage", key, by, reason, cancelled=cancelled, errors=errors)
+        if failure is not None:  # the fleet was not told: the caller must know
+            raise failure
         return key, cancelled
 
     def release(self, *, by: str, reason: str = "", agent: str | None = None,
@@ -185,8 +192,10 @@ class KillSwitch:
             if problem is not None:
                 self._record("kill.release_refused", key, by, reason, problem=problem)
                 raise ConfigError(f"release of {key!r} refused: {problem}")
+        engaged = key in self._state.flags()
+        # recorded before it happens: a release the audit log cannot hold does not happen
+        self._record("kill.release", key, by, reason, released=engaged)
         released = self._state.clear_flag(key)
-        self._record("kill.release", key, by, reason, released=released)
         return released
 
     def _check_proof(self, flag: str, by: str, reason: str, proof: str | None) -> str | None:

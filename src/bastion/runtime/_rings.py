@@ -122,8 +122,8 @@ class RingGuard:
             raise ConfigError("an elevation needs a reason")
         now = self._clock()
         grant = Elevation(agent_id, ring, now + seconds, approved_by, reason, now)
+        self._record("ring.elevate", grant)  # first: a grant the audit cannot hold is not made
         self._state.set_flag(f"elevation:{agent_id}", json.dumps(_fields(grant)))
-        self._record("ring.elevate", grant)
         return grant
 
     def revoke(self, agent_id: str, *, by: str) -> bool:

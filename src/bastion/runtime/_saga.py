@@ -100,7 +100,11 @@ class RetryPolicy:
                             "non-negative and 'multiplier' at least 1")
 
     def delay(self, attempt: int) -> float:
-        return float(min(self.max_delay_s, self.base_delay_s * self.multiplier ** (attempt - 1)))
+        try:  # a long policy reaches the cap long before the power overflows a float
+            grown = float(self.base_delay_s) * float(self.multiplier) ** (attempt - 1)
+        except OverflowError:
+            return float(self.max_delay_s)
+        return float(min(self.max_delay_s, grown))
 
 
 @dataclass(frozen=True, slots=True)

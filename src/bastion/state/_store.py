@@ -161,7 +161,8 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StateError(f"{path!r}: cannot open state store: {exc}") from exc
         self._lock = threading.RLock()
-        self._gen = _Generation(None if memory else path + ".gen")
+        # beside the real file: a process that opened it through a symlink shares the counter
+        self._gen = _Generation(None if memory else os.path.realpath(path) + ".gen")
         self._flags_gen = -1
         self._flags: dict[str, str] = {}
 
