@@ -27,6 +27,7 @@ import contextlib
 import contextvars
 import functools
 import time
+import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 
@@ -41,6 +42,7 @@ Source = Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
 _APPROVAL: contextvars.ContextVar[str | None] = contextvars.ContextVar("bastion_approval",
                                                                        default=None)
 _SKIP = ("self", "cls")
+_GENERATORS = frozenset((types.GeneratorType, types.AsyncGeneratorType))
 
 
 @contextlib.contextmanager
@@ -218,7 +220,7 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
                 except BaseException as exc:
                     failed(decision, exc, started)
                     raise
-                if post or labels or inspect.isgenerator(result) or inspect.isasyncgen(result):
+                if post or labels or type(result) in _GENERATORS:
                     return after(decision, result, started)
                 audit = kernel.audit  # record_outcome(decision, "succeeded"), inlined
                 if audit is not None:
