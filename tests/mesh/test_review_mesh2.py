@@ -168,3 +168,17 @@ def test_a_malformed_attestation_is_a_verification_error(field: dict[str, Any]) 
 def test_a_card_that_is_not_a_mapping_is_a_verification_error() -> None:
     with pytest.raises(VerificationError):
         verify_card(["name", "bob"], did=BOB.did)
+
+
+def test_a_proof_of_possession_is_recorded_by_digest_only(tmp_path: Path) -> None:
+    """Like the token itself, the proof that travels beside it is a credential: the audit log
+    keeps its digest, not its text (review note)."""
+    from bastion.audit import read_events
+
+    audit = tmp_path / "audit.db"
+    policy = "version: 1\nrules:\n  - {id: rest, tools: ['*'], effect: allow}\n"
+    with Kernel.from_text(policy, audit=str(audit)) as k:
+        k.evaluate(_act("tok", "proof-text", tool="read"))
+    [event] = list(read_events(audit))
+    assert set(event["context"]["bastion_token_proof"]) == {"$masked"}
+    assert "proof-text" not in str(event)

@@ -19,6 +19,17 @@ POLICY = "version: 1\nrules:\n  - {id: all, effect: allow}\n"
 BASTION = Path(sys.executable).with_name("bastion")
 
 
+def test_a_blank_identity_engages_and_releases_nothing(tmp_path: Path) -> None:
+    with Kernel.from_text(POLICY, audit=tmp_path / "audit.db", state=tmp_path / "s.db") as k:
+        switch = KillSwitch(k.state, audit=k.audit)
+        with pytest.raises(ConfigError, match="identity"):
+            switch.engage(by="  ", everything=True)
+        switch.engage(by="ops", everything=True)
+        with pytest.raises(ConfigError, match="identity"):
+            switch.release(by=" \t", everything=True)
+        assert "kill:all" in k.state.flags()
+
+
 def test_flag_keys() -> None:
     assert flag_key(everything=True) == "kill:all"
     assert flag_key(agent="a-1") == "kill:agent:a-1"

@@ -93,6 +93,9 @@ def test_policy_rejects_nonsense() -> None:
         SandboxPolicy(timeout_s=0)
     with pytest.raises(ConfigError):
         SandboxPolicy(required_level=2)  # type: ignore[arg-type]
+    for endless in (float("inf"), float("nan"), 10.0**9):  # a timer that never fires
+        with pytest.raises(ConfigError, match="timeout_s"):
+            SandboxPolicy(timeout_s=endless)
 
 
 # -- limits --------------------------------------------------------------------------------------

@@ -129,7 +129,8 @@ def decision_event(d: Decision, action: Action, args: Any) -> dict[str, Any]:
     return repaired(event)  # type: ignore[no-any-return]
 
 
-SECRET_CONTEXT_KEYS = frozenset({"bastion_token", "authorization", "api_key", "password"})
+SECRET_CONTEXT_KEYS = frozenset({"bastion_token", "bastion_token_proof", "authorization",
+                                 "api_key", "password"})
 
 
 def _masked_context(context: Any) -> Any:

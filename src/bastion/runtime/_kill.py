@@ -145,7 +145,7 @@ class KillSwitch:
                session: str | None = None, tool: str | None = None,
                everything: bool = False) -> tuple[str, int]:
         """Engage one scope; returns the flag and how many running calls were cancelled."""
-        if not by:
+        if not isinstance(by, str) or not by.strip():
             raise ConfigError("engaging the kill switch needs an identity ('by')")
         key = flag_key(agent=agent, session=session, tool=tool, everything=everything)
         record = {"by": by, "reason": reason, "ts": self._clock()}
@@ -178,7 +178,7 @@ class KillSwitch:
         ``proof`` signed by ``by``'s key for exactly this scope and reason. A refusal is
         audited (``kill.release_refused``).
         """
-        if not by:
+        if not isinstance(by, str) or not by.strip():
             raise ConfigError("releasing the kill switch needs an identity ('by')")
         if self._audit is None:
             raise ConfigError("releasing the kill switch must be audited: give it an audit log")

@@ -60,10 +60,16 @@ class SandboxPolicy:
     def __post_init__(self) -> None:
         for name in ("timeout_s", "cpu_seconds", "memory_bytes", "max_file_bytes",
                      "max_processes", "max_open_files", "max_output_bytes"):
-            if getattr(self, name) <= 0:
+            value = getattr(self, name)
+            if not value > 0:  # NaN too
                 raise ConfigError(f"sandbox policy: {name!r} must be positive")
+            if name == "timeout_s" and not value <= _MAX_TIMEOUT_S:  # inf: no wall-clock limit
+                raise ConfigError(f"sandbox policy: 'timeout_s' must be at most {_MAX_TIMEOUT_S}")
         if not isinstance(self.required_level, IsolationLevel):
             raise ConfigError("sandbox policy: 'required_level' must be an IsolationLevel")
+
+
+_MAX_TIMEOUT_S = 86_400.0  # a day: a timer can hold it (threading.TIMEOUT_MAX is far larger)
 
 
 @dataclass(frozen=True, slots=True)
