@@ -182,3 +182,13 @@ def test_a_proof_of_possession_is_recorded_by_digest_only(tmp_path: Path) -> Non
     [event] = list(read_events(audit))
     assert set(event["context"]["bastion_token_proof"]) == {"$masked"}
     assert "proof-text" not in str(event)
+
+
+def test_cli_verify_with_call_arguments_that_are_not_an_object_is_an_error() -> None:
+    """`token verify --tool T --args '"x"'` is an input error (exit 2), not a crash (review
+    note)."""
+    token = issue_token(ROOT, audience=BOB.did, scopes=["tool:read"], now=time.time()).encode()
+    result = CliRunner().invoke(app, ["token", "verify", token, "--root", ROOT.did,
+                                      "--tool", "read", "--args", '"x"'])
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert "expected a json object" in result.output

@@ -151,7 +151,10 @@ def token_verify(token: str, root: Annotated[list[str], typer.Option("--root")],
         verified = verify_token(token, roots=root, now=time.time(), audience=aud,
                                 revocations=revocations,  # a revoked or rotated delegator too
                                 issuer_ok=revocations.is_current_key if revocations else None)
-        problem = verified.permits(tool, _json("--args", args) or {}) if tool else None
+        call_args = _json("--args", args) or {}
+        if not isinstance(call_args, dict):
+            _fail("--args:1:1: error: expected a json object")
+        problem = verified.permits(tool, call_args) if tool else None
     except VerificationError as exc:
         _out({"valid": False, "reason": exc.reason, "error": str(exc)})
         raise typer.Exit(1) from None
