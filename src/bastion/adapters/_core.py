@@ -84,18 +84,27 @@ class ToolGate:
 
     # -- before the tool -------------------------------------------------------------------
     def before(self, tool: str, args: Any, *, agent: Source = None, session: Source = None,
-               context: Source = None) -> Pre:
-        """Decide a ``pre_tool`` action; never raises."""
+               context: Source = None, schema: Any = None) -> Pre:
+        """Decide a ``pre_tool`` action; never raises. With ``schema`` (the tool's JSON schema
+        of its arguments), an argument whose JSON type is not one the schema declares is
+        denied: the framework would convert it after the decision (``"true"`` to ``True``), so
+        the tool would get a value the policy never saw."""
         try:
+            mismatch = schema_mismatch(args, schema)
+            if mismatch is not None:
+                raise TypeError(mismatch)
             action = self._action(tool, args, agent, session, context)
             return self._pre(action, self.kernel.evaluate(action))
         except Exception as exc:  # fail closed: an ungoverned call must not run
             return self._broken(tool, "pre_tool", exc)
 
     async def abefore(self, tool: str, args: Any, *, agent: Source = None,
-                      session: Source = None, context: Source = None) -> Pre:
+                      session: Source = None, context: Source = None, schema: Any = None) -> Pre:
         """``before`` for event loops (state and durable audit I/O leave the loop)."""
         try:
+            mismatch = schema_mismatch(args, schema)
+            if mismatch is not None:
+                raise TypeError(mismatch)
             action = self._action(tool, args, agent, session, context)
             return self._pre(action, await self.kernel.aevaluate(action))
         except Exception as exc:
@@ -228,6 +237,48 @@ class ToolGate:
         if pre.run:
             self.kernel.record_outcome(pre.decision, status, error=error,
                                        duration_ns=time.perf_counter_ns() - pre.started)
+
+
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string",
+               list: "array", dict: "object", type(None): "null"}
+
+
+def schema_mismatch(args: Any, schema: Any) -> str | None:
+    """Why ``args`` (a call's arguments as the model sent them) do not have the JSON types
+    ``schema`` declares for them (top-level properties with a ``type``, or ``anyOf``/``oneOf``
+    of such), or ``None``. Properties with no declared type are not judged."""
+    if not isinstance(schema, Mapping) or not isinstance(args, Mapping):
+        return None
+    props = schema.get("properties")
+    if not isinstance(props, Mapping):
+        return None
+    for name, value in args.items():
+        declared = _declared(props.get(name))
+        if not declared:
+            continue
+        kind = _JSON_TYPES.get(type(value))
+        ok = kind in declared or (kind == "integer" and "number" in declared)
+        if not ok:
+            return (f"argument {name!r} is {kind or type(value).__name__}, but the tool "
+                    f"declares {' or '.join(sorted(declared))}")
+    return None
+
+
+def _declared(prop: Any) -> set[str]:
+    if not isinstance(prop, Mapping):
+        return set()
+    kind = prop.get("type")
+    if isinstance(kind, str):
+        return {kind}
+    if isinstance(kind, list) and all(isinstance(k, str) for k in kind):
+        return set(kind)
+    for key in ("anyOf", "oneOf"):
+        options = prop.get(key)
+        if isinstance(options, list):
+            found = [_declared(o) for o in options]
+            if found and all(found):  # every option typed: the union of them
+                return set().union(*found)
+    return set()
 
 
 def parse_args(args: Any) -> dict[str, Any]:

@@ -179,7 +179,7 @@ class Governed:
             if post.stop and post.decision is not None:
                 self._stop(ctx, post.decision)
             return post.message
-        if post.decision is not None and post.decision.redacted:
+        if post.result is not raw and post.result != raw:  # redacted, marked or quarantined
             return post.result if isinstance(post.result, str) else _text(post.result)
         return None
 

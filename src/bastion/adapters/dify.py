@@ -88,8 +88,8 @@ class Governed:
             if post.stop and post.decision is not None:
                 raise RunStopped(post.decision)
             yield _message(post.message)
-        elif post.decision is not None and post.decision.redacted:
-            yield _message(post.result)
+        elif post.result is not result and post.result != result:  # redacted, marked or
+            yield _message(post.result)                                # quarantined
         else:
             yield from messages
 

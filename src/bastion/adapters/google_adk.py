@@ -56,7 +56,11 @@ class BastionPlugin(BasePlugin):  # type: ignore[misc]  # BasePlugin is Any with
         if session is None and session_from is None:
             session_from = _session_id
         self._agent_from, self._session_from = agent_from, session_from
-        self._pending: dict[tuple[str, str], Pre] = {}  # (invocation, call id) -> allowed call
+        # the ToolContext of a call -> its decision: one object per call, whatever id the
+        # model gave it (two calls sharing an id must not share a decision); the context is
+        # held too, so its id is not reused while the entry lives
+        self._pending: dict[int, tuple[Any, Pre]] = {}
+        self._answered: dict[int, Any] = {}  # calls bastion answered before they ran
         self._stopped: dict[str, str] = {}  # invocation id -> why it was stopped
 
     # -- plugin callbacks ------------------------------------------------------------------
@@ -64,6 +68,7 @@ class BastionPlugin(BasePlugin):  # type: ignore[misc]  # BasePlugin is Any with
                                    tool_context: Any) -> dict[str, Any] | None:
         confirmation = tool_context.tool_confirmation
         if confirmation is not None and not confirmation.confirmed:
+            self._answer(tool_context)
             return {"error": f"The tool call '{tool.name}' was rejected by the user."}
         pre = await self.gate.abefore(
             tool.name, tool_args, agent=_bind(self._agent_from, tool_context),
@@ -72,8 +77,9 @@ class BastionPlugin(BasePlugin):  # type: ignore[misc]  # BasePlugin is Any with
             if pre.args != tool_args:
                 tool_args.clear()
                 tool_args.update(pre.args)
-            self._pending[_key(tool_context)] = pre
+            self._pending[id(tool_context)] = (tool_context, pre)
             return None
+        self._answer(tool_context)
         if pre.stop:
             self._stop(tool_context, pre.message)
         elif pre.pending is not None and confirmation is None:
@@ -83,11 +89,22 @@ class BastionPlugin(BasePlugin):  # type: ignore[misc]  # BasePlugin is Any with
             tool_context.actions.skip_summarization = True
         return {"error": pre.message}
 
+    def _answer(self, tool_context: Any) -> None:
+        """Bastion answered this call before it ran (bounded: ADK may not report back)."""
+        self._answered[id(tool_context)] = tool_context
+        while len(self._answered) > _MAX_ANSWERED:
+            del self._answered[next(iter(self._answered))]
+
     async def after_tool_callback(self, *, tool: Any, tool_args: dict[str, Any],
                                   tool_context: Any, result: Any) -> dict[str, Any] | None:
-        pre = self._pending.pop(_key(tool_context), None)
-        if pre is None:  # the call was answered before it ran (by bastion or another callback)
-            return None
+        entry = self._pending.pop(id(tool_context), None)
+        if entry is None or entry[0] is not tool_context:
+            if self._answered.pop(id(tool_context), None) is tool_context:
+                return None  # bastion answered it before it ran: that answer is the result
+            # a result of a call bastion holds no decision for: never shown unchecked
+            return {"error": f"The result of tool '{tool.name}' was withheld: bastion did not "
+                             "decide the call."}
+        pre = entry[1]
         post = await self.gate.aafter(pre, result)
         if post.stop:
             self._stop(tool_context, post.message)
@@ -95,9 +112,9 @@ class BastionPlugin(BasePlugin):  # type: ignore[misc]  # BasePlugin is Any with
 
     async def on_tool_error_callback(self, *, tool: Any, tool_args: dict[str, Any],
                                      tool_context: Any, error: Exception) -> None:
-        pre = self._pending.pop(_key(tool_context), None)
-        if pre is not None:
-            self.gate.failed(pre, error)
+        entry = self._pending.pop(id(tool_context), None)
+        if entry is not None and entry[0] is tool_context:
+            self.gate.failed(entry[1], error)
         return None
 
     async def before_model_callback(self, *, callback_context: Any,
@@ -141,8 +158,7 @@ def _session_id(tool_context: Any) -> Mapping[str, Any]:
     return {"id": tool_context.session.id}
 
 
-def _key(tool_context: Any) -> tuple[str, str]:
-    return str(tool_context.invocation_id), str(tool_context.function_call_id)
+_MAX_ANSWERED = 10_000
 
 
 def _replacement(post: Post, result: Any) -> dict[str, Any] | None:

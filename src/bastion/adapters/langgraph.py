@@ -62,7 +62,8 @@ class BastionMiddleware(AgentMiddleware):  # type: ignore[misc]
 
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
         call = request.tool_call
-        pre = self.gate.before(call["name"], call.get("args"), session=self._session(request))
+        pre = self.gate.before(call["name"], call.get("args"), session=self._session(request),
+                               schema=_schema(request))
         if not pre.run:
             return self._refuse(request, pre)
         try:
@@ -77,7 +78,7 @@ class BastionMiddleware(AgentMiddleware):  # type: ignore[misc]
                               handler: Callable[[Any], Awaitable[Any]]) -> Any:
         call = request.tool_call
         pre = await self.gate.abefore(call["name"], call.get("args"),
-                                      session=self._session(request))
+                                      session=self._session(request), schema=_schema(request))
         if not pre.run:
             return self._refuse(request, pre)
         try:
@@ -124,6 +125,12 @@ class BastionMiddleware(AgentMiddleware):  # type: ignore[misc]
         # a Command cannot be rewritten piecemeal: a changed result withholds all of it
         return _error(request, f"The result of tool '{request.tool_call['name']}' was "
                                "withheld by bastion: it was rewritten and is not a message.")
+
+
+def _schema(request: Any) -> Any:
+    """The JSON schema of the tool's arguments (what ToolNode will validate them with)."""
+    props = getattr(getattr(request, "tool", None), "args", None)
+    return {"properties": props} if isinstance(props, dict) else None
 
 
 def _seen(out: Any) -> Any:

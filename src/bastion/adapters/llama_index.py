@@ -110,8 +110,8 @@ class GovernedTool(AsyncBaseTool):  # type: ignore[misc]
         name = self.metadata.get_name()
         if not post.allowed:
             return _error(name, post.message, pre.args)
-        if isinstance(out, ToolOutput) and post.result == out.content:
-            return out
+        if isinstance(out, ToolOutput) and post.result == _seen(out):
+            return out  # what was checked is what the model gets (every block of it)
         text = post.result if isinstance(post.result, str) else str(post.result)
         return ToolOutput(content=text, tool_name=name, raw_input=pre.args,
                           raw_output=post.result)
@@ -171,8 +171,24 @@ def _named(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 
 
 def _seen(out: Any) -> Any:
-    """What the model would see of a tool's output."""
-    return out.content if isinstance(out, ToolOutput) else out
+    """What the model would see of a tool's output: its text, or, when it holds blocks other
+    than text (citations, documents, images), every block, which the agent sends on too."""
+    if not isinstance(out, ToolOutput):
+        return out
+    blocks = getattr(out, "blocks", None) or []
+    if all(type(b).__name__ == "TextBlock" for b in blocks):
+        return out.content
+    return [_block(b) for b in blocks]
+
+
+def _block(block: Any) -> Any:
+    dump = getattr(block, "model_dump", None)
+    if callable(dump):
+        try:
+            return dump(mode="json")
+        except Exception:  # a block pydantic cannot dump: its text stands for it
+            return str(block)
+    return str(block)
 
 
 def _error(tool: str, message: str, raw_input: dict[str, Any]) -> ToolOutput:

@@ -62,7 +62,11 @@ class Guard:
                  context: Source = None, session_from: SessionFrom | None = None):
         self.gate = ToolGate(kernel, agent=agent, session=session, context=context)
         self.session_from = session_from
-        self._calls: dict[str, Pre] = {}  # tool call id -> the decision its call runs under
+        # tool call id -> (tool, the arguments as the model sent them, the decision its call
+        # runs under); an entry is used only for that same tool and those same arguments (a
+        # left-over one, say after the tool's own guardrail refused the call, is ignored)
+        self._calls: dict[str, tuple[str, str, Pre]] = {}
+        self._schemas: dict[str, Any] = {}  # tool name -> its JSON schema of arguments
         self.input_guardrail = ToolInputGuardrail(self._input_fixed, name="bastion")
         self.output_guardrail = ToolOutputGuardrail(self._output, name="bastion")
 
@@ -76,6 +80,7 @@ class Guard:
         """A copy of ``tool`` under the kernel, with redaction and approval pauses."""
         governed = copy.copy(tool)
         inner, asks = governed.on_invoke_tool, tool.needs_approval
+        self._schemas[tool.name] = tool.params_json_schema
 
         async def invoke(ctx: Any, arguments: str) -> Any:
             return await self._invoke(inner, ctx, arguments)
@@ -95,13 +100,14 @@ class Guard:
     # -- hooks -----------------------------------------------------------------------------
     async def _needs_approval(self, name: str, asks: Any, ctx: RunContextWrapper[Any],
                               params: dict[str, Any], call_id: str) -> bool:
-        pre = await self.gate.abefore(name, params, session=self._session(ctx))
+        pre = await self.gate.abefore(name, params, session=self._session(ctx),
+                                      schema=self._schemas.get(name))
         if pre.pending is not None:
             return True  # decided again after the approval, when the call may run
         if pre.run and (asks if isinstance(asks, bool) else bool(await asks(ctx, params,
                                                                             call_id))):
             return True  # the tool's own approval policy asks a human too
-        self._calls[call_id] = pre  # the input guardrail acts on this decision
+        self._calls[call_id] = (name, _key(params), pre)  # the input guardrail acts on it
         return False
 
     async def _input_fixed(self, data: Any) -> ToolGuardrailFunctionOutput:
@@ -109,10 +115,11 @@ class Guard:
 
     async def _input(self, data: Any, *, rewrites: bool = True) -> ToolGuardrailFunctionOutput:
         ctx = data.context
-        pre = self._calls.pop(ctx.tool_call_id, None)
+        pre = self._take(ctx, ctx.tool_arguments)
         if pre is None:
             pre = await self.gate.abefore(ctx.tool_name, ctx.tool_arguments,
-                                          session=self._session(ctx))
+                                          session=self._session(ctx),
+                                          schema=self._schemas.get(ctx.tool_name))
         if pre.stop:
             return ToolGuardrailFunctionOutput.raise_exception(output_info=pre.decision)
         if not pre.run:
@@ -123,11 +130,12 @@ class Guard:
                 f"The tool call '{ctx.tool_name}' was denied: its arguments must be redacted, "
                 f"which bastion cannot do for this tool. Decision {pre.decision.id}.",
                 pre.decision)
-        self._calls[ctx.tool_call_id] = pre
+        self._calls[ctx.tool_call_id] = (ctx.tool_name, _key(ctx.tool_arguments), pre)
         return ToolGuardrailFunctionOutput.allow(pre.decision)
 
     async def _invoke(self, inner: Invoke, ctx: Any, arguments: str) -> Any:
-        pre = self._calls.get(ctx.tool_call_id)
+        entry = self._calls.get(ctx.tool_call_id)
+        pre = entry[2] if entry is not None and entry[0] == ctx.tool_name else None
         if pre is None or not pre.run:
             return (f"The tool call '{ctx.tool_name}' was denied: bastion made no decision "
                     f"for it.")
@@ -142,7 +150,8 @@ class Guard:
 
     async def _output(self, data: Any) -> ToolGuardrailFunctionOutput:
         ctx = data.context
-        pre = self._calls.pop(ctx.tool_call_id, None)
+        entry = self._calls.pop(ctx.tool_call_id, None)
+        pre = entry[2] if entry is not None and entry[0] == ctx.tool_name else None
         if pre is None or not pre.run:
             return ToolGuardrailFunctionOutput.reject_content(
                 f"The result of tool '{ctx.tool_name}' was withheld: bastion made no decision "
@@ -156,8 +165,23 @@ class Guard:
             return ToolGuardrailFunctionOutput.reject_content(_text(post.result), post.decision)
         return ToolGuardrailFunctionOutput.allow(post.decision)
 
+    def _take(self, ctx: Any, arguments: Any) -> Pre | None:
+        """The decision made for this very call (same tool, same arguments), if any."""
+        entry = self._calls.pop(ctx.tool_call_id, None)
+        if entry is None or entry[0] != ctx.tool_name or entry[1] != _key(arguments):
+            return None
+        return entry[2]
+
     def _session(self, ctx: RunContextWrapper[Any]) -> Source:
         return None if self.session_from is None else functools.partial(self.session_from, ctx)
+
+
+def _key(arguments: Any) -> str:
+    """The arguments as the model sent them (a JSON text or a parsed map), as one string."""
+    try:
+        return json.dumps(parse_args(arguments), sort_keys=True, default=repr)
+    except (TypeError, ValueError):
+        return repr(arguments)
 
 
 def _text(result: Any) -> str:

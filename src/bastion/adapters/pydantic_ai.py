@@ -64,6 +64,8 @@ class Governed(AbstractCapability[Any]):  # type: ignore[misc]
     def __post_init__(self) -> None:
         self.gate = ToolGate(self.kernel, agent=self.agent, session=self.session,
                              context=self.context)
+        # tool call id -> the arguments bastion let it run with (see before_tool_execute)
+        self._decided: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def get_serialization_name(cls) -> str | None:
@@ -73,7 +75,8 @@ class Governed(AbstractCapability[Any]):  # type: ignore[misc]
                                 args: dict[str, Any], handler: Callable[..., Any]) -> Any:
         session = (functools.partial(self.session_from, ctx)
                    if self.session_from is not None else None)
-        pre = await self.gate.abefore(tool_def.name, args, session=session)
+        plain = {k: _plain(v) for k, v in args.items()}  # models as the data they hold
+        pre = await self.gate.abefore(tool_def.name, plain, session=session)
         if not pre.run:
             if pre.stop:
                 raise RunStopped(pre.decision)
@@ -81,15 +84,52 @@ class Governed(AbstractCapability[Any]):  # type: ignore[misc]
                 raise ApprovalRequired(metadata={"bastion_approval_id": pre.pending,
                                                  "message": pre.message})
             raise SkipToolExecution(pre.message)
+        try:  # what the decision changed (a redacted field) goes back into the models
+            run_args = args if pre.args == plain else _rebuilt(args, pre.args)
+        except Exception as exc:
+            self.gate.failed(pre, exc)
+            raise SkipToolExecution(f"The tool call '{tool_def.name}' was denied: its "
+                                    f"redacted arguments are not valid for the tool ({exc}). "
+                                    f"Decision {pre.decision.id}.") from None
+        self._decided[call.tool_call_id] = run_args
         try:
-            result = await handler(pre.args)
+            result = await handler(run_args)
         except (SkipToolExecution, ApprovalRequired, CallDeferred):
             raise  # another capability's control flow: the tool did not run
         except Exception as exc:
             self.gate.failed(pre, exc)
             raise
+        finally:
+            self._decided.pop(call.tool_call_id, None)
         post = await self.gate.aafter(pre, result)
         if post.stop:
             assert post.decision is not None
             raise RunStopped(post.decision)
         return post.result
+
+    async def before_tool_execute(self, ctx: RunContext[Any], *, call: Any, tool_def: Any,
+                                  args: dict[str, Any]) -> dict[str, Any]:
+        """Last before the tool (Governed last among the capabilities): the arguments must
+        still be the ones bastion decided; a capability that changed them since denies."""
+        decided = self._decided.get(call.tool_call_id)
+        if decided is not None and args != decided:
+            raise SkipToolExecution(
+                f"The tool call '{tool_def.name}' was denied: its arguments were changed after "
+                "bastion decided them (by a capability that runs after it; put Governed last).")
+        return args
+
+
+def _plain(value: Any) -> Any:
+    """A pydantic model (a validated tool argument) as the plain data it holds."""
+    dump = getattr(value, "model_dump", None)
+    return dump(mode="python") if callable(dump) and not isinstance(value, type) else value
+
+
+def _rebuilt(args: Mapping[str, Any], decided: Mapping[str, Any]) -> dict[str, Any]:
+    """``decided`` (plain data) with each argument that was a model validated into one again."""
+    out: dict[str, Any] = {}
+    for name, value in decided.items():
+        original = args.get(name)
+        validate = getattr(type(original), "model_validate", None)
+        out[name] = validate(value) if callable(validate) and original is not None else value
+    return out
