@@ -159,7 +159,8 @@ def snapshot(value: Any) -> Any:
     return orjson.loads(out)
 
 
-def _utf8(text: str) -> bool:
+def valid_text(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (UTF-8 can hold it: no lone surrogate)."""
     if text.isascii():
         return True
     try:
@@ -171,7 +172,7 @@ def _utf8(text: str) -> bool:
 
 def _escaped(text: str) -> str:
     """``text`` as valid UTF-8: a lone surrogate becomes its ``\\udxxx`` escape."""
-    return text if _utf8(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if valid_text(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def repaired(value: Any, depth: int = 0) -> Any:
@@ -182,7 +183,7 @@ def repaired(value: Any, depth: int = 0) -> Any:
     if depth > 64:
         raise ValueError("nested deeper than 64 levels")
     if isinstance(value, str):
-        return value if _utf8(value) else {"$str": _escaped(value)}
+        return value if valid_text(value) else {"$str": _escaped(value)}
     if isinstance(value, float):
         return value if math.isfinite(value) else {"$float": repr(value)}
     if isinstance(value, Mapping):
@@ -204,7 +205,7 @@ def _walk(value: Any, depth: int) -> Any:
     if depth > 64:
         return {"$repr": "<nested deeper than 64 levels>", "$type": type(value).__name__}
     if isinstance(value, str):
-        return value if _utf8(value) else {"$str": _escaped(value)}
+        return value if valid_text(value) else {"$str": _escaped(value)}
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):

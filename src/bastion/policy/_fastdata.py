@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bastion._canon import valid_text
+
 INT64 = (-(2**63), 2**63 - 1)  # the range of a CEL int
 
 # The declared types of ``bastion.policy._cel.VARIABLES`` that can reject a clean value:
@@ -45,15 +47,7 @@ def clean(value: Any, depth: int = 0) -> bool:
 
 def _text_ok(text: str) -> bool:
     """No NUL byte, and valid Unicode (CEL cannot hold a lone surrogate: it errs)."""
-    if "\x00" in text:
-        return False
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return "\x00" not in text and valid_text(text)
 
 
 def _clean_items(values: Any, depth: int) -> bool:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import yaml
 
+from bastion._canon import valid_text
 from bastion._errors import PolicyError
 
 MAX_BYTES = 4 * 1024 * 1024
@@ -177,10 +178,7 @@ def _convert(node: yaml.Node, path: str, ctor: Any, seen: set[int]) -> Any:
 def _utf8(text: str, node: yaml.Node, path: str) -> None:
     """A lone surrogate (``"\\ud800"`` in a double-quoted scalar) is no text: refused where it
     is written, not later by CEL or the digest."""
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            p = _pos(node)
-            raise PolicyError("text with a lone surrogate (not valid Unicode)", path=path,
-                              line=p.line, column=p.column) from None
+    if not valid_text(text):
+        p = _pos(node)
+        raise PolicyError("text with a lone surrogate (not valid Unicode)", path=path,
+                          line=p.line, column=p.column)
