@@ -192,3 +192,19 @@ def test_cli_verify_with_call_arguments_that_are_not_an_object_is_an_error() -> 
                                       "--tool", "read", "--args", '"x"'])
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
     assert "expected a json object" in result.output
+
+
+def test_a_repeated_outcome_report_earns_no_more_trust(tmp_path: Path) -> None:
+    """One allowed call reported as succeeded again and again counts once (review note)."""
+    from bastion.mesh import TrustConfig
+
+    audit = tmp_path / "audit.db"
+    policy = "version: 1\nrules:\n  - {id: rest, tools: ['*'], effect: allow}\n"
+    with Kernel.from_text(policy, audit=str(audit), clock=lambda: int(NOW * 1e9)) as k:
+        decision = k.evaluate(Action(tool="read", agent={"id": "bob"}))
+        for _ in range(5):
+            k.record_outcome(decision, "succeeded")
+    engine = TrustEngine(str(audit), config=TrustConfig(authenticated_only=False),
+                         clock=lambda: NOW)
+    engine.refresh()
+    assert engine.report("bob").events == 2  # the decision and one outcome

@@ -226,15 +226,17 @@ class TrustEngine:
             if isinstance(e.get("approval_id"), str):
                 self._remember(e["approval_id"], agent)
             self._apply(agent, t, *self._decision_kind(e))
-        elif kind == "outcome":
-            agent = self._owner.get(str(e.get("decision_id")))
+        elif kind == "outcome":  # one per decision: a repeated report earns nothing more
             status = e.get("status")
-            if agent and status in ("succeeded", "failed", "exception"):
-                self._apply(agent, t, f"outcome_{status}", False)
-        elif kind == "approval":
-            agent = self._owner.get(str(e.get("approval_id")))
-            if agent and e.get("status") in ("granted", "refused"):
-                self._apply(agent, t, f"approval_{e['status']}", False)
+            if status in ("succeeded", "failed", "exception"):
+                agent = self._owner.pop(str(e.get("decision_id")), None)
+                if agent:
+                    self._apply(agent, t, f"outcome_{status}", False)
+        elif kind == "approval":  # one decision per approval
+            if e.get("status") in ("granted", "refused"):
+                agent = self._owner.pop(str(e.get("approval_id")), None)
+                if agent:
+                    self._apply(agent, t, f"approval_{e['status']}", False)
         elif kind == "slo_breach" and isinstance(e.get("agent"), str):
             self._apply(e["agent"], t, "slo_breach", False)
         elif kind == "attestation":
