@@ -107,16 +107,19 @@ def decision_event(d: Decision, action: Action, args: Any) -> dict[str, Any]:
     (the names of the kernel's guards that admitted the action) when any did. The audit log adds
     ``v``, ``seq``, ``prev`` and the MAC over all of them.
     """
-    # what JSON text cannot carry (a lone surrogate, a NaN) in its tagged form, never lost
-    agent, session = repaired(_ident(action.agent)), repaired(_ident(action.session))
-    args = repaired(args)
+    shape = {"tool": d.tool, "stage": d.stage, "args": args, "agent": _ident(action.agent),
+             "session": _ident(action.session)}
+    try:
+        action_digest = digest(shape)
+    except (TypeError, ValueError):  # a lone surrogate or a NaN: digested in the tagged form
+        shape = repaired(shape)      # the event records (the audit writer repairs the rest)
+        action_digest = digest(shape)
     event: dict[str, Any] = {
         "kind": "decision", "id": d.id, "ts": d.ts_ns, "stage": d.stage, "tool": d.tool,
-        "agent": agent, "session": session, "effect": d.effect, "code": d.code,
-        "rule_ids": list(d.rule_ids), "errors": list(d.errors), "reasons": list(d.reasons),
-        "obligations": list(d.obligations), "policy": d.policy, "args": args,
-        "action": digest({"tool": d.tool, "stage": d.stage, "args": args, "agent": agent,
-                          "session": session}),
+        "agent": shape["agent"], "session": shape["session"], "effect": d.effect,
+        "code": d.code, "rule_ids": list(d.rule_ids), "errors": list(d.errors),
+        "reasons": list(d.reasons), "obligations": list(d.obligations), "policy": d.policy,
+        "args": shape["args"], "action": action_digest,
     }
     if action.tool is not None and action.tool != d.tool:
         event["tool_raw"] = action.tool if isinstance(action.tool, str) else repr(action.tool)
@@ -126,7 +129,7 @@ def decision_event(d: Decision, action: Action, args: Any) -> dict[str, Any]:
         event["result"] = snapshot(d.result)
     if action.context:
         event["context"] = _masked_context(snapshot(action.context))
-    return repaired(event)  # type: ignore[no-any-return]
+    return event
 
 
 SECRET_CONTEXT_KEYS = frozenset({"bastion_token", "bastion_token_proof", "authorization",

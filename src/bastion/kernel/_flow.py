@@ -104,6 +104,7 @@ class FlowTracker(SharedFacts):
     def sync(self, session_id: str) -> set[str] | None:
         """Before a decision reads the session: where provenance is shared, replay what other
         processes recorded (``_catch_up``); what ``_missing`` says is still missing."""
+        self._recent.synced = session_id  # this decision has synced (``_observe`` reads it)
         return self._missing(session_id)
 
     @property
@@ -203,12 +204,13 @@ class FlowTracker(SharedFacts):
         any quarantine handles in its arguments released (an unknown handle denies)."""
         try:
             return self._observe(action, decision)
-        finally:
-            self._recent.v = None  # the labels computed for this decision only
+        finally:  # what was computed for this decision only
+            self._recent.v = self._recent.synced = None
 
     def _observe(self, action: Action, decision: Decision) -> Decision:
         stage = action.stage
-        if self._logs and stage in ("post_tool", "pre_tool") and decision.session is not None:
+        if self._logs and stage in ("post_tool", "pre_tool") and decision.session is not None \
+                and getattr(self._recent, "synced", None) != decision.session:
             self.sync(decision.session)  # a static verdict read nothing: replay before acting
         if stage == "input":
             if decision.allowed:  # counted first: an input whose count fails is not recorded
@@ -354,7 +356,7 @@ class FlowTracker(SharedFacts):
         seen = decision._replace(stage="post_tool", result=result, obligations=())
         action = Action(decision.tool, decision.args or EMPTY, "post_tool",
                         {"id": decision.agent}, {"id": decision.session}, EMPTY, result)
-        return self.observe_result(action, seen).result
+        return self.observe(action, seen).result  # replaying first, as in ``evaluate``
 
     # -- sessions (call with the lock held) -------------------------------------------------------
     def _provenance(self, session_id: str) -> Provenance:
