@@ -53,6 +53,14 @@ _WINDOW = 256  # significant characters of a long value looked up at a time in s
 MAX_RECORDED = MAX_CHUNKS * MAX_TEXT  # characters of one result remembered (the rest: unplaced)
 
 
+def _digits(value: Any) -> str:
+    """The digits of an integer of ``MIN_FRAGMENT`` or more of them (``""`` otherwise)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = str(abs(int(value)))
+        return text if len(text) >= MIN_FRAGMENT else ""
+    return ""
+
+
 class OverBudget(Exception):
     """Labelling the arguments would search more than ``SCAN_BUDGET`` characters."""
 
@@ -130,8 +138,8 @@ class Haystacks:
                     if atoms_left <= 0:  # no room for its identifiers: not even looked for
                         self._unplace(labels)
                     ids, whole, text = text_forms(piece, ids=atoms_left > 0)
-                else:
-                    ids, whole, text = identifiers(piece), whole_atom(piece), ""
+                else:  # a long number's digits are text too: a card number, grouped or split
+                    ids, whole, text = identifiers(piece), whole_atom(piece), _digits(piece)
                 atoms = set(ids)
                 if whole is not None:
                     atoms.add(whole)

@@ -38,12 +38,12 @@ Invariants (the property tests hold the code to them):
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from bastion.flow._haystacks import (
+    _REGEX_COST,
     ADDRESS_KINDS,
     MIN_FRAGMENT,
     MIN_QUOTE,
@@ -53,6 +53,7 @@ from bastion.flow._haystacks import (
     USER,
     OverBudget,
 )
+from bastion.flow._labels import PARAMETER, merged, text_around
 from bastion.flow._records import RecordIndex
 from bastion.flow._split import SELECTED, UNKNOWN, UNTRUSTED_IDENTIFIER, SplitValues
 from bastion.flow._values import (
@@ -69,53 +70,6 @@ __all__ = ["MAX_TOOLS_SEEN", "SELECTED", "TRUSTED", "UNKNOWN", "UNTRUSTED", "UNT
            "Provenance"]
 
 MAX_TOOLS_SEEN = 1_024  # distinct tools kept beyond the history window (then: incomplete)
-
-
-_SEPARATORS = re.compile(r"[\s,;]+")
-_NOT_WORD = re.compile(r"[\w]")  # what is left of a text without its letters and digits
-
-
-def _rest(leaf: str, ids: frozenset[str]) -> str:
-    """``_text_around``, remembered for short values (one decision asks for the same ones)."""
-    return _rest_memo(leaf, ids) if len(leaf) <= 2_048 else _text_around(leaf, ids)
-
-
-def _text_around(leaf: str, ids: frozenset[str]) -> str:
-    """The canonical text of ``leaf`` outside its identifiers (punctuation included: a
-    ``../../`` before a typed file name is not nothing), or ``""`` when only white space and
-    list separators (``,`` ``;``) remain, or only the spacing of a grouped identifier (an
-    IBAN typed in blocks of four)."""
-    rest = canonical(leaf)
-    values = sorted((a.partition(":")[2] for a in ids), key=len, reverse=True)
-    for value in values:
-        if value:
-            rest = rest.replace(value, " ")
-    rest = _SEPARATORS.sub(" ", rest).strip()
-    if not rest:
-        return ""
-    squeezed = compact(rest)
-    for value in values:
-        piece = compact(value)
-        if piece:
-            squeezed = squeezed.replace(piece, "", 1)
-    if not squeezed and not _NOT_WORD.sub("", rest.replace(" ", "")):
-        return ""  # a grouped identifier, spaced or dashed
-    return rest
-
-
-_rest_memo = functools.lru_cache(maxsize=1_024)(_text_around)
-
-
-def _merged(a: list[str], b: list[str]) -> list[str]:
-    """The labels of two values under one name, as ``labels_of`` would give the pair."""
-    out = set(a) | set(b)
-    if UNTRUSTED in out or UNKNOWN in out:
-        out.discard(TRUSTED)
-    if UNTRUSTED in out:
-        out.discard(UNKNOWN)
-    if SELECTED not in a or SELECTED not in b:
-        out.discard(SELECTED)
-    return sorted(out)
 
 
 class Provenance(SplitValues):
@@ -245,7 +199,7 @@ class Provenance(SplitValues):
             return False
         ids = identifiers(raw) - {whole}
         if ids and any(compact(a.partition(":")[2]) == text for a in ids) \
-                and not _rest(raw, ids):
+                and not text_around(raw, ids):
             return all((found := self._atoms.get(a)) is not None and TRUSTED in found
                        and USER in found for a in ids)
         canon = canonical(raw)
@@ -301,9 +255,17 @@ class Provenance(SplitValues):
             address = atom.partition(":")[0] in ADDRESS_KINDS
             if labels is None:
                 all_trusted = False
-                if address and self._identifier_piece(compact(atom.partition(":")[2])):
+                if not address:
+                    continue
+                piece = compact(atom.partition(":")[2])
+                if self._identifier_piece(piece):
                     untrusted = True  # a cut-down untrusted link or address ("evil.com/x")
                     out.add(UNTRUSTED_IDENTIFIER)
+                elif (frag := self._fragment(piece)) is not None:
+                    # an address an untrusted text holds where it was not recognised as one
+                    # (no word boundary in CJK text, odd separators): the attacker's all the same
+                    untrusted = True
+                    out |= frag | {UNTRUSTED_IDENTIFIER}
             elif TRUSTED in labels:
                 out |= {x for x in labels if x != UNTRUSTED}
             else:
@@ -315,7 +277,7 @@ class Provenance(SplitValues):
         if isinstance(leaf, str) and not untrusted:
             frag = self._fragment(compact(leaf)) or self._words(leaf)
             if frag is None and all_trusted:  # the text around the typed identifiers
-                rest = _rest(leaf, ids)
+                rest = text_around(leaf, ids)
                 if rest:
                     if len(compact(rest)) >= MIN_FRAGMENT:
                         frag = self._fragment(compact(rest))
@@ -345,16 +307,22 @@ class Provenance(SplitValues):
            user's even when a sender's transaction shows the same IBAN as a whole value;
         2. ``leaf`` (``MIN_QUOTE`` or more significant characters) is a piece of a trusted text,
            whole words only: what the user quoted ("update the password to '1j1l-2k3j'") was
-           seen, so it is not ``unknown``.
+           seen, so it is not ``unknown``; every address in it must be one the trusted input
+           holds whole (the end of a typed address cut at a dot, dash or plus is another one),
+           or whole but for a dot and letters after it ("www.our-company.com.They": a sentence
+           run on without a space).
         """
         text = compact(leaf)
         if len(text) < MIN_QUOTE:
             return None
         if ids and any(compact(a.partition(":")[2]) == text for a in ids) \
-                and not _rest(leaf, ids):  # nothing around it ("../../report.txt")
+                and not text_around(leaf, ids):  # nothing around it ("../../report.txt")
             found = [self._atoms.get(a) for a in ids]
             if all(labels is not None and TRUSTED in labels for labels in found):
                 return {x for labels in found if labels for x in labels if x != UNTRUSTED}
+        if any(a.partition(":")[0] in ADDRESS_KINDS and not self._typed_atom(a)
+               and not self._ends_sentence(a.partition(":")[2]) for a in ids):
+            return None  # "smith@gmail.com" cut out of a typed "anna.smith@gmail.com" is not it
         canon = canonical(leaf)
         if not self._word_in("trusted_text", canon):
             return None
@@ -364,6 +332,17 @@ class Provenance(SplitValues):
             if key.startswith("text:") and TRUSTED in labels and canon in key:
                 out |= labels - {UNTRUSTED}
         return out or None
+
+    def _ends_sentence(self, address: str) -> bool:
+        """A trusted text holds ``address`` from where a token starts, with a dot and a word of
+        three or more letters right after it: the typed address as written, before the next
+        sentence (a two-letter label is more likely a country: "shop.com.au" is not "shop.com")."""
+        hay = self._haystack("trusted_text")
+        if f"{address}." not in hay:
+            return False
+        self._spend(_REGEX_COST * len(hay))
+        return re.search(rf"(?<![\w.+\-@/:]){re.escape(address)}\.[^\W\d_]{{3,}}(?![\w.@\-])",
+                         hay) is not None
 
     def labels_of_args(self, args: Mapping[str, Any]) -> dict[str, list[str]]:
         """``labels_of`` for every argument, plus identifiers split across arguments: when the
@@ -389,11 +368,25 @@ class Provenance(SplitValues):
         for k, v in args.items():  # keys 1 and "1" are one name: neither hides the other
             found = self.labels_of(v)
             name = str(k)
-            done[name] = _merged(done[name], found) if name in done else found
+            if not PARAMETER.fullmatch(name) and (carried := self._name_labels(name)):
+                found = merged(found, carried)  # a name that is data (``**kwargs``) carries it
+            done[name] = merged(done[name], found) if name in done else found
             done_count[name] = done_count.get(name, 0) + 1
         out = dict(done)
         done.clear()  # past here a split value may still taint any of them
         return self._split_labels(args, out)
+
+    def _name_labels(self, name: str) -> list[str]:
+        """What an argument's name carries when it is data (an IBAN or a secret passed as a
+        keyword): its untrusted and confidentiality labels, never ``trusted`` or ``unknown``
+        (a name the call's author wrote is neither)."""
+        found = set(self.labels_of(name))
+        if UNTRUSTED not in found:
+            found &= {x for x in found if x not in (TRUSTED, UNKNOWN, USER, SELECTED)
+                      and not x.startswith("tool:") and x not in ("public", "internal")}
+        else:
+            found -= {TRUSTED, UNKNOWN, SELECTED}
+        return sorted(found)
 
     def session_labels(self) -> list[str]:
         return sorted(self.labels)

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from bastion._canon import norm_text
-from bastion.flow._values import identifiers, object_fields
+from bastion.flow._values import INVISIBLE, identifiers, object_fields
 
 HANDLINGS = ("pass", "mark", "quarantine")
 INJECTION = "injection"
@@ -118,11 +118,7 @@ def _joiners(text: str) -> str:
     fillers (Unicode's default-ignorable code points: Hangul fillers, variation selectors...)
     as spaces."""
     return "".join(" " if c == "_" or (c > "\x7f" and (
-        unicodedata.category(c) == "Cf" or _IGNORABLE.match(c))) else c for c in text)
-
-
-_IGNORABLE = re.compile("[\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164"
-                        "\ufe00-\ufe0f\uffa0\ufff0-\ufff8\U000e0000-\U000e0fff]")
+        unicodedata.category(c) == "Cf" or INVISIBLE.match(c))) else c for c in text)
 
 
 def mark(value: Any, source: str) -> Any:

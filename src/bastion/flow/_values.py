@@ -36,7 +36,9 @@ _IBAN = re.compile(r"\b[a-z]{2}[0-9]{2}"
                    r"(?:[a-z0-9]{11,30}|(?: ?[a-z0-9]{4}){2,7}(?: ?[a-z0-9]{1,4})?)\b")
 _DATE = re.compile(r"(?<![\w.])\d{4}([-/])\d{1,2}\1\d{1,2}"
                    r"(?:[t ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:z|[+-]\d{2}:?\d{2})?)?(?![\w])")
-_NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,_ ]*(?:\.\d+)?(?![\w])")
+# a run of digits and the separators a number is written with; ``_readings`` says which numbers
+# it is ("1,200.50", "1.200,50", "12,50", "5 000"; "12, 50" is two)
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[,_ .]\d+)*(?![\w])")
 _FILE = re.compile(r"(?<![\w\-./\\])[\w\-./\\]{0,255}[\w\-]\.[a-z0-9]{1,8}\b")
 # host names in any script ("банк-оплата.рф"; a top-level label is letters) and IPv4 literals
 _HOSTLIKE = re.compile(r"(?<![\w\-.])(?:[\w\-]{1,63}\.){1,16}"
@@ -59,7 +61,13 @@ def canonical(text: str) -> str:
 
 
 _MEMO_TEXT = 2_048
-_DOTS = str.maketrans({"\u3002": ".", "\uff61": "."})  # ideographic full stops: dots in hosts
+# ideographic full stops are dots in hosts; the dashes NFKC keeps are hyphens ("GB29‐NWBK‐…")
+_DOTS = str.maketrans("\u3002\uff61\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2043\ufe58\ufe63",
+                      "..----------")
+# invisible characters that are not format characters (Cf): the combining grapheme joiner,
+# Hangul fillers, variation selectors, the soft hyphen's kin; a value cut by one is still itself
+INVISIBLE = re.compile("[\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164"
+                        "\ufe00-\ufe0f\uffa0\ufff0-\ufff8\U000e0000-\U000e0fff]")
 _SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
 
 
@@ -80,6 +88,8 @@ def _fold(decoded: str) -> str:
     # of a marked result with its marks still reads as what was marked
     folded = strip_format(unicodedata.normalize("NFKC", decoded.replace("\u02c6", " ")
                                                 .translate(_DOTS)))
+    if not folded.isascii():
+        folded = INVISIBLE.sub("", folded)
     folded = folded.casefold()
     folded = strip_format(unicodedata.normalize("NFKC", folded))
     return _WS.sub(" ", folded).strip()
@@ -148,7 +158,7 @@ def _identifiers_of(text: str) -> frozenset[str]:
     for m in _EMAIL.finditer(text):
         addr = m.group(0).strip(_TRIM)
         out.add(f"email:{addr}")
-        out.add(f"host:{addr.rpartition('@')[2]}")
+        out.add(f"host:{_ascii_host(addr.rpartition('@')[2])}")
     for m in _URL.finditer(text):
         url = m.group(0).rstrip(_TRIM)
         out.add(f"url:{url}")
@@ -157,7 +167,7 @@ def _identifiers_of(text: str) -> frozenset[str]:
         except ValueError:
             netloc = None
         if netloc:
-            out.add(f"host:{netloc.rstrip('.')}")
+            out.add(f"host:{_ascii_host(netloc.rstrip('.'))}")
     for m in _IBAN.finditer(text):
         iban = m.group(0).replace(" ", "")
         if len(iban) >= _IBAN_MIN:  # a UUID's last group ("db151b451e20") is no account
@@ -179,10 +189,55 @@ def _identifiers_of(text: str) -> frozenset[str]:
         if name and not name[0].isdigit():
             out.add(f"file:{name}")
     for m in _NUMBER.finditer(text):
-        n = _number(m.group(0).strip())
-        if n is not None:
-            out.add(f"num:{n}")
+        out.update(f"num:{n}" for n in _readings(m.group(0)))
     return frozenset(out)
+
+
+def _readings(text: str) -> list[str]:
+    """The numbers a run of digits and separators (``_NUMBER``) is, each as ``_number`` spells
+    it. The last ``.`` or ``,`` is the decimal mark ("12,50" is twelve and a half, "1.200,50"
+    twelve hundred and a half, "0.125" an eighth), except a lone ``,`` before three digits
+    ("1,500": fifteen hundred) and a mark that repeats ("1,200,000"); what comes before it must
+    be digits or one grouping of them ("1,200.50", "1 200,50"). Digits spaced in other groups
+    are read whole and each group on its own ("+41 44 668 18 00"); any other run is several
+    numbers ("12,5,7", "1.2.3")."""
+    sign = text[0] if text[0] in "+-" else ""
+    body = text[len(sign):]
+    if body.isdigit():
+        return [n] if (n := _number(sign + body)) is not None else []
+    cut = len(body) - 1 - _LAST_SEP.search(body[::-1]).start()  # type: ignore[union-attr]
+    head, mark, tail = body[:cut], body[cut], body[cut + 1:]
+    if mark not in ".," or mark in head or (
+            mark == "," and head.isdigit() and len(tail) == 3 and head[0] != "0"
+            and len(head) <= 3):
+        head, mark, tail = body, "", ""  # no decimal mark
+    grouped = head.isdigit() or _grouping(head)
+    spaced = not mark and not grouped and set(_NOT_DIGIT.findall(head)) == {" "}
+    out: list[str | None] = []
+    if grouped or spaced:
+        frac = f".{tail}" if mark else ""
+        out.append(_number(f"{sign}{_NOT_DIGIT.sub('', head)}{frac}"))
+    if not grouped:
+        out += [_number(part) for part in _NOT_DIGIT.split(body) if part]
+    return [n for n in out if n is not None]
+
+
+def _grouping(text: str) -> bool:
+    """``text`` is digits grouped by one separator in threes ("1,200,000", "1.200", "5 000"),
+    or with commas the Indian way ("1,50,000")."""
+    seps = set(_NOT_DIGIT.findall(text))
+    if len(seps) != 1:
+        return False
+    sep = seps.pop()
+    groups = text.split(sep)
+    if groups[0][0] == "0" or len(groups[0]) > 3 or any(len(g) != 3 for g in groups[1:]):
+        return sep == "," and _INDIAN.fullmatch(text) is not None
+    return True
+
+
+_LAST_SEP = re.compile(r"\D")
+_INDIAN = re.compile(r"[1-9]\d?(?:,\d{2})+,\d{3}")
+_NOT_DIGIT = re.compile(r"\D+")
 
 
 _identifiers_memo = functools.lru_cache(maxsize=1_024)(_identifiers)
