@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 from bastion.policy import Effect, Policy, Rule, Stage
 from bastion.policy._cel import environment
+from bastion.policy._celsafe import cel_safe
 
 _TOOL_CHARS = re.compile(r"[a-z0-9_\-.:/]+")
 
@@ -53,15 +54,14 @@ class RefResult(NamedTuple):
 
 
 def cel_data(value: Any) -> Any:
-    """``value`` as the CEL binding takes it: tuples and sets as lists, mappings as dicts.
-    Integers are passed unchanged: beyond 64 bits CEL errs (DESIGN.md: an overflow is an error)."""
-    if isinstance(value, Mapping):
-        return {k: cel_data(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [cel_data(v) for v in value]
-    if isinstance(value, set | frozenset):
-        return [cel_data(v) for v in sorted(value, key=repr)]
-    return value
+    """``value`` as conditions see it (README: argument values CEL has no type for are shown
+    converted, ``bastion.policy._celsafe``): tuples and sets as lists, mappings as dicts, odd
+    objects converted. Integers are passed unchanged: beyond 64 bits CEL errs (DESIGN.md: an
+    overflow is an error). Data nested deeper than 64 levels is passed as it is."""
+    try:
+        return cel_safe(value)
+    except ValueError:
+        return value
 
 
 def run_condition(source: str, data: Mapping[str, Any]) -> bool | str:

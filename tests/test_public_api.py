@@ -12,8 +12,8 @@ import bastion.policy
 def test_top_level_names() -> None:
     assert sorted(bastion.__all__) == sorted([
         "Action", "ApprovalError", "AuditError", "BastionError", "ConfigError", "Decision",
-        "GovernanceDenied", "Kernel", "PolicyError", "StateError", "__version__", "approval",
-        "govern",
+        "GovernanceDenied", "Kernel", "PolicyError", "PolicyWarning", "StateError", "__version__",
+        "approval", "govern",
     ])
     for name in bastion.__all__:
         assert hasattr(bastion, name), name

@@ -1,6 +1,6 @@
 """bastion: runtime governance for autonomous AI agents.
 
-This module only re-exports the public API; see README.md and DESIGN.md for the contracts.
+This module only re-exports the public API; see README.md and docs/ for the contracts.
 """
 
 from bastion._errors import (
@@ -10,6 +10,7 @@ from bastion._errors import (
     ConfigError,
     GovernanceDenied,
     PolicyError,
+    PolicyWarning,
     StateError,
 )
 from bastion.kernel import Action, Decision, Kernel, approval, govern
@@ -26,6 +27,7 @@ __all__ = [
     "GovernanceDenied",
     "Kernel",
     "PolicyError",
+    "PolicyWarning",
     "StateError",
     "__version__",
     "approval",

@@ -11,6 +11,7 @@ Two things are canonical here and nowhere else:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import re
@@ -219,3 +220,17 @@ def _walk(value: Any, depth: int) -> Any:
     if isinstance(value, set | frozenset):
         return [_walk(v, depth + 1) for v in sorted(value, key=repr)]
     return _lossy(value)
+
+
+def unicode_host(name: str) -> str:
+    """``name`` with its IDNA labels ("xn--80ab2al") in Unicode ("банк"), so either spelling of
+    a host is one value; a label that is no valid IDNA stays as written."""
+    if "xn--" not in name:
+        return name
+    labels = []
+    for label in name.split("."):
+        if label.startswith("xn--"):
+            with contextlib.suppress(UnicodeError):
+                label = label.encode("ascii").decode("idna")
+        labels.append(label)
+    return ".".join(labels)

@@ -37,6 +37,11 @@ class PolicyError(BastionError):
         return f"{self.path}:{self.line}:{self.column}: error: {self.message}"
 
 
+class PolicyWarning(UserWarning):
+    """A policy that loads but is probably not what its author meant (``default: allow``);
+    issued once per kernel built from it, with the ``PATH:LINE:COL`` of the cause."""
+
+
 class ConfigError(BastionError):
     """An option passed to a constructor or the CLI is invalid."""
 

@@ -35,7 +35,8 @@ from typing import Any
 
 from bastion._errors import PolicyError
 from bastion.kernel import Action, Decision, Kernel
-from bastion.policy import load_policy, parse_policy
+from bastion.policy import parse_policy
+from bastion.policy._cedar import load_any
 from bastion.policy._yaml import Located, LocatedList, read_source, read_yaml
 
 _FILE_KEYS = {"policy", "policy_text", "agents", "cases", "description", "catalog",
@@ -76,7 +77,7 @@ def run_file(path: str | Path) -> list[CaseResult]:
         raise PolicyError("give exactly one of 'policy' (a path) or 'policy_text'", path=where,
                           line=doc.pos.line, column=doc.pos.column)
     if "policy" in doc:
-        policy = load_policy(p.parent / str(doc["policy"]))
+        policy = load_any(p.parent / str(doc["policy"]))
     else:
         vp = doc.value_pos["policy_text"]
         try:

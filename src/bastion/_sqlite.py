@@ -7,6 +7,7 @@ can never interleave a read-modify-write. Files use WAL.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -40,10 +41,20 @@ def sqlite_path(target: str | os.PathLike[str] | None, what: str) -> str:
     return text
 
 
+def create_private(path: str | os.PathLike[str]) -> None:
+    """Create the database file ``path`` readable by its owner only (0600) when it does not
+    exist yet: it holds approvals, kill switches, tool results and arguments. SQLite gives its
+    ``-wal`` and ``-shm`` files the same mode; an existing file keeps the mode it has."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
 def connect(path: str, schema: str, *, synchronous: str = "normal") -> sqlite3.Connection:
-    """Open (creating the folder) and apply ``schema``; raises ``sqlite3.Error``/``OSError``."""
+    """Open (creating the folder, and the file as ``create_private``) and apply ``schema``;
+    raises ``sqlite3.Error``/``OSError``."""
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        create_private(path)
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
     if path != ":memory:":
         db.execute("pragma journal_mode=wal")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from bastion._cli_audit import audit_app
 from bastion._cli_common import fail as _fail
 from bastion._errors import BastionError, PolicyError
 from bastion.gateway._cli import gateway_app
@@ -20,7 +20,6 @@ from bastion.mesh._cli import id_app, token_app, trust_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Runtime governance for autonomous AI agents.")
-audit_app = typer.Typer(no_args_is_help=True, help="Read, verify and prove the audit log.")
 app.add_typer(audit_app, name="audit")
 app.add_typer(id_app, name="id")
 app.add_typer(token_app, name="token")
@@ -46,19 +45,22 @@ def _json_arg(name: str, text: str | None) -> Any:
 @app.command()
 def check(policies: Annotated[list[Path], typer.Argument(help="Policy files.")]) -> None:
     """Validate policy files: exit 0 when all are valid, 2 otherwise."""
-    from bastion.policy import load_policy
+    from bastion.policy._cedar import CedarPolicy, load_any
 
     bad = 0
     for path in policies:
         try:
-            policy = load_policy(path)
+            loaded = load_any(path)
         except PolicyError as exc:
             typer.echo(exc.render(), err=True)
             bad += 1
             continue
-        for warning in policy.warnings:
+        if isinstance(loaded, CedarPolicy):
+            typer.echo(f"{path}: ok ({loaded.size} cedar policies, {loaded.digest[:19]})")
+            continue
+        for warning in loaded.warnings:
             typer.echo(warning, err=True)
-        typer.echo(f"{path}: ok ({len(policy.rules)} rules, {policy.digest[:19]})")
+        typer.echo(f"{path}: ok ({len(loaded.rules)} rules, {loaded.digest[:19]})")
     if bad:
         raise typer.Exit(2)
 
@@ -173,15 +175,19 @@ def approve(
 @app.command()
 def approvals(state: Annotated[str, typer.Option("--state")],
               all_: Annotated[bool, typer.Option("--all")] = False) -> None:
-    """List pending approvals (``--all``: every status)."""
+    """List pending approvals (``--all``: every status; an expired one shows as ``expired``)."""
     store = _open_state(state)
     try:
         try:
             listed = store.list_approvals(None if all_ else "pending")
         except BastionError as exc:
             _fail(f"error: {exc}")
+        now = time.time()
         for a in listed:
-            typer.echo(json.dumps({"id": a.id, "status": a.status, "tool": a.tool,
+            status = "expired" if a.status == "pending" and a.expires <= now else a.status
+            if status == "expired" and not all_:
+                continue
+            typer.echo(json.dumps({"id": a.id, "status": status, "tool": a.tool,
                                    "agent": a.agent, "session": a.session,
                                    "expires": a.expires, "digest": a.digest}))
     finally:
@@ -296,91 +302,6 @@ def kills(state: Annotated[str, typer.Option("--state")]) -> None:
     with _kill_switch(state, None) as switch:
         for key, record in sorted(switch.engaged().items()):
             typer.echo(json.dumps({"flag": key, **record}))
-
-
-@audit_app.command("verify")
-def audit_verify(path: Path, key: Annotated[Path | None, typer.Option("--key")] = None) -> None:
-    """Verify the chain, MACs and signed checkpoints: exit 0 intact, 1 tampered, 2 error."""
-    from bastion.audit import verify
-
-    if not path.exists():
-        _fail(f"{path}: error: no such audit log")
-    try:
-        report = verify(path, key_path=key)
-    except BastionError as exc:
-        _fail(f"{path}: error: {exc}")
-    if report.ok:
-        typer.echo(f"{path}: intact ({report.entries} entries, {report.checkpoints} checkpoints)")
-        return
-    typer.echo(f"{path}: TAMPERED: {report.reason}", err=True)
-    raise typer.Exit(1)
-
-
-@audit_app.command("tail")
-def audit_tail(path: Path, n: Annotated[int, typer.Option("-n")] = 10) -> None:
-    """Print the last N events as JSON lines."""
-    from bastion.audit import read_events
-
-    events = list(_read(path, read_events))
-    for event in events[-n:] if n > 0 else []:
-        typer.echo(json.dumps(event, ensure_ascii=False))
-
-
-@audit_app.command("export")
-def audit_export(path: Path,
-                 fmt: Annotated[str, typer.Option("--format")] = "jsonl",
-                 out: Annotated[Path | None, typer.Option("--output", "-o")] = None) -> None:
-    """Export every event (format: jsonl) to stdout or --output."""
-    from bastion.audit import read_events
-
-    if fmt != "jsonl":
-        _fail(f"error: unknown format {fmt!r} (jsonl)")
-    if not path.exists():
-        _fail(f"{path}: error: no such audit log")
-    try:
-        sink = out.open("w", encoding="utf-8") if out else sys.stdout
-    except OSError as exc:
-        _fail(f"{out}: error: cannot write: {exc.strerror}")
-    try:
-        for event in _read(path, read_events):
-            sink.write(json.dumps(event, ensure_ascii=False) + "\n")
-    finally:
-        if out:
-            sink.close()
-
-
-@audit_app.command("prove")
-def audit_prove(
-    path: Path,
-    seq: Annotated[int | None, typer.Option("--seq", help="Inclusion proof of this entry.")] = None,
-    old: Annotated[int | None, typer.Option("--old", help="Consistency: old tree size.")] = None,
-    new: Annotated[int | None, typer.Option("--new", help="Consistency: new tree size.")] = None,
-) -> None:
-    """Print an RFC 6962 inclusion proof (--seq) or consistency proof (--old, --new) as JSON."""
-    from bastion.audit import latest_checkpoint, prove_consistency, prove_inclusion
-
-    try:
-        if seq is not None:
-            proof = prove_inclusion(path, seq)
-        elif old is not None:
-            size = new if new is not None else (latest_checkpoint(path) or {}).get("tree_size")
-            if size is None:
-                _fail(f"{path}: error: no checkpoint yet; pass --new")
-            proof = prove_consistency(path, old, int(size))
-        else:
-            _fail("error: give --seq N, or --old M [--new N]")
-    except BastionError as exc:
-        _fail(f"{path}: error: {exc}")
-    typer.echo(json.dumps(proof, indent=2))
-
-
-def _read(path: Path, reader: Any) -> Any:
-    if not path.exists():
-        _fail(f"{path}: error: no such audit log")
-    try:
-        yield from reader(path)
-    except BastionError as exc:
-        _fail(f"{path}: error: {exc}")
 
 
 @app.command()

@@ -58,7 +58,7 @@ def test_valid_policy_loads_into_frozen_typed_values() -> None:
          "      args.b > > 1\n", 7, 16, "syntax error"),
         ("version: 1\nrules:\n  - id: a\n    effect: deny\n    when: nosuch == 1\n", 5, 11,
          "undeclared reference to 'nosuch'"),
-        ("version: 1\nrules:\n  - id: a\n    effect: deny\n    when: args.x\n", 5, 11,
+        ("version: 1\nrules:\n  - id: a\n    effect: deny\n    when: size(args)\n", 5, 11,
          "must be a bool"),
         ("version: 1\nrules:\n  - id: a\n    effect: deny\n    when: tool == 1\n", 5, 16,
          "no matching overload"),

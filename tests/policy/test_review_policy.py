@@ -220,11 +220,15 @@ def test_fast_path_agrees_with_cel_on_lone_surrogates() -> None:
     text = ("version: 1\ndefault: allow\nrules:\n  - id: big\n    tools: [transfer]\n"
             "    when: args.amount > 1000\n    effect: deny\n")
     k = _kernel(text)
+    # CEL itself errs on this data; conditions see each lone surrogate as U+FFFD (README), so
+    # the rule that does not read the memo decides on the amount, on either path
     args = {"amount": 5, "memo": "\ud800"}
     ref = reference_evaluate(k.policy, "pre_tool", "transfer", "", {"args": args})
-    assert ref.effect == "deny" and ref.has_errors  # CEL itself errs on this data
+    assert ref.effect == "allow" and not ref.has_errors
     d = k.evaluate(Action(tool="transfer", args=args))
-    assert d.effect == ref.effect, (d.effect, d.errors)
+    assert (d.effect, d.errors) == (ref.effect, ()), (d.effect, d.errors)
+    d = k.evaluate(Action(tool="transfer", args={"amount": 5000, "memo": "\ud800"}))
+    assert d.effect == "deny" and d.rule_ids == ("big",)
 
 
 # -- 10. govern(): a redacted default argument is not passed on redacted ---------------------------

@@ -9,6 +9,7 @@ import math
 import pytest
 
 from bastion import Action, ConfigError, Kernel
+from bastion.audit import AuditLog
 from bastion.flow import parse_catalog
 from bastion.runtime import RingGuard
 from bastion.runtime._rings import ELEVATION_SKEW_S
@@ -29,8 +30,9 @@ class Clock:
 
 
 def _kernel(ring_of: dict[str, int], clock: Clock) -> tuple[Kernel, RingGuard]:
-    kernel = Kernel.from_text(POLICY, audit=False, catalog=CATALOG)
-    guard = RingGuard(CATALOG, ring_of=ring_of.get, state=kernel.state, clock=clock)
+    kernel = Kernel.from_text(POLICY, catalog=CATALOG)
+    guard = RingGuard(CATALOG, ring_of=ring_of.get, state=kernel.state, audit=kernel.audit,
+                      clock=clock)
     kernel.add_guard(guard)
     return kernel, guard
 
@@ -94,8 +96,10 @@ def test_an_elevation_ends_at_expiry_and_is_not_stretched_by_a_slow_clock() -> N
     state = open_store(None)
     granting, behind, slightly = Clock(), Clock(T0 - 3600), Clock(T0 - ELEVATION_SKEW_S / 2)
 
+    log = AuditLog.open(None)
+
     def guard(clock: Clock) -> RingGuard:
-        return RingGuard(CATALOG, ring_of=lambda agent: 3, state=state, clock=clock)
+        return RingGuard(CATALOG, ring_of=lambda agent: 3, state=state, audit=log, clock=clock)
 
     guard(granting).elevate("bot", 1, seconds=60, approved_by="lead", reason="incident")
     assert guard(granting).ring("bot") == 1

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from bastion._canon import canonical_json
 from bastion._errors import AuditError, ConfigError
+from bastion._sqlite import create_private
 from bastion.audit._keys import StrPath, public_key_id, raw_public_key, resolve_keys
 from bastion.audit._merkle import CompactTree
 
@@ -111,11 +112,12 @@ def connect(
             uri = f"file:{quote(str(path.resolve()))}?mode=ro"
             conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
         else:
+            create_private(path)
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         conn.execute("PRAGMA busy_timeout=5000")
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise AuditError(f"{str(path or _MEMORY)!r}: cannot open audit log: {exc}") from exc
     return conn
 

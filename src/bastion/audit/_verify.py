@@ -186,7 +186,8 @@ class _Verifier:
         if meta.get("format") != str(_store.FORMAT_VERSION):
             raise _Failed(f"unsupported audit log format {meta.get('format')!r}", None)
         if not _store.same_text(meta.get("key_check", ""), _store.key_check(self._key)):
-            raise _Failed("wrong mac key for this log (key check mismatch)", None)
+            raise _Failed("wrong mac key for this log (key check mismatch): the key given is not "
+                          "this log's, or the log's key check was rewritten", None)
 
     def _signer(self, index: int, checkpoint: _store.Checkpoint) -> Ed25519PublicKey:
         where = f"checkpoint {index} (tree size {checkpoint.tree_size})"

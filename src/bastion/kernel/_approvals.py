@@ -144,7 +144,9 @@ class Approvals:
         return decided
 
     def pending(self) -> list[Approval]:
-        return self._state.list_approvals("pending")
+        """The approvals still waiting for a decision: pending and not expired."""
+        now = self._clock() / 1e9
+        return [a for a in self._state.list_approvals("pending") if a.expires > now]
 
 
 def _fields(a: Approval) -> dict[str, Any]:

@@ -166,8 +166,11 @@ def _text(value: Any, show: Any) -> str:
 
 
 def _deny(did: str, ts: int, action: Action, policy: str, code: str, *,
-          errors: tuple[str, ...] = (), reasons: tuple[str, ...] = ()) -> Decision:
-    tool = action.tool if type(action.tool) is str else _text(action.tool, repr)
+          errors: tuple[str, ...] = (), reasons: tuple[str, ...] = (),
+          tool: str | None = None) -> Decision:
+    """A deny decided before the policy ran; ``tool`` is the canonical name once known."""
+    if tool is None:
+        tool = action.tool if type(action.tool) is str else _text(action.tool, repr)
     stage = action.stage if type(action.stage) is str else _text(action.stage, str)
     return Decision(id=did, effect="deny", stage=stage, tool=tool, errors=errors,
                     reasons=reasons or errors[:1] or (code.replace("_", " "),), policy=policy,

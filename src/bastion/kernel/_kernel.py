@@ -23,11 +23,12 @@ from __future__ import annotations
 import itertools
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from bastion._canon import canonical_tool
-from bastion._errors import ConfigError
+from bastion._errors import ConfigError, PolicyWarning
 from bastion.flow import EMPTY_CATALOG, ToolCatalog, load_catalog
 from bastion.flow._results import has_handle
 from bastion.kernel._approvals import Approvals, Approver
@@ -46,10 +47,9 @@ from bastion.policy import (
     Stage,
     Verdict,
     compile_policy,
-    load_policy,
     parse_policy,
 )
-from bastion.policy._cedar import CedarPolicy, load_cedar
+from bastion.policy._cedar import CedarPolicy, load_any
 from bastion.policy._eval import evaluate_tiers
 from bastion.state import StateStore, open_store
 
@@ -137,10 +137,7 @@ class Kernel(KernelOperations):
     def from_policy(cls, path: str | os.PathLike[str], **options: Any) -> Kernel:
         """Load a policy file (``.cedar``: Cedar, else YAML); ``audit``/``state`` take a path or
         URL and default to in memory; ``audit=False`` turns auditing off."""
-        where = os.fspath(path)
-        if where.endswith(".cedar"):
-            return cls._build(load_cedar(where), **options)
-        return cls._build(load_policy(where), **options)
+        return cls._build(load_any(os.fspath(path)), **options)
 
     @classmethod
     def from_text(cls, text: str, *, format: str = "yaml", **options: Any) -> Kernel:
@@ -154,6 +151,8 @@ class Kernel(KernelOperations):
     @classmethod
     def _build(cls, policy: Policy | CedarPolicy, *, audit: Any = None, state: Any = None,
                catalog: Any = None, durable: bool = False, **options: Any) -> Kernel:
+        for text in getattr(policy, "warnings", ()):  # "default: allow", with its position
+            warnings.warn(text, PolicyWarning, stacklevel=3)
         tools = catalog if isinstance(catalog, ToolCatalog) or catalog is None \
             else load_catalog(catalog)
         store = state if hasattr(state, "flags") else open_store(state)
@@ -237,32 +236,32 @@ class Kernel(KernelOperations):
         if (agent and type(agent) is not dict and not isinstance(agent, Mapping)) or \
                 (session and type(session) is not dict and not isinstance(session, Mapping)):
             return _deny(did, ts, action, self.compiled.digest, "invalid_identity",
-                         errors=("agent and session must be maps such as {'id': 'a1'}",))
+                         errors=("agent and session must be maps such as {'id': 'a1'}",), tool=tool)
         agent_id = agent.get("id", "") if agent else ""
         session_id = session.get("id", "") if session else ""
         if type(agent_id) is not str or type(session_id) is not str:
             return _deny(did, ts, action, self.compiled.digest, "invalid_identity",
-                         errors=("agent and session ids must be strings",))
+                         errors=("agent and session ids must be strings",), tool=tool)
         if not isinstance(action.args, Mapping):  # no argument could be named, nor labelled
             return _deny(did, ts, action, self.compiled.digest, "invalid_args",
                          errors=("arguments must be a map of name to value, not "
-                                 f"{type(action.args).__name__}",))
+                                 f"{type(action.args).__name__}",), tool=tool)
         flags = self._flags()  # step 3
         if flags:
             hit = _kill_hit(flags, agent_id, session_id, tool)
             if hit is not None:
                 return _deny(did, ts, action, self.compiled.digest, "kill_switch",
-                             reasons=(f"kill switch engaged ({hit})",))
+                             reasons=(f"kill switch engaged ({hit})",), tool=tool)
         for guard in self._guards:
             try:
                 refusal = guard(action, tool, agent_id)
             except Exception as exc:
                 return _deny(did, ts, action, self.compiled.digest, "guard",
                              errors=(f"guard {_name(guard)} failed: {type(exc).__name__}: "
-                                     f"{exc}",))
+                                     f"{exc}",), tool=tool)
             if refusal is not None:
                 return _deny(did, ts, action, self.compiled.digest, "guard",
-                             reasons=(f"{_name(guard)}: {refusal}",))
+                             reasons=(f"{_name(guard)}: {refusal}",), tool=tool)
         if self._cedar is not None:
             return self._decide_cedar(action, stage, tool, agent_id, session_id, did, ts)
         cands = self._candidates.get((stage, tool)) or self.compiled.candidates(stage, tool)
@@ -271,10 +270,10 @@ class Kernel(KernelOperations):
             data = self._data(action, tool, agent_id, session_id, ts, cands.variables)
             if self._flow_on and self._flow.ended(session_id, data):
                 return _deny(did, ts, action, self.compiled.digest, "session_ended",
-                             errors=(SESSION_ENDED,))
+                             errors=(SESSION_ENDED,), tool=tool)
             if self._flow_on and self._flow.history_unknown(data, cands):
                 return _deny(did, ts, action, self.compiled.digest, "flow_incomplete",
-                             errors=(HISTORY_UNKNOWN,))
+                             errors=(HISTORY_UNKNOWN,), tool=tool)
             verdict = evaluate_tiers(self.policy.default, cands, agent_id, data)
             if verdict.effect is not _ALLOW and "arg_labels" in data:
                 verdict = verdict._replace(reasons=(*verdict.reasons, flow_note(data)))

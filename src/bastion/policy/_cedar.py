@@ -63,6 +63,7 @@ class CedarPolicy:
         self.policy = Policy(version=1, name=Path(path).stem, default=Effect.DENY, rules=(),
                              source=path, digest=self.digest)
         self._cedarpy = cedarpy
+        self.size = len(self._effects)  # policies in the set
 
     def decide(self, stage: str, tool: str, agent_id: str, agent: dict[str, Any],
                data: dict[str, Any]) -> tuple[Effect, tuple[str, ...], tuple[str, ...],
@@ -85,12 +86,13 @@ class CedarPolicy:
             res = self._cedarpy.is_authorized(request, self._set, entities)
         except Exception as exc:
             return Effect.DENY, (), ("cedar evaluation failed",), (str(exc),)
-        errors = tuple(str(e) for e in res.diagnostics.errors)
+        raw_errors = tuple(str(e) for e in res.diagnostics.errors)
         matched = list(res.diagnostics.reasons)
-        for err in errors:
+        for err in raw_errors:
             m = _ERR_POLICY.search(err)
             if m and (self._effects.get(m.group(1)) == "forbid" or m.group(1) in self._approval):
                 matched.append(m.group(1))
+        errors = tuple(self._named(err) for err in raw_errors)
         forbids = [p for p in matched if self._effects.get(p) == "forbid"]
         if forbids:
             return Effect.DENY, self._names(forbids), self._why(forbids, "forbid"), errors
@@ -102,6 +104,14 @@ class CedarPolicy:
         if permits:
             return Effect.ALLOW, self._names(permits), self._why(permits, "permit"), errors
         return Effect.DENY, (), ("no cedar policy permits this action",), errors
+
+    def _named(self, error: str) -> str:
+        """A cedar error with the policy it names shown by its ``@id`` ("policy1" is the
+        set's own numbering)."""
+        m = _ERR_POLICY.search(error)
+        if m is None or self._ids.get(m.group(1), m.group(1)) == m.group(1):
+            return error
+        return f"{error} (policy {self._ids[m.group(1)]!r})"
 
     def _names(self, pids: list[str]) -> tuple[str, ...]:
         return tuple(self._ids[p] for p in sorted(set(pids), key=_policy_order))
@@ -115,6 +125,13 @@ def load_cedar(path: str | Path) -> CedarPolicy:
     from bastion.policy._yaml import read_source
 
     return CedarPolicy(read_source(path), str(path))
+
+
+def load_any(path: str | Path) -> Policy | CedarPolicy:
+    """A policy file by its name: ``.cedar`` is Cedar, anything else YAML."""
+    from bastion.policy._loader import load_policy
+
+    return load_cedar(path) if str(path).endswith(".cedar") else load_policy(path)
 
 
 def _cedarpy() -> Any:

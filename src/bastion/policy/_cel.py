@@ -36,7 +36,7 @@ from urllib.parse import unquote, urlsplit
 from cel_expr_python import cel
 from cel_expr_python.ext import ext_strings
 
-from bastion._canon import norm_text, strip_format
+from bastion._canon import norm_text, strip_format, unicode_host
 
 T = cel.Type
 _ANY_KINDS: dict[str, Any] = {
@@ -74,9 +74,11 @@ def host(text: str) -> str:
     """Lower-cased host of a URL (``https://u@h:1/p``), ``user@host`` or bare host string.
 
     Parsed the way a client connects: a backslash ends the authority (WHATWG), ideographic full
-    stops are dots (IDNA), IPv4 in decimal, hex or octal forms becomes dotted-quad, and
-    ``//host/path`` is scheme-relative. "" when there is no host, and when the authority holds
-    white space, ``,``, ``;``, ``<`` or ``>`` (several addresses, or a display name).
+    stops are dots (IDNA), IPv4 in decimal, hex or octal forms becomes dotted-quad,
+    ``//host/path`` is scheme-relative, and IDNA labels are read in Unicode
+    (``xn--80ab2al.xn--p1ai`` is ``банк.рф``). "" when there is no host, and when the authority
+    holds white space, ``,``, ``;``, ``<`` or ``>`` (several addresses, or a display name), or a
+    ``mailto:`` names more recipients in its query.
     """
     raw = norm_text(text).replace("\\", "/").replace("\u3002", ".")
     if "://" not in raw and not raw.startswith("//"):
@@ -88,8 +90,10 @@ def host(text: str) -> str:
         return ""
     if _LIST_MARKS.search(parts.netloc):  # "x@evil.test, ops@example.com": several addresses
         return ""  # (or a display name) are no one host: the last one's must not answer
+    if "@" in parts.query and raw[2:9].casefold() == "mailto:":
+        return ""  # "mailto:ops@example.com?cc=x@evil.test": more recipients in the query
     name = norm_text(unquote(name)).replace("\u3002", ".").rstrip(".")
-    return _ipv4(name) or name
+    return _ipv4(name) or unicode_host(name)
 
 
 def _ipv4(name: str) -> str | None:

@@ -23,7 +23,8 @@ TIER_ORDER = (Effect.DENY, Effect.REQUIRE_APPROVAL, Effect.ALLOW, Effect.REDACT,
 
 
 def check_condition(source: str) -> tuple[int, int, str] | None:
-    """Compile ``source``; ``(line, column, message)`` when it is not a valid bool condition."""
+    """Compile ``source``; ``(line, column, message)`` when it is not a valid bool condition
+    (a ``dyn`` one, such as a bare ``args.flag``, is checked when it runs)."""
     try:
         expr = environment().compile(source)
     except RuntimeError as exc:
@@ -33,8 +34,9 @@ def check_condition(source: str) -> tuple[int, int, str] | None:
             msg = m.group(3).replace("ERROR: ", "").strip()
             return int(m.group(1)), int(m.group(2)), msg
         return 1, 1, text.removeprefix("INVALID_ARGUMENT: ").strip()
-    if expr.return_type().name().lower() != "bool":
-        return 1, 1, f"condition must be a bool, not {expr.return_type().name().lower()}"
+    kind = expr.return_type().name().lower()
+    if kind not in ("bool", "dyn"):  # dyn ("args.flag"): a value that is no bool at run time
+        return 1, 1, f"condition must be a bool, not {kind}"  # is an error (fails closed)
     bad = _bad_constant_regex(expr)
     if bad is not None:  # it would err on every evaluation: refused at load
         return 1, 1, bad

@@ -18,7 +18,6 @@ first run as one combined program; only when that errs are they run one by one, 
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -26,8 +25,9 @@ from typing import Any, NamedTuple
 from cel_expr_python import cel
 
 from bastion._canon import LazyModule
+from bastion.policy._celsafe import cel_safe
 from bastion.policy._compile import Candidates, CompiledPolicy, CompiledRule, Tier
-from bastion.policy._fastdata import INT64, clean
+from bastion.policy._fastdata import clean
 from bastion.policy._fastpath import values_function
 from bastion.policy._model import Effect, Stage
 
@@ -198,7 +198,7 @@ class _Data:
         if self.safe:
             return False
         self.safe = True
-        self.data = {k: _cel_safe(v, 0) for k, v in self.data.items()}
+        self.data = {k: cel_safe(v) for k, v in self.data.items()}
         return True
 
 
@@ -229,7 +229,7 @@ def _matches(tier: Tier, agent_id: str, data: _Data, errors: list[str], *,
             return out
     data.make_safe()
     for cr in cond:
-        value = _run(cr.program, data.view(cr.variables))
+        value = _outcome(cr.program, data.view(cr.variables))
         if type(value) is not bool:
             errors.append(f"rule {cr.rule.id!r}: {value}")
             if error_matches:
@@ -272,6 +272,25 @@ def _run(program: Any, view: dict[str, Any]) -> Any:
         return f"{type(exc).__name__}: {exc}"
 
 
+def _outcome(program: Any, view: dict[str, Any]) -> Any:
+    """``_run`` for the general path: a bool, or why the condition decided nothing (its error,
+    or the value that is no bool, such as a ``dyn`` condition's string)."""
+    a = _ARENAS
+    a.left -= 1
+    if a.left <= 0:
+        a.arena, a.left = cel.Arena(), _ARENA_USES
+    try:
+        value = program.eval(data=view, arena=a.arena)
+    except Exception as exc:  # the binding raises on data it cannot convert
+        return f"{type(exc).__name__}: {exc}"
+    plain = value.plain_value()
+    if type(plain) is bool or value.type().name() == "ERROR":  # an error comes back as a value
+        return plain
+    shown = repr(plain)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return f"condition gave {type(plain).__name__} {shown}, not a bool"
+
+
 _NUL_ERROR = "a string holds a NUL byte, which CEL would cut short; no condition is run"
 
 
@@ -299,36 +318,3 @@ def _has_nul(value: Any, depth: int) -> bool:
     if isinstance(value, bytes | bytearray):
         return b"\x00" in value
     return False
-
-
-def _cel_safe(value: Any, depth: int) -> Any:
-    """A copy of ``value`` CEL can hold: tuples and sets as lists, subclasses of str, int and
-    float as their plain values, non-string keys as strings. Integers beyond 64 bits are kept:
-    CEL errs on them (an overflow), so no condition silently sees a rounded amount."""
-    if depth > 64:
-        raise ValueError("value nested deeper than 64 levels")
-    if isinstance(value, bool) or value is None or type(value) in (str, float, bytes):
-        return value
-    if isinstance(value, str):  # StrEnum and other subclasses: their string value
-        return value[:]
-    if isinstance(value, float):
-        return float(value)
-    if type(value) is int:
-        return value  # beyond 64 bits CEL errs (an overflow), which the combiner fails closed on
-    if isinstance(value, int):  # IntEnum and other subclasses: their integer value
-        return int(value)
-    if isinstance(value, Mapping):
-        return {_key(k): _cel_safe(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_cel_safe(v, depth + 1) for v in value]
-    if isinstance(value, set | frozenset):
-        return [_cel_safe(v, depth + 1) for v in sorted(value, key=repr)]
-    return value
-
-
-def _key(key: Any) -> Any:
-    if isinstance(key, bool | str):
-        return key
-    if isinstance(key, int) and INT64[0] <= key <= INT64[1]:
-        return key
-    return str(key) if not isinstance(key, float) or math.isfinite(key) else repr(key)

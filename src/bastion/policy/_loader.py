@@ -199,6 +199,9 @@ def _rule(ctx: _Ctx, node: Located) -> Rule:
             ctx.fail(ctx.inside(node.value_pos["when"], line, col),
                      f"in 'when' of rule {rid!r}: {msg}")
     limit = _limit(ctx, node)
+    if limit is not None and effect not in (Effect.ALLOW, Effect.REQUIRE_APPROVAL):
+        ctx.fail(node.key_pos["limit"], f"'limit' counts the calls an allow or require_approval "
+                 f"rule lets through; a {effect.value} rule has none to count")
     redact, pattern = _redaction(ctx, node, effect, stage)
     k = node.key_pos["id"]
     return Rule(id=rid, stage=stage, tools=tools, agents=agents, effect=effect, when=when,

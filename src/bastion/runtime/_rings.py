@@ -111,7 +111,11 @@ class RingGuard:
 
     def elevate(self, agent_id: str, ring: int, *, seconds: float, approved_by: str,
                 reason: str) -> Elevation:
-        """Grant ``agent_id`` ring ``ring`` for ``seconds`` (audited)."""
+        """Grant ``agent_id`` ring ``ring`` for ``seconds`` (audited: a guard without an audit
+        log grants nothing)."""
+        if self._audit is None:
+            raise ConfigError("an elevation is audited: give the RingGuard an audit log "
+                              "(audit=kernel.audit)")
         if not agent_id:
             raise ConfigError("an elevation needs an agent id")
         if not norm_text(approved_by) or norm_text(approved_by) == norm_text(agent_id):
