@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
+from bastion._canon import unicode_host
 from bastion.flow._values import (
     MAX_TEXT,
     canonical,
@@ -36,6 +37,9 @@ from bastion.flow._values import (
 )
 
 TRUSTED, UNTRUSTED = "trusted", "untrusted"
+UNKNOWN = "unknown"
+UNTRUSTED_IDENTIFIER = "untrusted_identifier"
+SELECTED = "selected"  # an untrusted value the user's own words picked out (see _selected)
 ADDRESS_KINDS = frozenset({"email", "url", "host", "iban"})  # identifiers that say where to go
 USER = "user"
 MIN_FRAGMENT = 6  # significant characters a piece needs before it counts as a fragment
@@ -265,6 +269,24 @@ class Haystacks:
         (``MIN_FRAGMENT`` or more characters) that no trusted text holds."""
         return (len(text) >= MIN_FRAGMENT and self._in("untrusted_ids", text)
                 and not self._in(TRUSTED, text))
+
+    def _address_in_text(self, kind: str, value: str) -> set[str] | None:
+        """Labels of the untrusted texts that hold the address ``value`` (canonical, of
+        ``kind``) where it was not recognised as one (no word boundary in CJK text, odd
+        separators), unless trusted text holds it: an IBAN by its significant characters, any
+        other address as written, its host in either IDNA spelling ("Node.js" is not "NodeJS")."""
+        if kind == "iban":
+            return self._fragment(compact(value))
+        found: set[str] = set()
+        for form in {value, unicode_host(value)}:
+            if len(compact(form)) < MIN_FRAGMENT or not self._in("untrusted_text", form) \
+                    or self._in("trusted_text", form):
+                continue
+            self._spend_walk("untrusted_text")
+            for key, labels in self._atoms.items():
+                if key.startswith("text:") and TRUSTED not in labels and form in key:
+                    found |= labels
+        return found or None
 
     def _sensitive(self, text: str) -> set[str]:
         """Confidentiality labels (and sources) of remembered sensitive texts that ``text`` is a

@@ -1,18 +1,17 @@
 """Helpers of ``Provenance`` over label sets and the text of one value: the labels of two values
 under one name (``merged``), the text around a value's identifiers (``text_around``), and what an
-argument name that is code looks like (``PARAMETER``)."""
+argument name that is code looks like (``code_name``)."""
 
 from __future__ import annotations
 
 import functools
 import re
 
-from bastion.flow._haystacks import TRUSTED, UNTRUSTED
-from bastion.flow._split import SELECTED, UNKNOWN
+from bastion.flow._haystacks import SELECTED, TRUSTED, UNKNOWN, UNTRUSTED
 from bastion.flow._values import canonical, compact
 
 _SEPARATORS = re.compile(r"[\s,;]+")
-PARAMETER = re.compile(r"[A-Za-z_]{1,64}")  # a name as code writes one: not data
+
 _NOT_WORD = re.compile(r"[\w]")  # what is left of a text without its letters and digits
 
 
@@ -57,3 +56,51 @@ def merged(a: list[str], b: list[str]) -> list[str]:
     if SELECTED not in a or SELECTED not in b:
         out.discard(SELECTED)
     return sorted(out)
+
+
+# top-level domains of three or more letters that a sentence could start with, or that are common
+# enough for a typed host to end in: a cut before one is a cut of the host, not a run-on sentence
+_TLDS = frozenset({
+    "com", "net", "org", "edu", "gov", "mil", "int", "info", "biz", "name", "pro", "aero", "coop",
+    "museum", "mobi", "asia", "tel", "travel", "jobs", "cat", "post", "app", "dev", "page",
+    "cloud", "online", "site", "tech", "store", "shop", "blog", "xyz", "top", "club", "live",
+    "news", "email", "group", "company", "bank", "law", "one", "new", "now", "best", "life",
+    "work", "world", "today", "you", "win", "fun", "care", "art", "design", "media", "social",
+    "network", "agency", "money", "pay", "finance", "capital", "digital", "solutions", "services",
+    "support", "systems", "global", "zone",
+})
+
+
+def cut_typed(hay: str, kind: str, address: str) -> bool:
+    """``hay`` (trusted text) holds ``address`` from where a token starts, followed by what
+    only ends an address, not changes it: for a URL, its path, query or fragment going on
+    (``https://example.com/`` typed, ``https://example.com`` passed); for any address, a dot
+    and a word of three or more letters that is no common top-level domain, then no more of an
+    address (``www.our-company.com.They sent…``: a sentence run on without a space). A cut off
+    the start ("smith@gmail.com" out of "anna.smith@gmail.com") or before a top-level label
+    ("shop.example" out of "shop.example.com", "shop.com" out of "shop.com.au") is another
+    address."""
+    if address not in hay:
+        return False
+    # from where a token starts; a host or a URL without its scheme also from where the
+    # authority of a typed URL (or the domain of a typed e-mail address) starts
+    start = rf"(?<![\w.+\-@/:]){re.escape(address)}" if kind == "email" else \
+        rf"(?:(?<![\w.+\-@/:])|(?<=://)|(?<=[\w.+\-']@)){re.escape(address)}"
+    if kind == "url" and re.search(start + r"[/?#]", hay):
+        return True
+    for m in re.finditer(start + r"\.([^\W\d_]{3,})(?![\w.@\-])", hay):
+        if m.group(1) not in _TLDS:
+            return True
+    return False
+
+
+_LONG_DIGITS = re.compile(r"\d{4}")
+
+
+def code_name(name: str) -> bool:
+    """``name`` is an argument name as code writes one (``to``, ``address_line1``,
+    ``empfänger``, a position ``0``-``999``), not data passed as a keyword (an IBAN, a key,
+    ``sk-live-…``): an identifier shorter than 24 characters without a run of four digits."""
+    if name.isdigit():
+        return len(name) <= 3
+    return name.isidentifier() and len(name) < 24 and _LONG_DIGITS.search(name) is None

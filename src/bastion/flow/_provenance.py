@@ -53,7 +53,7 @@ from bastion.flow._haystacks import (
     USER,
     OverBudget,
 )
-from bastion.flow._labels import PARAMETER, merged, text_around
+from bastion.flow._labels import code_name, cut_typed, merged, text_around
 from bastion.flow._records import RecordIndex
 from bastion.flow._split import SELECTED, UNKNOWN, UNTRUSTED_IDENTIFIER, SplitValues
 from bastion.flow._values import (
@@ -257,15 +257,13 @@ class Provenance(SplitValues):
                 all_trusted = False
                 if not address:
                     continue
-                piece = compact(atom.partition(":")[2])
-                if self._identifier_piece(piece):
+                kind, _, value = atom.partition(":")
+                if self._identifier_piece(compact(value)):
                     untrusted = True  # a cut-down untrusted link or address ("evil.com/x")
                     out.add(UNTRUSTED_IDENTIFIER)
-                elif (frag := self._fragment(piece)) is not None:
-                    # an address an untrusted text holds where it was not recognised as one
-                    # (no word boundary in CJK text, odd separators): the attacker's all the same
-                    untrusted = True
-                    out |= frag | {UNTRUSTED_IDENTIFIER}
+                elif (held := self._address_in_text(kind, value)) is not None:
+                    untrusted = True  # held where it was not recognised: the attacker's still
+                    out |= held | {UNTRUSTED_IDENTIFIER}
             elif TRUSTED in labels:
                 out |= {x for x in labels if x != UNTRUSTED}
             else:
@@ -320,8 +318,7 @@ class Provenance(SplitValues):
             found = [self._atoms.get(a) for a in ids]
             if all(labels is not None and TRUSTED in labels for labels in found):
                 return {x for labels in found if labels for x in labels if x != UNTRUSTED}
-        if any(a.partition(":")[0] in ADDRESS_KINDS and not self._typed_atom(a)
-               and not self._ends_sentence(a.partition(":")[2]) for a in ids):
+        if not self._addresses_typed(ids):
             return None  # "smith@gmail.com" cut out of a typed "anna.smith@gmail.com" is not it
         canon = canonical(leaf)
         if not self._word_in("trusted_text", canon):
@@ -333,16 +330,20 @@ class Provenance(SplitValues):
                 out |= labels - {UNTRUSTED}
         return out or None
 
-    def _ends_sentence(self, address: str) -> bool:
-        """A trusted text holds ``address`` from where a token starts, with a dot and a word of
-        three or more letters right after it: the typed address as written, before the next
-        sentence (a two-letter label is more likely a country: "shop.com.au" is not "shop.com")."""
-        hay = self._haystack("trusted_text")
-        if f"{address}." not in hay:
-            return False
-        self._spend(_REGEX_COST * len(hay))
-        return re.search(rf"(?<![\w.+\-@/:]){re.escape(address)}\.[^\W\d_]{{3,}}(?![\w.@\-])",
-                         hay) is not None
+    def _addresses_typed(self, ids: frozenset[str]) -> bool:
+        """Every address among ``ids`` is one trusted input holds whole, or cut only where
+        ``cut_typed`` allows (a host inside an e-mail address or URL goes with it)."""
+        kept = [a for a in ids if a.partition(":")[0] in ADDRESS_KINDS]
+        outer = [a.partition(":")[2] for a in kept if not a.startswith("host:")]
+        for atom in kept:
+            kind, _, value = atom.partition(":")
+            if self._typed_atom(atom) or (kind == "host" and any(value in o for o in outer)):
+                continue
+            hay = self._haystack("trusted_text")
+            self._spend(_REGEX_COST * len(hay))
+            if not cut_typed(hay, kind, value):
+                return False
+        return True
 
     def labels_of_args(self, args: Mapping[str, Any]) -> dict[str, list[str]]:
         """``labels_of`` for every argument, plus identifiers split across arguments: when the
@@ -368,7 +369,7 @@ class Provenance(SplitValues):
         for k, v in args.items():  # keys 1 and "1" are one name: neither hides the other
             found = self.labels_of(v)
             name = str(k)
-            if not PARAMETER.fullmatch(name) and (carried := self._name_labels(name)):
+            if not code_name(name) and (carried := self._name_labels(name)):
                 found = merged(found, carried)  # a name that is data (``**kwargs``) carries it
             done[name] = merged(done[name], found) if name in done else found
             done_count[name] = done_count.get(name, 0) + 1

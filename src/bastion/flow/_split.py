@@ -14,15 +14,17 @@ from typing import Any
 from bastion.flow._haystacks import (
     ADDRESS_KINDS,
     MIN_FRAGMENT,
+    SELECTED,
     TRUSTED,
+    UNKNOWN,
     UNTRUSTED,
+    UNTRUSTED_IDENTIFIER,
     Haystacks,
 )
+from bastion.flow._labels import code_name
 from bastion.flow._values import canonical, compact, identifiers, scalars
 
-UNKNOWN = "unknown"
-UNTRUSTED_IDENTIFIER = "untrusted_identifier"
-SELECTED = "selected"  # an untrusted value the user's own words picked out (see _selected)
+__all__ = ["SELECTED", "UNKNOWN", "UNTRUSTED_IDENTIFIER", "SplitValues"]
 
 
 class SplitValues(Haystacks):
@@ -39,7 +41,8 @@ class SplitValues(Haystacks):
         sensitive = bool(self._haystack("sensitive"))
         if not (self._untrusted_seen or sensitive):  # nothing to rebuild a value from
             return out
-        pieces = [(str(k), s) for k, v in args.items() for s in scalars(v)
+        pieces = [(str(k), s) for k, v in args.items()
+                  for s in ([] if code_name(str(k)) else [str(k)]) + scalars(v)  # data names too
                   if isinstance(s, str | int | float) and not isinstance(s, bool)]
         flat = [(name, p) for name, s in pieces if (p := compact(s))]
         if len(flat) < 2:

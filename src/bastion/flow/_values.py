@@ -61,9 +61,10 @@ def canonical(text: str) -> str:
 
 
 _MEMO_TEXT = 2_048
-# ideographic full stops are dots in hosts; the dashes NFKC keeps are hyphens ("GB29‐NWBK‐…")
-_DOTS = str.maketrans("\u3002\uff61\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2043\ufe58\ufe63",
-                      "..----------")
+# ideographic full stops are dots in hosts; the hyphens NFKC keeps are hyphens ("GB29‐NWBK‐…");
+# en and em dashes are punctuation between words ("bob@corp.example—he"), so spaces
+_DOTS = str.maketrans("\u3002\uff61\u2010\u2011\u2012\u2043\ufe63\u2212\u2013\u2014\u2015\ufe58",
+                      "..------    ")
 # invisible characters that are not format characters (Cf): the combining grapheme joiner,
 # Hangul fillers, variation selectors, the soft hyphen's kin; a value cut by one is still itself
 INVISIBLE = re.compile("[\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164"
@@ -198,9 +199,10 @@ def _readings(text: str) -> list[str]:
     it. The last ``.`` or ``,`` is the decimal mark ("12,50" is twelve and a half, "1.200,50"
     twelve hundred and a half, "0.125" an eighth), except a lone ``,`` before three digits
     ("1,500": fifteen hundred) and a mark that repeats ("1,200,000"); what comes before it must
-    be digits or one grouping of them ("1,200.50", "1 200,50"). Digits spaced in other groups
-    are read whole and each group on its own ("+41 44 668 18 00"); any other run is several
-    numbers ("12,5,7", "1.2.3")."""
+    be digits or one grouping of them ("1,200.50", "1 200,50"). Any other run is its digits
+    read as one number ("+41 44 668 18 00", "15.06.2024"), as before, never one of its groups:
+    a typed phone number or date does not make an amount equal to a group of it the user's.
+    Returns one reading (a list, so a caller can add none)."""
     sign = text[0] if text[0] in "+-" else ""
     body = text[len(sign):]
     if body.isdigit():
@@ -211,15 +213,11 @@ def _readings(text: str) -> list[str]:
             mark == "," and head.isdigit() and len(tail) == 3 and head[0] != "0"
             and len(head) <= 3):
         head, mark, tail = body, "", ""  # no decimal mark
-    grouped = head.isdigit() or _grouping(head)
-    spaced = not mark and not grouped and set(_NOT_DIGIT.findall(head)) == {" "}
-    out: list[str | None] = []
-    if grouped or spaced:
-        frac = f".{tail}" if mark else ""
-        out.append(_number(f"{sign}{_NOT_DIGIT.sub('', head)}{frac}"))
-    if not grouped:
-        out += [_number(part) for part in _NOT_DIGIT.split(body) if part]
-    return [n for n in out if n is not None]
+    if head.isdigit() or _grouping(head):
+        n = _number(f"{sign}{_NOT_DIGIT.sub('', head)}{f'.{tail}' if mark else ''}")
+    else:  # no number as written (a phone number, "15.06.2024"): its digits as one, never a
+        n = _number(sign + _NOT_DIGIT.sub("", body))  # group of it (an amount equal to one)
+    return [n] if n is not None else []
 
 
 def _grouping(text: str) -> bool:
@@ -262,7 +260,7 @@ def _ipv4(m: re.Match[str], out: set[str]) -> str:
 
 
 def _ascii_host(host: str) -> str:
-    """A host name as DNS spells it (IDNA: "банк.рф" is "xn--80abvk.xn--p1ai"), so either
+    """A host name as DNS spells it (IDNA: "банк.рф" is "xn--80ab2al.xn--p1ai"), so either
     spelling is the same host; as written where it is no valid IDNA name."""
     if host.isascii():
         return host
