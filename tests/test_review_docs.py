@@ -250,3 +250,19 @@ def test_a_limit_on_a_deny_rule_is_refused_where_it_is_written() -> None:
             path="p.yaml")
     assert (err.value.line, err.value.column) == (5, 5)
     assert "limit" in err.value.message
+
+
+class _Address:
+    """An object whose text is not what a tool reads of it."""
+
+    def __init__(self, shown: str, real: str):
+        self.shown, self.real = shown, real
+
+    def __str__(self) -> str:
+        return self.shown
+
+
+def test_an_object_whose_text_matches_an_allow_rule_is_not_that_string() -> None:
+    with Kernel.from_text(GUARDED, audit=False) as kernel:
+        d = kernel.evaluate(Action(tool="t", args={"to": _Address("ops", "x@evil.test")}))
+    assert d.effect == "deny", (d.rule_ids, d.errors)

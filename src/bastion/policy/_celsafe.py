@@ -12,7 +12,8 @@ What a condition then sees:
   condition that reads its variable fails closed;
 * a string with lone surrogates with each one as U+FFFD;
 * a dataclass or pydantic model as the map of its fields, ``bytearray``/``memoryview`` as
-  bytes, any other object as its text;
+  bytes, any other object as ``{"$type": "module.Name", "$str": str(value)}`` (equal to no
+  string: the tool may read it by attributes its text does not show);
 * non-string map keys as text.
 """
 
@@ -69,9 +70,21 @@ def _object(value: Any, depth: int) -> Any:
     if callable(dump) and not isinstance(value, type):
         try:
             return cel_safe(dump(), depth + 1)
-        except Exception:  # a model that cannot dump itself: its text
+        except Exception:  # a model that cannot dump itself: as any other object
             pass
-    return _text(str(value))
+    return _opaque(value)
+
+
+def _opaque(value: Any) -> dict[str, str]:
+    """Any other object: a map of its type and text, never the text alone. The tool may read
+    it by other attributes than its ``str`` shows, so it equals no string a condition compares
+    it with, and a string function applied to it errs (the rule fails closed)."""
+    kind = type(value)
+    try:
+        text = str(value)
+    except Exception as exc:  # a __str__ that raises: still an object
+        text = f"<str() raised {type(exc).__name__}>"
+    return {"$type": f"{kind.__module__}.{kind.__qualname__}", "$str": _text(text)}
 
 
 def _decimal(value: Any, dec: Any) -> Any:
