@@ -266,3 +266,13 @@ def test_an_object_whose_text_matches_an_allow_rule_is_not_that_string() -> None
     with Kernel.from_text(GUARDED, audit=False) as kernel:
         d = kernel.evaluate(Action(tool="t", args={"to": _Address("ops", "x@evil.test")}))
     assert d.effect == "deny", (d.rule_ids, d.errors)
+
+
+def test_a_host_rule_written_in_punycode_is_warned_about() -> None:
+    policy = bastion.policy.parse_policy(
+        "version: 1\nrules:\n  - id: no-bank\n    when: host(args.url) == 'xn--80ab2al.xn--p1ai'"
+        "\n    effect: deny\n", path="p.yaml")
+    assert [w.split(": warning:")[0] for w in policy.warnings] == ["p.yaml:4:11"]
+    with Kernel(policy, audit=None) as kernel:  # the Unicode spelling is what host() gives
+        d = kernel.evaluate(Action(tool="t", args={"url": "https://xn--80ab2al.xn--p1ai/x"}))
+    assert d.effect == "deny" and d.rule_ids == ()  # the rule missed; the default denied
