@@ -106,7 +106,7 @@ class _User:
 
 
 ODD_VALUES = [_User("ann", 3), datetime.datetime(2024, 1, 2, 3, 4), datetime.date(2024, 1, 2),
-              decimal.Decimal("19.99"), uuid.UUID(int=7), "x\ud800y", object(),
+              decimal.Decimal("19.99"), uuid.UUID(int=7), "x\ud800y", Path("/tmp/x"),
               {1, 2}, (1, 2), bytearray(b"ab")]
 GUARDED = """\
 version: 1
@@ -263,16 +263,18 @@ class _Address:
 
 
 def test_an_object_whose_text_matches_an_allow_rule_is_not_that_string() -> None:
+    """Any other object fails closed: every condition reading ``args`` errs."""
     with Kernel.from_text(GUARDED, audit=False) as kernel:
         d = kernel.evaluate(Action(tool="t", args={"to": _Address("ops", "x@evil.test")}))
-    assert d.effect == "deny", (d.rule_ids, d.errors)
+        assert d.effect == "deny" and d.rule_ids == ("big", "adult"), (d.rule_ids, d.errors)
+        d = kernel.evaluate(Action(tool="t", args={"to": "ops", "x": object()}))
+        assert d.effect == "deny" and d.errors, (d.rule_ids, d.errors)
 
 
-def test_a_host_rule_written_in_punycode_is_warned_about() -> None:
-    policy = bastion.policy.parse_policy(
-        "version: 1\nrules:\n  - id: no-bank\n    when: host(args.url) == 'xn--80ab2al.xn--p1ai'"
-        "\n    effect: deny\n", path="p.yaml")
-    assert [w.split(": warning:")[0] for w in policy.warnings] == ["p.yaml:4:11"]
-    with Kernel(policy, audit=None) as kernel:  # the Unicode spelling is what host() gives
-        d = kernel.evaluate(Action(tool="t", args={"url": "https://xn--80ab2al.xn--p1ai/x"}))
-    assert d.effect == "deny" and d.rule_ids == ()  # the rule missed; the default denied
+def test_a_host_rule_written_in_punycode_is_refused_where_it_is_written() -> None:
+    with pytest.raises(PolicyError) as err:  # host() gives Unicode: the rule would never match
+        bastion.policy.parse_policy(
+            "version: 1\nrules:\n  - id: no-bank\n"
+            "    when: host(args.url) == 'xn--80ab2al.xn--p1ai'\n    effect: deny\n",
+            path="p.yaml")
+    assert (err.value.line, err.value.column) == (4, 11) and "xn--" in err.value.message

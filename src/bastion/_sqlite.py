@@ -45,8 +45,8 @@ def create_private(path: str | os.PathLike[str]) -> None:
     """Create the database file ``path`` readable by its owner only (0600) when it does not
     exist yet: it holds approvals, kill switches, tool results and arguments. SQLite gives its
     ``-wal`` and ``-shm`` files the same mode; an existing file keeps the mode it has."""
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    with contextlib.suppress(FileExistsError):  # a symlink: where it points (SQLite opens that)
+        os.close(os.open(os.path.realpath(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
 def connect(path: str, schema: str, *, synchronous: str = "normal") -> sqlite3.Connection:

@@ -292,7 +292,7 @@ class Kernel(KernelOperations):
         data = self._data(action, tool, agent_id, session_id, ts)
         if self._flow_on and self._flow.ended(session_id, data):
             return _deny(did, ts, action, self.compiled.digest, "session_ended",
-                         errors=(SESSION_ENDED,))
+                         errors=(SESSION_ENDED,), tool=tool)
         effect, ids, reasons, errors = self._cedar.decide(stage.value, tool, agent_id,
                                                           dict(data["agent"]), data)
         verdict = Verdict(effect, (), errors, (), not ids, ids, reasons, False)

@@ -90,8 +90,8 @@ def host(text: str) -> str:
         return ""
     if _LIST_MARKS.search(parts.netloc):  # "x@evil.test, ops@example.com": several addresses
         return ""  # (or a display name) are no one host: the last one's must not answer
-    if "@" in parts.query and raw[2:9].casefold() == "mailto:":
-        return ""  # "mailto:ops@example.com?cc=x@evil.test": more recipients in the query
+    if "mailto:" in raw[:10].casefold() and "@" in unquote(unquote(parts.query)):
+        return ""  # "mailto:ops@example.com?cc=x%40evil.test": more recipients in the query
     name = norm_text(unquote(name)).replace("\u3002", ".").rstrip(".")
     return _ipv4(name) or unicode_host(name)
 

@@ -12,8 +12,10 @@ What a condition then sees:
   condition that reads its variable fails closed;
 * a string with lone surrogates with each one as U+FFFD;
 * a dataclass or pydantic model as the map of its fields, ``bytearray``/``memoryview`` as
-  bytes, any other object as ``{"$type": "module.Name", "$str": str(value)}`` (equal to no
-  string: the tool may read it by attributes its text does not show);
+  bytes, a path (``os.PathLike``) and an IP address or network as text, an object with
+  ``__index__`` as its integer;
+* any other object as ``Opaque``: the binding refuses it, so every condition reading its
+  variable errs and fails closed (its text is no stand-in: the tool may read other attributes);
 * non-string map keys as text.
 """
 
@@ -22,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import operator
+import os
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -71,20 +75,32 @@ def _object(value: Any, depth: int) -> Any:
         try:
             return cel_safe(dump(), depth + 1)
         except Exception:  # a model that cannot dump itself: as any other object
-            pass
-    return _opaque(value)
+            return Opaque(value)
+    if isinstance(value, os.PathLike):  # a path is its text: what the tool opens
+        path = os.fspath(value)
+        return _text(path) if isinstance(path, str) else path
+    ip = sys.modules.get("ipaddress")
+    if ip is not None and isinstance(value, ip.IPv4Address | ip.IPv6Address | ip.IPv4Network
+                                     | ip.IPv6Network):  # interfaces are addresses
+        return str(value)
+    if hasattr(type(value), "__index__"):  # an integer by another type (numpy's): as CEL reads it
+        return int(operator.index(value))
+    return Opaque(value)
 
 
-def _opaque(value: Any) -> dict[str, str]:
-    """Any other object: a map of its type and text, never the text alone. The tool may read
-    it by other attributes than its ``str`` shows, so it equals no string a condition compares
-    it with, and a string function applied to it errs (the rule fails closed)."""
-    kind = type(value)
-    try:
-        text = str(value)
-    except Exception as exc:  # a __str__ that raises: still an object
-        text = f"<str() raised {type(exc).__name__}>"
-    return {"$type": f"{kind.__module__}.{kind.__qualname__}", "$str": _text(text)}
+class Opaque:
+    """Any other object, as handed to CEL: a value the binding refuses, so every condition that
+    reads its variable errs (the rule fails closed). The tool may read the object by attributes
+    its text does not show, so no text of it stands in; and its ``repr`` is bastion's own, so a
+    ``__repr__`` that raises cannot reach the binding's error message."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, value: Any):
+        self.kind = f"{type(value).__module__}.{type(value).__qualname__}"
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} object>"
 
 
 def _decimal(value: Any, dec: Any) -> Any:

@@ -24,14 +24,11 @@ from typing import Any, NamedTuple
 
 from cel_expr_python import cel
 
-from bastion._canon import LazyModule
 from bastion.policy._celsafe import cel_safe
 from bastion.policy._compile import Candidates, CompiledPolicy, CompiledRule, Tier
 from bastion.policy._fastdata import clean
 from bastion.policy._fastpath import values_function
 from bastion.policy._model import Effect, Stage
-
-orjson: Any = LazyModule("orjson", globals())  # imported on first use
 
 _DECIDING = (Effect.DENY, Effect.REQUIRE_APPROVAL, Effect.ALLOW)
 
@@ -69,9 +66,8 @@ def evaluate_tiers(default: Effect, cands: Candidates, agent_id: str,
         if found is not None:
             return found  # type: ignore[no-any-return]
     view = {k: data[k] for k in cands.variables if k in data}
-    poison = _NUL_ERROR if _has_nul(view, 0) else None
+    state = _Data(data, cands.variables, _clean(view))
     errors: list[str] = []
-    state = _Data(data, poison)
     decided: Effect | None = None
     deciding: list[CompiledRule] = []
     obligations: list[CompiledRule] = []
@@ -111,12 +107,10 @@ def specialise(default: Effect, cands: Candidates, conditional: list[CompiledRul
     def fast(data: Mapping[str, Any]) -> Verdict | None:
         view: dict[str, Any] = (data if type(data) is dict and len(data) == len(names)
                                 else {n: data[n] for n in names if n in data})
-        key: Any = None
-        if python is not None and clean(view):
-            key = python(view)
+        if not _clean(view):  # converted first, on the general path
+            return None
+        key = python(view) if python is not None else None
         if key is None:
-            if _has_nul_quick(view):
-                return None
             values = _run(program, view)
             if single:
                 if type(values) is not bool:
@@ -137,14 +131,6 @@ def specialise(default: Effect, cands: Candidates, conditional: list[CompiledRul
 
 
 _VERDICT_CACHE = 1024
-
-
-def _has_nul_quick(view: dict[str, Any]) -> bool:
-    try:
-        encoded = orjson.dumps(view, option=orjson.OPT_NON_STR_KEYS)
-    except (TypeError, orjson.JSONEncodeError):
-        return _has_nul(view, 0)
-    return b"\\u0000" in encoded and _has_nul(view, 0)
 
 
 def _from_values(default: Effect, tiers: tuple[Tier, ...], trues: frozenset[int]) -> Verdict:
@@ -180,15 +166,27 @@ def _verdict(default: Effect, decided: Effect | None, deciding: list[CompiledRul
                    any([cr.rule.limit is not None for cr in deciding]))
 
 
+def _clean(view: dict[str, Any]) -> bool:
+    """``clean`` for an activation: ``now`` is a datetime, a timestamp to CEL."""
+    if "now" not in view:
+        return clean(view)
+    return all(clean(v, 1) for k, v in view.items() if k != "now")
+
+
 class _Data:
-    """The activation data, made CEL-safe lazily the first time an evaluation errs."""
+    """The activation data: passed to CEL as it is when CEL holds it unchanged (``clean``),
+    else converted first (``cel_safe``; never hand the binding what it cannot convert, nor a
+    NUL it would cut a string at), and converted the first time an evaluation errs."""
 
-    __slots__ = ("data", "poison", "safe")
+    __slots__ = ("data", "names", "poison", "safe")
 
-    def __init__(self, data: Mapping[str, Any], poison: str | None = None):
+    def __init__(self, data: Mapping[str, Any], names: frozenset[str], is_clean: bool):
         self.data = data
-        self.poison = poison  # set when no condition may be run on this data
+        self.names = names  # the variables the candidate conditions read
+        self.poison: str | None = None  # set when no condition may be run on this data
         self.safe = False
+        if not is_clean:
+            self.make_safe()
 
     def view(self, names: frozenset[str]) -> dict[str, Any]:
         d = self.data
@@ -198,7 +196,13 @@ class _Data:
         if self.safe:
             return False
         self.safe = True
-        self.data = {k: cel_safe(v) for k, v in self.data.items()}
+        try:  # ``now`` is a datetime, which CEL holds as the timestamp it is declared as
+            self.data = {k: v if k == "now" else cel_safe(v) for k, v in self.data.items()}
+        except ValueError as exc:  # nested deeper than 64 levels
+            self.poison = f"{exc}; no condition is run"
+            return True
+        if _has_nul(self.view(self.names), 0):  # a NUL inside an object, now a string
+            self.poison = _NUL_ERROR
         return True
 
 
@@ -211,13 +215,6 @@ def _matches(tier: Tier, agent_id: str, data: _Data, errors: list[str], *,
         cond = tuple(cr for cr in tier.conditional if cr.applies_to_agent(agent_id))
     if not cond:
         return out
-    if data.poison is not None:
-        for cr in cond:
-            errors.append(f"rule {cr.rule.id!r}: {data.poison}")
-            if error_matches:
-                out.append(cr)
-        out.sort(key=_index)
-        return out
     if len(cond) == 1 and not data.safe:
         cr = cond[0]
         value = _run(cr.program, data.view(cr.variables))
@@ -228,6 +225,13 @@ def _matches(tier: Tier, agent_id: str, data: _Data, errors: list[str], *,
             out.sort(key=_index)
             return out
     data.make_safe()
+    if data.poison is not None:
+        for cr in cond:
+            errors.append(f"rule {cr.rule.id!r}: {data.poison}")
+            if error_matches:
+                out.append(cr)
+        out.sort(key=_index)
+        return out
     for cr in cond:
         value = _outcome(cr.program, data.view(cr.variables))
         if type(value) is not bool:

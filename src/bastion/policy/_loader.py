@@ -92,10 +92,9 @@ def parse_policy(text: str, *, path: str = "<text>") -> Policy:
         seen[rule.id] = item.value_pos["id"]
         rules.append(rule)
         if rule.when and "host(" in rule.when and "xn--" in rule.when.casefold():
-            p = item.value_pos["when"]
-            warnings.append(f"{path}:{p.line}:{p.column}: warning: host() gives IDNA hosts in "
-                            f"Unicode, so an 'xn--' spelling in rule {rule.id!r} never equals "
-                            "it; write the host as it reads ('банк.рф')")
+            ctx.fail(item.value_pos["when"], "host() gives IDNA hosts in Unicode, so an "
+                     f"'xn--' spelling in rule {rule.id!r} would never equal it; write the "
+                     "host as it reads ('банк.рф')")
     budgets = _budgets(ctx, doc)
     digest = "sha256:" + hashlib.sha256(canonical_json(_strip(doc))).hexdigest()
     return Policy(version=1, name=name, default=default, rules=tuple(rules), budgets=budgets,
