@@ -163,3 +163,23 @@ def test_deny_rule_written_in_punycode_still_denies() -> None:
     except PolicyError:
         return  # refusing the dead literal at load would be a fix too
     assert _effect(kernel, {"url": "https://xn--80ak6aa92e.com/login"}) == "deny"
+
+
+def test_an_object_whose_repr_raises_does_not_crash_the_process() -> None:
+    """It crashed the CEL binding (a segfault) when handed raw; run in a child process so a
+    regression fails this test instead of the whole run."""
+    import subprocess
+    import sys
+
+    code = (
+        "import bastion\n"
+        "class Bad:\n"
+        "    def __repr__(self): raise RuntimeError('no')\n"
+        "k = bastion.Kernel.from_text('version: 1\\nrules:\\n  - {id: a, when: args.x == 1,"
+        " effect: allow}\\n', audit=False)\n"
+        "d = k.evaluate(bastion.Action(tool='t', args={'x': Bad()}))\n"
+        "print(d.effect, bool(d.errors))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["deny", "True"]
