@@ -12,11 +12,12 @@ import math
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 from bastion._canon import digest, norm_text, snapshot
 from bastion.kernel._types import Action
-from bastion.policy import Budgets
+from bastion.policy import Budgets, CompiledRule, Per
 from bastion.state import StateStore
 
 _MAX_KEYS = 10_000  # decisions whose outcome may still be reported
@@ -123,3 +124,18 @@ def _loose(value: Any) -> Any:
     return value
 
 
+def rate_limited(state: StateStore, rules: Iterable[CompiledRule], tool: str, agent_id: str,
+                 session_id: str, ts: float) -> tuple[str, str] | None:
+    """Take one from each deciding rule's rate limit; ``("rate_limit", why)`` for the first
+    that is spent (the takes before it stand: they were allowed)."""
+    for cr in rules:
+        lim = cr.rule.limit
+        if lim is None:
+            continue
+        who = {Per.AGENT: agent_id, Per.SESSION: session_id, Per.TOOL: tool}[lim.per]
+        ok, _ = state.take(f"rate:{cr.rule.id}:{lim.per.value}:{who}", lim.count, lim.window_s,
+                           ts)
+        if not ok:
+            return "rate_limit", (f"rate limit of rule {cr.rule.id!r} exceeded "
+                                  f"({lim.text} per {lim.per.value})")
+    return None

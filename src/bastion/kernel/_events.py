@@ -43,9 +43,10 @@ class _Event(_Lazy):
     the event's fields and the action digest are computed on the audit writer's thread.
     """
 
-    __slots__ = ("_action", "_args", "_body", "_decision", "_guards")
+    __slots__ = ("_action", "_args", "_body", "_decision", "_facts", "_guards")
 
-    def __init__(self, decision: Decision, action: Action, guards: tuple[str, ...] = ()):
+    def __init__(self, decision: Decision, action: Action, guards: tuple[str, ...] = (),
+                 facts: Mapping[str, Any] | None = None):
         args = decision.args if decision.args is not None else action.args
         if type(args) is dict:
             for v in args.values():
@@ -60,6 +61,10 @@ class _Event(_Lazy):
         self._decision = decision
         self._action = action
         self._guards = guards
+        # what the agent-facts provider answered for this decision (trust, ring, roles), as
+        # read then: the provider may answer otherwise by the time the writer builds the event
+        self._facts = None if facts is None else snapshot(
+            {k: v for k, v in facts.items() if k != "id"})
         self._body: dict[str, Any] | None = None
 
     def _build(self) -> dict[str, Any]:
@@ -68,6 +73,8 @@ class _Event(_Lazy):
             body = self._body = decision_event(self._decision, self._action, self._args)
             if self._guards:
                 body["guards"] = list(self._guards)
+            if self._facts is not None:
+                body["agent_facts"] = self._facts
         return body
 
 
@@ -103,9 +110,10 @@ def decision_event(d: Decision, action: Action, args: Any) -> dict[str, Any]:
     ``code``,
     ``rule_ids``, ``errors``, ``reasons``, ``obligations``, ``policy`` (digest), ``args`` (as passed
     on: redacted when a redaction applied), ``action`` (digest of tool, stage, args, agent and
-    session), ``approval_id``, ``result`` (post_tool) and ``context`` when present, and ``guards``
-    (the names of the kernel's guards that admitted the action) when any did. The audit log adds
-    ``v``, ``seq``, ``prev`` and the MAC over all of them.
+    session), ``approval_id``, ``result`` (post_tool) and ``context`` when present, ``guards``
+    (the names of the kernel's guards that admitted the action) when any did, and
+    ``agent_facts`` (what the agent-facts provider answered, when the decision read it; added by
+    ``_Event``). The audit log adds ``v``, ``seq``, ``prev`` and the MAC over all of them.
     """
     shape = {"tool": d.tool, "stage": d.stage, "args": args, "agent": _ident(action.agent),
              "session": _ident(action.session)}

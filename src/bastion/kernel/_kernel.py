@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -32,7 +33,7 @@ from bastion._errors import ConfigError, PolicyWarning
 from bastion.flow import EMPTY_CATALOG, ToolCatalog, load_catalog
 from bastion.flow._results import has_handle
 from bastion.kernel._approvals import Approvals, Approver
-from bastion.kernel._budgets import FOREVER, SessionBudgets
+from bastion.kernel._budgets import FOREVER, SessionBudgets, rate_limited
 from bastion.kernel._events import _deny, _Event
 from bastion.kernel._flow import _COMPLETE, HISTORY_UNKNOWN, SESSION_ENDED, FlowTracker
 from bastion.kernel._flowrules import flow_note
@@ -42,7 +43,6 @@ from bastion.kernel._types import EMPTY, Action, AgentFacts, Decision, Guard, _p
 from bastion.policy import (
     CompiledPolicy,
     Effect,
-    Per,
     Policy,
     Stage,
     Verdict,
@@ -111,6 +111,9 @@ class Kernel(KernelOperations):
         self._needs_now = "now" in used
         self._budgeted = self._needs_calls or self.policy.budgets.any
         self._needs_agent_facts |= self._cedar is not None
+        # the agent facts a decision read, per thread, for its audit event
+        self._seen = threading.local() if self._needs_agent_facts and agent_facts is not None \
+            else None
         self._stateful = self._cedar is not None or self._budgeted \
             or any(cr.rule.limit for cr in self.compiled.rules) \
             or any(cr.rule.effect is Effect.REQUIRE_APPROVAL for cr in self.compiled.rules)
@@ -166,6 +169,9 @@ class Kernel(KernelOperations):
         did = f"{self._prefix}-{next(self._ids):x}"
         if action.args is None:  # no arguments at all: the empty map
             action = action._replace(args=EMPTY)
+        seen = self._seen
+        if seen is not None:
+            seen.facts = None
         try:
             decision = self._decide(action, did, ts)
         except Exception as exc:  # fail closed on anything unexpected
@@ -185,7 +191,8 @@ class Kernel(KernelOperations):
             try:
                 admitted = self._guard_names if self._guard_names and \
                     decision.code not in _BEFORE_GUARDS else ()
-                audit.append(_Event(decision, action, admitted))
+                audit.append(_Event(decision, action, admitted,
+                                    seen.facts if seen is not None else None))
             except Exception as exc:
                 if self._flow_on and decision.allowed and decision.stage == "pre_tool":
                     self._flow.unsure(decision.session)  # the call is in its history already
@@ -310,6 +317,8 @@ class Kernel(KernelOperations):
             agent: dict[str, Any] = {"id": agent_id}
             if self._needs_agent_facts and self._facts is not None:
                 agent = {**self._facts(agent_id), "id": agent_id}
+                if self._seen is not None:  # recorded in the decision's audit event
+                    self._seen.facts = agent
             data["agent"] = agent
         # the arguments' labels are read before the session's: an end_session between the two
         # reads then shows in the session's labels (ended), never as forgotten provenance alone
@@ -381,16 +390,9 @@ class Kernel(KernelOperations):
     # -- limits and budgets --------------------------------------------------------------------
     def _limits(self, action: Action, verdict: Verdict, stage: Stage, tool: str, agent_id: str,
                 session_id: str, ts: float, did: str = "") -> tuple[str, str] | None:
-        for cr in verdict.rules:
-            lim = cr.rule.limit
-            if lim is None:
-                continue
-            who = {Per.AGENT: agent_id, Per.SESSION: session_id, Per.TOOL: tool}[lim.per]
-            ok, _ = self._state.take(f"rate:{cr.rule.id}:{lim.per.value}:{who}", lim.count,
-                                     lim.window_s, ts)
-            if not ok:
-                return "rate_limit", (f"rate limit of rule {cr.rule.id!r} exceeded "
-                                      f"({lim.text} per {lim.per.value})")
+        limited = rate_limited(self._state, verdict.rules, tool, agent_id, session_id, ts)
+        if limited is not None:
+            return limited
         if stage is Stage.PRE_TOOL and self._budgeted:
             return self._session_budgets.check(action, tool, session_id, ts, did)
         return None
