@@ -166,11 +166,16 @@ def _verdict(default: Effect, decided: Effect | None, deciding: list[CompiledRul
                    any([cr.rule.limit is not None for cr in deciding]))
 
 
-def _clean(view: dict[str, Any]) -> bool:
-    """``clean`` for an activation: ``now`` is a datetime, a timestamp to CEL."""
-    if "now" not in view:
-        return clean(view)
-    return all(clean(v, 1) for k, v in view.items() if k != "now")
+# variables the kernel builds from validated parts (the canonical tool, the catalog's entry, the
+# arguments' labels: clean when ``args`` is), and ``now``, a datetime, which CEL holds as the
+# timestamp it is declared as: not walked again on every decision
+_BUILT = frozenset({"tool", "tool_info", "arg_labels", "now"})
+
+
+def _clean(view: Mapping[str, Any]) -> bool:
+    """``clean`` for an activation, looking at what callers passed (``args``, ``session``,
+    ``agent``, ``context``, ``result``)."""
+    return all(name in _BUILT or clean(value, 1) for name, value in view.items())
 
 
 class _Data:
