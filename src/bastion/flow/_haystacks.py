@@ -65,6 +65,21 @@ def _digits(value: Any) -> str:
     return ""
 
 
+def _defanged(address: str) -> tuple[str, ...]:
+    """``address`` as written, and as people write one so it is not a link ("evil[.]com",
+    "evil(.)com", "evil[dot]com", "evil. com") or as NFKC leaves one typed with a dash
+    ("evil–bank.com" reads "evil bank.com"): each is the same address."""
+    if "." not in address:
+        return (address,)
+    forms = [address] + [address.replace(".", dot) for dot in _DOTS_WRITTEN]
+    if "-" in address:
+        forms.append(address.replace("-", " "))
+    return tuple(forms)
+
+
+_DOTS_WRITTEN = ("[.]", "(.)", "{.}", "[dot]", "(dot)", " dot ", ". ", " .", " . ")
+
+
 class OverBudget(Exception):
     """Labelling the arguments would search more than ``SCAN_BUDGET`` characters."""
 
@@ -278,7 +293,7 @@ class Haystacks:
         if kind == "iban":
             return self._fragment(compact(value))
         found: set[str] = set()
-        for form in {value, unicode_host(value)}:
+        for form in {v for host in {value, unicode_host(value)} for v in _defanged(host)}:
             if len(compact(form)) < MIN_FRAGMENT or not self._in("untrusted_text", form) \
                     or self._in("trusted_text", form):
                 continue

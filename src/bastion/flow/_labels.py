@@ -67,8 +67,12 @@ _TLDS = frozenset({
     "news", "email", "group", "company", "bank", "law", "one", "new", "now", "best", "life",
     "work", "world", "today", "you", "win", "fun", "care", "art", "design", "media", "social",
     "network", "agency", "money", "pay", "finance", "capital", "digital", "solutions", "services",
+    "ltd", "inc", "llc", "gmbh", "corp", "health", "shopping", "market", "house", "city",
     "support", "systems", "global", "zone",
 })
+
+
+_TOKEN = "(?:(?<=^)|(?<=[\\s\\x00\"'(<\\[{`*\u2018\u201c\u00ab\u2039\u300c\u300e\u3010\uff08]))"
 
 
 def cut_typed(hay: str, kind: str, address: str) -> bool:
@@ -82,10 +86,11 @@ def cut_typed(hay: str, kind: str, address: str) -> bool:
     address."""
     if address not in hay:
         return False
-    # from where a token starts; a host or a URL without its scheme also from where the
-    # authority of a typed URL (or the domain of a typed e-mail address) starts
-    start = rf"(?<![\w.+\-@/:]){re.escape(address)}" if kind == "email" else \
-        rf"(?:(?<![\w.+\-@/:])|(?<=://)|(?<=[\w.+\-']@)){re.escape(address)}"
+    # from where a token starts (after white space or an opening quote or bracket, not after
+    # "=" or "#": a URL in a typed URL's query is not typed); a host or a URL without its
+    # scheme also from where the authority of a typed URL (or the domain of an e-mail) starts
+    start = rf"{_TOKEN}{re.escape(address)}" if kind == "email" else \
+        rf"(?:{_TOKEN}|(?<=://)|(?<=[\w.+\-']@)){re.escape(address)}"
     if kind == "url" and re.search(start + r"[/?#]", hay):
         return True
     for m in re.finditer(start + r"\.([^\W\d_]{3,})(?![\w.@\-])", hay):

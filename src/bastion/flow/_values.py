@@ -31,20 +31,26 @@ _NOT_ALNUM = re.compile(r"[\W_]+")  # the complement of str.isalnum
 # every run is bounded and starts where a token starts, so matching stays linear in the text
 # (unbounded runs backtrack quadratically on a long run without the expected delimiter)
 _EMAIL = re.compile(r"(?<![\w.+\-'])[\w.+\-']{1,64}@[\w\-]{1,63}(?:\.[\w\-]{1,63}){1,16}")
-_URL = re.compile(r"(?:(?<![a-z0-9+.\-])[a-z][a-z0-9+.\-]{0,31}://|www\.)[^\s<>\"'`]+")
+# a URL ends at white space, quotes (straight or typographic), angle brackets, markdown emphasis
+# and the closing punctuation of CJK text (none of which a URL needs unescaped)
+# (and a comma before text that is not ASCII: NFKC made a CJK comma one)
+_URL = re.compile(r"(?:(?<![a-z0-9+.\-])[a-z][a-z0-9+.\-]{0,31}://|www\.)"
+                  "(?:[^\\s<>\"'`*,\u2018\u2019\u201c\u201d\u00ab\u00bb\u2039\u203a"
+                  "\u3001\u3002\u300c-\u3011\uff08\uff09\uff0c\uff01\uff1f]|,(?=[!-~]))+")
 _IBAN = re.compile(r"\b[a-z]{2}[0-9]{2}"
                    r"(?:[a-z0-9]{11,30}|(?: ?[a-z0-9]{4}){2,7}(?: ?[a-z0-9]{1,4})?)\b")
+_DAY_FIRST = re.compile(r"(?<![\w.\-/])\d{1,2}([-/.])\d{1,2}\1\d{4}(?![\w]|[.\-/]\d)")
 _DATE = re.compile(r"(?<![\w.])\d{4}([-/])\d{1,2}\1\d{1,2}"
                    r"(?:[t ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:z|[+-]\d{2}:?\d{2})?)?(?![\w])")
 # a run of digits and the separators a number is written with; ``_readings`` says which numbers
 # it is ("1,200.50", "1.200,50", "12,50", "5 000"; "12, 50" is two)
-_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[,_ .]\d+)*(?![\w])")
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[,_ ./\-]\d+)*(?![\w])")
 _FILE = re.compile(r"(?<![\w\-./\\])[\w\-./\\]{0,255}[\w\-]\.[a-z0-9]{1,8}\b")
 # host names in any script ("банк-оплата.рф"; a top-level label is letters) and IPv4 literals
 _HOSTLIKE = re.compile(r"(?<![\w\-.])(?:[\w\-]{1,63}\.){1,16}"
                        r"(?:xn--[a-z0-9\-]{1,59}|[^\W\d_]{2,63})\b")
 _IPV4 = re.compile(r"(?<![\w.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?!\w|\.[0-9])")
-_TRIM = ".,;:!?)]}>'\""
+_TRIM = ".,;:!?)]}>'\"*\u2019\u201d\u00bb\u203a"
 _TRIGGER = re.compile(r"[0-9@./:]")
 _IBAN_MIN = 15  # the shortest IBAN (Norway)
 _GROUP_MARK = re.compile(r"(?<=[a-z0-9])[-.](?=[a-z0-9])")
@@ -183,6 +189,9 @@ def _identifiers_of(text: str) -> frozenset[str]:
     for m in _DATE.finditer(text):  # a date's day and month are not amounts
         out.add(f"date:{m.group(0)}")
     text = _DATE.sub(" ", text)
+    for m in _DAY_FIRST.finditer(text):  # 15.06.2024, 06/15/2024, 15-06-2024: as written
+        out.add(f"date:{m.group(0)}")
+    text = _DAY_FIRST.sub(" ", text)
     for m in _HOSTLIKE.finditer(text):
         out.add(f"host:{_ascii_host(m.group(0))}")
     for m in _FILE.finditer(text):
