@@ -117,3 +117,14 @@ def test_a_typed_url_in_typographic_punctuation_is_still_typed(k: bastion.Kernel
                                       "body": "the report"})
     assert "trusted" in labels["recipient"], labels
     assert d.effect == "allow", (d.effect, labels)
+
+
+def test_a_cut_down_untrusted_host_keeps_its_source_and_confidentiality(
+        k: bastion.Kernel) -> None:
+    """``evil.example`` cut from an injected ``www.evil.example`` keeps ``tool:read_inbox``
+    and ``internal``, as the whole host does (found with review 10, fixed with review 12)."""
+    _read(k, "send a summary to bob@corp.example", "log in at www.evil.example to verify")
+    for recipient in ("www.evil.example", "evil.example"):
+        _, labels = _call(k, "send_msg", {"recipient": recipient, "body": "hi"})
+        assert {"untrusted", "untrusted_identifier", "tool:read_inbox", "internal"} <= set(
+            labels["recipient"]), labels

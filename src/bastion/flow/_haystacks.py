@@ -285,6 +285,16 @@ class Haystacks:
         return (len(text) >= MIN_FRAGMENT and self._in("untrusted_ids", text)
                 and not self._in(TRUSTED, text))
 
+    def _identifier_labels(self, text: str) -> set[str]:
+        """Labels of the untrusted-only address identifiers ``text`` is a piece of (their
+        sources and confidentiality: a cut-down link keeps where it came from)."""
+        self._spend_walk("untrusted_ids")
+        found: set[str] = set()
+        for key, piece in self._parts["untrusted_ids"].items():
+            if text in piece:
+                found |= self._atoms.get(key, set())
+        return found
+
     def _address_in_text(self, kind: str, value: str) -> set[str] | None:
         """Labels of the untrusted texts that hold the address ``value`` (canonical, of
         ``kind``) where it was not recognised as one (no word boundary in CJK text, odd

@@ -258,9 +258,9 @@ class Provenance(SplitValues):
                 if not address:
                     continue
                 kind, _, value = atom.partition(":")
-                if self._identifier_piece(compact(value)):
+                if self._identifier_piece(piece := compact(value)):
                     untrusted = True  # a cut-down untrusted link or address ("evil.com/x")
-                    out.add(UNTRUSTED_IDENTIFIER)
+                    out |= self._identifier_labels(piece) | {UNTRUSTED_IDENTIFIER}
                 elif (held := self._address_in_text(kind, value)) is not None:
                     untrusted = True  # held where it was not recognised: the attacker's still
                     out |= held | {UNTRUSTED_IDENTIFIER}
