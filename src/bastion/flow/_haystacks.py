@@ -71,10 +71,12 @@ def _defanged(address: str) -> tuple[str, ...]:
     ("evil–bank.com" reads "evil bank.com"): each is the same address."""
     if "." not in address:
         return (address,)
-    forms = [address] + [address.replace(".", dot) for dot in _DOTS_WRITTEN]
+    head, _, last = address.rpartition(".")
+    forms = [address] + [address.replace(".", dot) for dot in _DOTS_WRITTEN] \
+        + [f"{head}{dot}{last}" for dot in _DOTS_WRITTEN]  # often only the last dot is
     if "-" in address:
         forms.append(address.replace("-", " "))
-    return tuple(forms)
+    return tuple(dict.fromkeys(forms))
 
 
 _DOTS_WRITTEN = ("[.]", "(.)", "{.}", "[dot]", "(dot)", " dot ", ". ", " .", " . ")
@@ -307,6 +309,8 @@ class Haystacks:
             if len(compact(form)) < MIN_FRAGMENT or not self._in("untrusted_text", form) \
                     or self._in("trusted_text", form):
                 continue
+            if " " in form and not self._word_in("untrusted_text", form):
+                continue  # "github. com" is in "github. commit" only as a piece of a word
             self._spend_walk("untrusted_text")
             for key, labels in self._atoms.items():
                 if key.startswith("text:") and TRUSTED not in labels and form in key:

@@ -72,7 +72,13 @@ _TLDS = frozenset({
 })
 
 
-_TOKEN = "(?:(?<=^)|(?<=[\\s\\x00\"'(<\\[{`*\u2018\u201c\u00ab\u2039\u300c\u300e\u3010\uff08]))"
+# quotes, brackets and emphasis that open a token
+_OPEN = "[\"'(<\\[{`*\u2018\u201c\u00ab\u2039\u300c\u300e\u3010\uff08]"
+# a token starts after white space, a CJK comma or a pipe, or after one or two opening marks
+# that themselves start one ("**https://…**"), never after a mark inside a URL ("?next=*https")
+_TOKEN = ("(?:(?<=^)|(?<=[\\s\\x00|\u3001])|(?<=[^\\x00-\\x7f],)"
+          f"|(?<=^{_OPEN})|(?<=[\\s\\x00]{_OPEN})"
+          f"|(?<=^{_OPEN}{_OPEN})|(?<=[\\s\\x00]{_OPEN}{_OPEN}))")
 
 
 def cut_typed(hay: str, kind: str, address: str) -> bool:

@@ -211,11 +211,23 @@ def _readings(text: str) -> list[str]:
     be digits or one grouping of them ("1,200.50", "1 200,50"). Any other run is its digits
     read as one number ("+41 44 668 18 00", "15.06.2024"), as before, never one of its groups:
     a typed phone number or date does not make an amount equal to a group of it the user's.
-    Returns one reading (a list, so a caller can add none)."""
+    Two numbers joined by ``-`` or ``/`` are a range, a fraction or a split ("100-150",
+    "50/50"): each is read on its own, never the two joined; three or more so joined are a
+    phone number when they hold nine digits or more or a group starts with 0 ("555-123-4567",
+    "030/1200/4500": its digits as one), else a list ("120/80/45")."""
     sign = text[0] if text[0] in "+-" else ""
     body = text[len(sign):]
     if body.isdigit():
         return [n] if (n := _number(sign + body)) is not None else []
+    joined = _JOINERS.split(body)
+    if len(joined) == 2:
+        first = _readings(sign + joined[0]) if joined[0] else []
+        return first + (_readings(joined[1]) if joined[1] else [])
+    if len(joined) > 2:
+        digits = _NOT_DIGIT.sub("", body)
+        if len(digits) >= 9 or any(part.startswith("0") for part in joined):  # a phone number
+            return [n] if (n := _number(sign + digits)) is not None else []
+        return [n for part in joined if part for n in _readings(part)]  # "120/80/45": a list
     cut = len(body) - 1 - _LAST_SEP.search(body[::-1]).start()  # type: ignore[union-attr]
     head, mark, tail = body[:cut], body[cut], body[cut + 1:]
     if mark not in ".," or mark in head or (
@@ -245,6 +257,7 @@ def _grouping(text: str) -> bool:
 _LAST_SEP = re.compile(r"\D")
 _INDIAN = re.compile(r"[1-9]\d?(?:,\d{2})+,\d{3}")
 _NOT_DIGIT = re.compile(r"\D+")
+_JOINERS = re.compile(r"[-/]")
 
 
 _identifiers_memo = functools.lru_cache(maxsize=1_024)(_identifiers)
