@@ -203,7 +203,7 @@ def test_a_log_of_two_megabytes_is_recorded_quickly(k: bastion.Kernel) -> None:
     assert k.evaluate(act("pre_tool", "read_inbox", args={})).allowed
     took, d = _timed(k.evaluate, act("post_tool", "read_inbox", args={}, result=log))
     assert d.allowed
-    assert took < 0.5, took
+    assert took < 2.0, took  # linear: ~0.3 s here; a quadratic search took minutes
 
 
 def test_a_decision_over_two_big_texts_stays_fast(k: bastion.Kernel) -> None:
@@ -214,7 +214,7 @@ def test_a_decision_over_two_big_texts_stays_fast(k: bastion.Kernel) -> None:
     args = {"to": BOB, "body": [_word(j * 7_919, 4) for j in range(300)]}
     took, d = _timed(k.evaluate, act("pre_tool", "post_email", args=args))
     assert d.effect == "require_approval"
-    assert took < 0.5, took
+    assert took < 2.0, took  # linear: ~0.3 s here; a quadratic search took minutes
 
 
 # == attacks already stopped =======================================================================
