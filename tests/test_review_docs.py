@@ -278,3 +278,13 @@ def test_a_host_rule_written_in_punycode_is_refused_where_it_is_written() -> Non
             "    when: host(args.url) == 'xn--80ab2al.xn--p1ai'\n    effect: deny\n",
             path="p.yaml")
     assert (err.value.line, err.value.column) == (4, 11) and "xn--" in err.value.message
+
+
+def test_a_post_tool_rule_for_one_tool_warns_that_other_results_get_the_default() -> None:
+    one = ("version: 1\nrules:\n  - {id: a, effect: allow}\n"
+           "  - {id: mask, stage: post_tool, tools: [f], effect: redact, redact: [result.x]}\n")
+    warned = bastion.policy.parse_policy(one, path="p.yaml").warnings
+    assert len(warned) == 1 and warned[0].startswith("p.yaml:4:6: warning: rules decide stage "
+                                                     "'post_tool'"), warned
+    every = one + "  - {id: results, stage: post_tool, effect: allow}\n"
+    assert bastion.policy.parse_policy(every, path="p.yaml").warnings == ()

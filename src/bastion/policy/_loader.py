@@ -95,10 +95,30 @@ def parse_policy(text: str, *, path: str = "<text>") -> Policy:
             ctx.fail(item.value_pos["when"], "host() gives IDNA hosts in Unicode, so an "
                      f"'xn--' spelling in rule {rule.id!r} would never equal it; write the "
                      "host as it reads ('банк.рф')")
+    if default is not Effect.ALLOW:
+        warnings.extend(_unanswered_stages(path, rules, default))
     budgets = _budgets(ctx, doc)
     digest = "sha256:" + hashlib.sha256(canonical_json(_strip(doc))).hexdigest()
     return Policy(version=1, name=name, default=default, rules=tuple(rules), budgets=budgets,
                   source=path, digest=digest, warnings=tuple(warnings))
+
+
+def _unanswered_stages(path: str, rules: list[Rule], default: Effect) -> list[str]:
+    """A warning for each of ``post_tool``, ``input`` and ``output`` that some rule decides but
+    no unconditional allow covers for every tool: once a policy has a rule at that stage, every
+    governed call is decided there, and what no rule allows gets the default (a ``post_tool``
+    redaction for one tool then withholds every other tool's result)."""
+    out = []
+    for stage in (Stage.POST_TOOL, Stage.INPUT, Stage.OUTPUT):
+        at = [r for r in rules if r.stage is stage]
+        if at and not any(r.effect is Effect.ALLOW and r.when is None and "*" in r.tools
+                          and "*" in r.agents for r in at):
+            first = at[0].location or Location(path, 1, 1)
+            out.append(f"{path}:{first.line}:{first.column}: warning: rules decide stage "
+                       f"{stage.value!r} but none allows every tool there: what no rule allows "
+                       f"is {default.value} by default (add a rule with tools: ['*'] and effect "
+                       "allow at that stage if that is not meant)")
+    return out
 
 
 def _strip(value: Any) -> Any:
