@@ -8,7 +8,7 @@ import functools
 import re
 
 from bastion.flow._haystacks import SELECTED, TRUSTED, UNKNOWN, UNTRUSTED
-from bastion.flow._values import canonical, compact
+from bastion.flow._values import URL, canonical, compact
 
 _SEPARATORS = re.compile(r"[\s,;]+")
 
@@ -72,15 +72,6 @@ _TLDS = frozenset({
 })
 
 
-# quotes, brackets and emphasis that open a token
-_OPEN = "[\"'(<\\[{`*\u2018\u201c\u00ab\u2039\u300c\u300e\u3010\uff08]"
-# a token starts after white space, a CJK comma or a pipe, or after one or two opening marks
-# that themselves start one ("**https://…**"), never after a mark inside a URL ("?next=*https")
-_TOKEN = ("(?:(?<=^)|(?<=[\\s\\x00|\u3001])|(?<=[^\\x00-\\x7f],)"
-          f"|(?<=^{_OPEN})|(?<=[\\s\\x00]{_OPEN})"
-          f"|(?<=^{_OPEN}{_OPEN})|(?<=[\\s\\x00]{_OPEN}{_OPEN}))")
-
-
 def cut_typed(hay: str, kind: str, address: str) -> bool:
     """``hay`` (trusted text) holds ``address`` from where a token starts, followed by what
     only ends an address, not changes it: for a URL, its path, query or fragment going on
@@ -92,17 +83,44 @@ def cut_typed(hay: str, kind: str, address: str) -> bool:
     address."""
     if address not in hay:
         return False
-    # from where a token starts (after white space or an opening quote or bracket, not after
-    # "=" or "#": a URL in a typed URL's query is not typed); a host or a URL without its
-    # scheme also from where the authority of a typed URL (or the domain of an e-mail) starts
-    start = rf"{_TOKEN}{re.escape(address)}" if kind == "email" else \
-        rf"(?:{_TOKEN}|(?<=://)|(?<=[\w.+\-']@)){re.escape(address)}"
-    if kind == "url" and re.search(start + r"[/?#]", hay):
-        return True
-    for m in re.finditer(start + r"\.([^\W\d_]{3,})(?![\w.@\-])", hay):
-        if m.group(1) not in _TLDS:
+    spans = [(m.start(), m.end()) for m in URL.finditer(hay)] if "/" in hay else []
+    for m in re.finditer(re.escape(address), hay):
+        if not _starts_typed(hay, m.start(), kind, spans):
+            continue
+        rest = hay[m.end():m.end() + 80]
+        if kind == "url" and rest[:1] in ("/", "?", "#") and rest:
+            return True
+        run_on = _RUN_ON.match(rest)
+        if run_on is not None and run_on.group(1) not in _TLDS:
             return True
     return False
+
+
+_RUN_ON = re.compile(r"\.([^\W\d_]{3,})(?![\w.@\-])")
+_ADDRESS_CHARS = frozenset(".+-@/:_")
+
+
+def _starts_typed(hay: str, pos: int, kind: str, spans: list[tuple[int, int]]) -> bool:
+    """An address found at ``pos`` of ``hay`` starts where the user began one: not inside a
+    URL they typed (its query, path or fragment: "?next=https://evil.example" is part of the
+    URL, whatever separates them), except where that URL's host starts (after ``://``, or after
+    ``user@`` in its authority); elsewhere not right after a letter, digit or address character,
+    except a host after the ``@`` of an e-mail address."""
+    for start, end in spans:
+        if start < pos < end:
+            if kind == "email":
+                return False
+            authority = hay.find("://", start, end)
+            if authority < 0 or "/" in hay[authority + 3:pos]:
+                return False
+            return pos == authority + 3 or hay[pos - 1] == "@"
+    if pos == 0:
+        return True
+    before = hay[pos - 1]
+    if not (before.isalnum() or before in _ADDRESS_CHARS):
+        return True
+    return kind != "email" and before == "@" and pos >= 2 and (
+        hay[pos - 2].isalnum() or hay[pos - 2] in "._+-'")
 
 
 _LONG_DIGITS = re.compile(r"\d{4}")

@@ -31,12 +31,13 @@ _NOT_ALNUM = re.compile(r"[\W_]+")  # the complement of str.isalnum
 # every run is bounded and starts where a token starts, so matching stays linear in the text
 # (unbounded runs backtrack quadratically on a long run without the expected delimiter)
 _EMAIL = re.compile(r"(?<![\w.+\-'])[\w.+\-']{1,64}@[\w\-]{1,63}(?:\.[\w\-]{1,63}){1,16}")
-# a URL ends at white space, quotes (straight or typographic), angle brackets, markdown emphasis
-# and the closing punctuation of CJK text (none of which a URL needs unescaped)
-# (and a comma before text that is not ASCII: NFKC made a CJK comma one)
-_URL = re.compile(r"(?:(?<![a-z0-9+.\-])[a-z][a-z0-9+.\-]{0,31}://|www\.)"
-                  "(?:[^\\s<>\"'`*,\u2018\u2019\u201c\u201d\u00ab\u00bb\u2039\u203a"
-                  "\u3001\u3002\u300c-\u3011\uff08\uff09\uff0c\uff01\uff1f]|,(?=[!-~]))+")
+# a URL ends at white space, straight quotes, angle brackets, closing typographic quotes and the
+# closing punctuation of CJK text, none of which a URL needs unescaped (and at a comma before
+# text that is not ASCII: NFKC made a CJK comma one); opening marks and "*" stay in it, so a URL
+# written inside another one's query is part of it, and _TRIM drops them at its end
+URL = re.compile(r"(?:(?<![a-z0-9+.\-])[a-z][a-z0-9+.\-]{0,31}://|www\.)"
+                 "(?:[^\\s<>\"'`,\u2019\u201d\u00bb\u203a\u3001\u3002\u300d\u300f\u3011"
+                 "\uff09\uff0c\uff01\uff1f]|,(?=[!-~]))+")
 _IBAN = re.compile(r"\b[a-z]{2}[0-9]{2}"
                    r"(?:[a-z0-9]{11,30}|(?: ?[a-z0-9]{4}){2,7}(?: ?[a-z0-9]{1,4})?)\b")
 _DAY_FIRST = re.compile(r"(?<![\w.\-/])\d{1,2}([-/.])\d{1,2}\1\d{4}(?![\w]|[.\-/]\d)")
@@ -166,7 +167,7 @@ def _identifiers_of(text: str) -> frozenset[str]:
         addr = m.group(0).strip(_TRIM)
         out.add(f"email:{addr}")
         out.add(f"host:{_ascii_host(addr.rpartition('@')[2])}")
-    for m in _URL.finditer(text):
+    for m in URL.finditer(text):
         url = m.group(0).rstrip(_TRIM)
         out.add(f"url:{url}")
         try:
@@ -185,7 +186,7 @@ def _identifiers_of(text: str) -> frozenset[str]:
             if " " in m.group(0) and len(iban) >= _IBAN_MIN and _iban_checksum(iban):
                 out.add(f"iban:{iban}")
     # what the patterns above matched is one identifier: no numbers or names from inside it
-    text = _IPV4.sub(lambda m: _ipv4(m, out), _IBAN.sub(" ", _URL.sub(" ", _EMAIL.sub(" ", text))))
+    text = _IPV4.sub(lambda m: _ipv4(m, out), _IBAN.sub(" ", URL.sub(" ", _EMAIL.sub(" ", text))))
     for m in _DATE.finditer(text):  # a date's day and month are not amounts
         out.add(f"date:{m.group(0)}")
     text = _DATE.sub(" ", text)
@@ -212,21 +213,22 @@ def _readings(text: str) -> list[str]:
     read as one number ("+41 44 668 18 00", "15.06.2024"), as before, never one of its groups:
     a typed phone number or date does not make an amount equal to a group of it the user's.
     Two numbers joined by ``-`` or ``/`` are a range, a fraction or a split ("100-150",
-    "50/50"): each is read on its own, never the two joined; three or more so joined are a
-    phone number when they hold nine digits or more or a group starts with 0 ("555-123-4567",
-    "030/1200/4500": its digits as one), else a list ("120/80/45")."""
+    "50/50") and three or more a list ("120/80/45"): each is read on its own, never joined;
+    unless they are a phone number (nine digits or more, a group that starts with 0, or spaces
+    too: "555-123-4567", "030/2500", "+1 415 555-2500"), which is its digits as one."""
     sign = text[0] if text[0] in "+-" else ""
     body = text[len(sign):]
     if body.isdigit():
         return [n] if (n := _number(sign + body)) is not None else []
     joined = _JOINERS.split(body)
+    digits = _NOT_DIGIT.sub("", body)
+    if len(joined) > 1 and (len(digits) >= 9 or any(part.startswith("0") for part in joined)
+                            or " " in body):  # a phone number: "+1 415 555-2500", "030/2500"
+        return [n] if (n := _number(sign + digits)) is not None else []
     if len(joined) == 2:
         first = _readings(sign + joined[0]) if joined[0] else []
         return first + (_readings(joined[1]) if joined[1] else [])
     if len(joined) > 2:
-        digits = _NOT_DIGIT.sub("", body)
-        if len(digits) >= 9 or any(part.startswith("0") for part in joined):  # a phone number
-            return [n] if (n := _number(sign + digits)) is not None else []
         return [n for part in joined if part for n in _readings(part)]  # "120/80/45": a list
     cut = len(body) - 1 - _LAST_SEP.search(body[::-1]).start()  # type: ignore[union-attr]
     head, mark, tail = body[:cut], body[cut], body[cut + 1:]
@@ -295,7 +297,7 @@ def _ascii_host(host: str) -> str:
 def without_identifiers(text: str) -> str:
     """Canonical ``text`` with its e-mail addresses, URLs and host names blanked out: the words
     a person wrote, not the pieces of an address ("weekly" in ``news.example/weekly``)."""
-    return _HOSTLIKE.sub(" ", _URL.sub(" ", _EMAIL.sub(" ", text)))
+    return _HOSTLIKE.sub(" ", URL.sub(" ", _EMAIL.sub(" ", text)))
 
 
 def scalars(value: Any) -> list[Any]:
