@@ -43,6 +43,7 @@ SELECTED = "selected"  # an untrusted value the user's own words picked out (see
 ADDRESS_KINDS = frozenset({"email", "url", "host", "iban"})  # identifiers that say where to go
 USER = "user"
 MIN_FRAGMENT = 6  # significant characters a piece needs before it counts as a fragment
+_MIN_HOST = 4  # significant characters of an address looked up as written ("例子.中国")
 MIN_QUOTE = 3  # significant characters a piece of trusted text needs to count as quoted
 MIN_SECRET_WORD = 16  # a word this long shared with a secret text carries its labels
 MIN_SECRET_RUN = 20  # and a run of whole words this long (significant characters)
@@ -79,6 +80,7 @@ def _defanged(address: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(forms))
 
 
+_WORD_ENDS = re.compile(r"[\s=:/?&#;,|]+")
 _DOTS_WRITTEN = ("[.]", "(.)", "{.}", "[dot]", "(dot)", " dot ", ". ", " .", " . ")
 
 
@@ -115,7 +117,11 @@ def _piece(kind: str, key: str) -> str:
     if kind in _HAY_KINDS:
         return key
     if kind == "untrusted_ids":
-        return compact(key.partition(":")[2])
+        tag, _, value = key.partition(":")
+        if "xn--" not in value or tag not in ("host", "email"):
+            return compact(value)
+        local, at, host = value.rpartition("@")  # an IDN host in either spelling
+        return f"{compact(value)}\x00{compact(local + at + unicode_host(host))}"
     return key[5:]  # "text:..." without its tag
 
 
@@ -306,16 +312,26 @@ class Haystacks:
             return self._fragment(compact(value))
         found: set[str] = set()
         for form in {v for host in {value, unicode_host(value)} for v in _defanged(host)}:
-            if len(compact(form)) < MIN_FRAGMENT or not self._in("untrusted_text", form) \
+            size = len(compact(form))
+            if size < _MIN_HOST or not self._in("untrusted_text", form) \
                     or self._in("trusted_text", form):
                 continue
             if " " in form and not self._word_in("untrusted_text", form):
                 continue  # "github. com" is in "github. commit" only as a piece of a word
+            if size < MIN_FRAGMENT and not self._ascii_bounded("untrusted_text", form):
+                continue  # a short one ("例子.中国") only as itself, not inside "grab.io"
             self._spend_walk("untrusted_text")
             for key, labels in self._atoms.items():
                 if key.startswith("text:") and TRUSTED not in labels and form in key:
                     found |= labels
         return found or None
+
+    def _ascii_bounded(self, kind: str, text: str) -> bool:
+        """``text`` is in the ``kind`` haystack with no ASCII letter or digit right before or
+        after it (CJK text around it is fine)."""
+        hay = self._haystack(kind)
+        self._spend(_REGEX_COST * len(hay))
+        return re.search(rf"(?<![a-z0-9]){re.escape(text)}(?![a-z0-9])", hay) is not None
 
     def _sensitive(self, text: str) -> set[str]:
         """Confidentiality labels (and sources) of remembered sensitive texts that ``text`` is a
@@ -348,7 +364,9 @@ class Haystacks:
         hay = self._haystack("sensitive")
         if not hay:
             return found
-        words = [w for w in (compact(x) for x in canonical(leaf).split(" ")) if w]
+        # words end at white space and at the marks that glue a token to its key or a URL
+        # ("token=ghp_…", "mailto:…", "?k=…")
+        words = [w for w in (compact(x) for x in _WORD_ENDS.split(canonical(leaf))) if w]
         pieces = [w for w in words if len(w) >= MIN_SECRET_WORD]
         for i in range(len(words)):  # and runs of whole words: a sentence quoted from a secret
             run = ""

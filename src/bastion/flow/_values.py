@@ -177,7 +177,7 @@ def _identifiers_of(text: str) -> frozenset[str]:
         if netloc:
             out.add(f"host:{_ascii_host(netloc.rstrip('.'))}")
     for m in _IBAN.finditer(text):
-        iban = m.group(0).replace(" ", "")
+        iban = _checked_iban(m.group(0))
         if len(iban) >= _IBAN_MIN:  # a UUID's last group ("db151b451e20") is no account
             out.add(f"iban:{iban}")
     if "-" in text or "." in text:  # an IBAN grouped with dashes or dots ("GB29-NWBK-6016-...")
@@ -263,6 +263,21 @@ _JOINERS = re.compile(r"[-/]")
 
 
 _identifiers_memo = functools.lru_cache(maxsize=1_024)(_identifiers)
+
+
+def _checked_iban(written: str) -> str:
+    """An IBAN as written in groups, without a last "group" that is the next word ("BE68 5390
+    0754 7034 as discussed" holds the IBAN up to 7034): the groups whose checksum holds, when
+    the whole does not."""
+    iban = written.replace(" ", "")
+    if " " not in written or _iban_checksum(iban):
+        return iban
+    groups = written.split(" ")
+    for end in range(len(groups) - 1, 1, -1):
+        shorter = "".join(groups[:end])
+        if len(shorter) >= _IBAN_MIN and _iban_checksum(shorter):
+            return shorter
+    return iban
 
 
 def _iban_checksum(iban: str) -> bool:
