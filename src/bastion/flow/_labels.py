@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 
 from bastion.flow._haystacks import SELECTED, TRUSTED, UNKNOWN, UNTRUSTED
 from bastion.flow._values import URL, canonical, compact
@@ -111,9 +112,11 @@ def _starts_typed(hay: str, pos: int, kind: str, spans: list[tuple[int, int]]) -
             if kind == "email":
                 return False
             authority = hay.find("://", start, end)
-            if authority < 0 or "/" in hay[authority + 3:pos]:
+            if authority < 0 or any(c in hay[authority + 3:pos] for c in "/?#"):
                 return False
             return pos == authority + 3 or hay[pos - 1] == "@"
+        if end < pos <= end + 2 and not any(c.isspace() or c == "\x00" for c in hay[end:pos]):
+            return False  # right after a typed URL and a mark it ends at ("…?next=%22https:")
     if pos == 0:
         return True
     before = hay[pos - 1]
@@ -133,3 +136,20 @@ def code_name(name: str) -> bool:
     if name.isdigit():
         return len(name) <= 3
     return name.isidentifier() and len(name) < 24 and _LONG_DIGITS.search(name) is None
+
+
+def one_reading(ids: frozenset[str], typed: Callable[[str], bool]) -> frozenset[str]:
+    """``ids`` with one reading of an IBAN written with a word after its last group (both
+    "be68…7034as" and "be68…7034" are read): the one the user typed, if either; else both."""
+    ibans = [a for a in ids if a.startswith("iban:")]
+    if len(ibans) < 2:
+        return ids
+    out = set(ids)
+    for long in ibans:
+        for short in ibans:
+            if short != long and long.startswith(short):
+                if typed(long):
+                    out.discard(short)
+                elif typed(short):
+                    out.discard(long)
+    return frozenset(out)

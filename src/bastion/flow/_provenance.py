@@ -53,7 +53,7 @@ from bastion.flow._haystacks import (
     USER,
     OverBudget,
 )
-from bastion.flow._labels import code_name, cut_typed, merged, text_around
+from bastion.flow._labels import code_name, cut_typed, merged, one_reading, text_around
 from bastion.flow._records import RecordIndex
 from bastion.flow._split import SELECTED, UNKNOWN, UNTRUSTED_IDENTIFIER, SplitValues
 from bastion.flow._values import (
@@ -239,7 +239,7 @@ class Provenance(SplitValues):
             if isinstance(leaf, str):
                 out |= self._sensitive(compact(leaf)) | self._sensitive_words(leaf)
             return out
-        ids = identifiers(leaf) - {whole}
+        ids = one_reading(identifiers(leaf) - {whole}, self._typed_atom)
         if isinstance(leaf, str):
             quoted = self._quoted(leaf, ids)
             if quoted is not None:

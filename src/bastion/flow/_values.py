@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from bastion._canon import strip_format
+from bastion.flow._numbers import number, readings
 
 MAX_TEXT = 65_536  # characters of one value that are remembered and searched
 MAX_LEAVES = 4_096  # scalars taken from one nested value
@@ -36,7 +37,7 @@ _EMAIL = re.compile(r"(?<![\w.+\-'])[\w.+\-']{1,64}@[\w\-]{1,63}(?:\.[\w\-]{1,63
 # text that is not ASCII: NFKC made a CJK comma one); opening marks and "*" stay in it, so a URL
 # written inside another one's query is part of it, and _TRIM drops them at its end
 URL = re.compile(r"(?:(?<![a-z0-9+.\-])[a-z][a-z0-9+.\-]{0,31}://|www\.)"
-                 "(?:[^\\s<>\"'`,\u2019\u201d\u00bb\u203a\u3001\u3002\u300d\u300f\u3011"
+                 "(?:[^\\s\\x00<>\"'`,\u2019\u201d\u00bb\u203a\u3001\u3002\u300d\u300f\u3011"
                  "\uff09\uff0c\uff01\uff1f]|,(?=[!-~]))+")
 _IBAN = re.compile(r"\b[a-z]{2}[0-9]{2}"
                    r"(?:[a-z0-9]{11,30}|(?: ?[a-z0-9]{4}){2,7}(?: ?[a-z0-9]{1,4})?)\b")
@@ -55,7 +56,6 @@ _TRIM = ".,;:!?)]}>'\"*\u2019\u201d\u00bb\u203a"
 _TRIGGER = re.compile(r"[0-9@./:]")
 _IBAN_MIN = 15  # the shortest IBAN (Norway)
 _GROUP_MARK = re.compile(r"(?<=[a-z0-9])[-.](?=[a-z0-9])")
-_INTEGER = re.compile(r"[-+]?[0-9]{1,4300}")
 
 
 def canonical(text: str) -> str:
@@ -110,21 +110,8 @@ def compact(text: Any) -> str:
     """The significant characters of ``canonical(text)``: letters and digits only, so a value
     split by spaces, dashes or dots still matches itself."""
     if not isinstance(text, str):
-        text = _number(_num_text(text)) or ""
+        text = number(_num_text(text)) or ""
     return _NOT_ALNUM.sub("", canonical(text))
-
-
-def _number(text: str) -> str | None:
-    raw = text.replace(",", "").replace("_", "").replace(" ", "")
-    if _INTEGER.fullmatch(raw):  # exact: account, card and snowflake ids exceed a float's 2**53
-        return str(int(raw))
-    try:
-        value = float(raw)
-    except ValueError:
-        return None
-    if value != value or value in (float("inf"), float("-inf")):
-        return None
-    return str(int(value)) if value.is_integer() and abs(value) < 2**63 else repr(value)
 
 
 def identifiers(value: Any) -> frozenset[str]:
@@ -135,7 +122,7 @@ def identifiers(value: Any) -> frozenset[str]:
     if isinstance(value, bool) or value is None:
         return frozenset()
     if isinstance(value, int | float):
-        n = _number(_num_text(value))
+        n = number(_num_text(value))
         return frozenset({f"num:{n}"}) if n is not None else frozenset()
     if not isinstance(value, str):
         return frozenset()
@@ -163,7 +150,10 @@ def _identifiers_of(text: str) -> frozenset[str]:
     out: set[str] = set()
     if not _TRIGGER.search(text):  # no digit, '@', '.', '/' or ':': no identifier can match
         return frozenset()
+    urls = [(m.start(), m.end()) for m in URL.finditer(text)] if "/" in text else []
     for m in _EMAIL.finditer(text):
+        if any(start < m.start() < end for start, end in urls):
+            continue  # "…?next=x@evil.example": part of the URL, not an address of its own
         addr = m.group(0).strip(_TRIM)
         out.add(f"email:{addr}")
         out.add(f"host:{_ascii_host(addr.rpartition('@')[2])}")
@@ -177,9 +167,9 @@ def _identifiers_of(text: str) -> frozenset[str]:
         if netloc:
             out.add(f"host:{_ascii_host(netloc.rstrip('.'))}")
     for m in _IBAN.finditer(text):
-        iban = _checked_iban(m.group(0))
-        if len(iban) >= _IBAN_MIN:  # a UUID's last group ("db151b451e20") is no account
-            out.add(f"iban:{iban}")
+        for iban in _ibanreadings(m.group(0)):
+            if len(iban) >= _IBAN_MIN:  # a UUID's last group ("db151b451e20") is no account
+                out.add(f"iban:{iban}")
     if "-" in text or "." in text:  # an IBAN grouped with dashes or dots ("GB29-NWBK-6016-...")
         for m in _IBAN.finditer(_GROUP_MARK.sub(" ", text)):
             iban = m.group(0).replace(" ", "")
@@ -200,84 +190,24 @@ def _identifiers_of(text: str) -> frozenset[str]:
         if name and not name[0].isdigit():
             out.add(f"file:{name}")
     for m in _NUMBER.finditer(text):
-        out.update(f"num:{n}" for n in _readings(m.group(0)))
+        out.update(f"num:{n}" for n in readings(m.group(0)))
     return frozenset(out)
-
-
-def _readings(text: str) -> list[str]:
-    """The numbers a run of digits and separators (``_NUMBER``) is, each as ``_number`` spells
-    it. The last ``.`` or ``,`` is the decimal mark ("12,50" is twelve and a half, "1.200,50"
-    twelve hundred and a half, "0.125" an eighth), except a lone ``,`` before three digits
-    ("1,500": fifteen hundred) and a mark that repeats ("1,200,000"); what comes before it must
-    be digits or one grouping of them ("1,200.50", "1 200,50"). Any other run is its digits
-    read as one number ("+41 44 668 18 00", "15.06.2024"), as before, never one of its groups:
-    a typed phone number or date does not make an amount equal to a group of it the user's.
-    Two numbers joined by ``-`` or ``/`` are a range, a fraction or a split ("100-150",
-    "50/50") and three or more a list ("120/80/45"): each is read on its own, never joined;
-    unless they are a phone number (nine digits or more, a group that starts with 0, or spaces
-    too: "555-123-4567", "030/2500", "+1 415 555-2500"), which is its digits as one."""
-    sign = text[0] if text[0] in "+-" else ""
-    body = text[len(sign):]
-    if body.isdigit():
-        return [n] if (n := _number(sign + body)) is not None else []
-    joined = _JOINERS.split(body)
-    digits = _NOT_DIGIT.sub("", body)
-    if len(joined) > 1 and (len(digits) >= 9 or any(part.startswith("0") for part in joined)
-                            or " " in body):  # a phone number: "+1 415 555-2500", "030/2500"
-        return [n] if (n := _number(sign + digits)) is not None else []
-    if len(joined) == 2:
-        first = _readings(sign + joined[0]) if joined[0] else []
-        return first + (_readings(joined[1]) if joined[1] else [])
-    if len(joined) > 2:
-        return [n for part in joined if part for n in _readings(part)]  # "120/80/45": a list
-    cut = len(body) - 1 - _LAST_SEP.search(body[::-1]).start()  # type: ignore[union-attr]
-    head, mark, tail = body[:cut], body[cut], body[cut + 1:]
-    if mark not in ".," or mark in head or (
-            mark == "," and head.isdigit() and len(tail) == 3 and head[0] != "0"
-            and len(head) <= 3):
-        head, mark, tail = body, "", ""  # no decimal mark
-    if head.isdigit() or _grouping(head):
-        n = _number(f"{sign}{_NOT_DIGIT.sub('', head)}{f'.{tail}' if mark else ''}")
-    else:  # no number as written (a phone number, "15.06.2024"): its digits as one, never a
-        n = _number(sign + _NOT_DIGIT.sub("", body))  # group of it (an amount equal to one)
-    return [n] if n is not None else []
-
-
-def _grouping(text: str) -> bool:
-    """``text`` is digits grouped by one separator in threes ("1,200,000", "1.200", "5 000"),
-    or with commas the Indian way ("1,50,000")."""
-    seps = set(_NOT_DIGIT.findall(text))
-    if len(seps) != 1:
-        return False
-    sep = seps.pop()
-    groups = text.split(sep)
-    if groups[0][0] == "0" or len(groups[0]) > 3 or any(len(g) != 3 for g in groups[1:]):
-        return sep == "," and _INDIAN.fullmatch(text) is not None
-    return True
-
-
-_LAST_SEP = re.compile(r"\D")
-_INDIAN = re.compile(r"[1-9]\d?(?:,\d{2})+,\d{3}")
-_NOT_DIGIT = re.compile(r"\D+")
-_JOINERS = re.compile(r"[-/]")
 
 
 _identifiers_memo = functools.lru_cache(maxsize=1_024)(_identifiers)
 
 
-def _checked_iban(written: str) -> str:
-    """An IBAN as written in groups, without a last "group" that is the next word ("BE68 5390
-    0754 7034 as discussed" holds the IBAN up to 7034): the groups whose checksum holds, when
-    the whole does not."""
+def _ibanreadings(written: str) -> tuple[str, ...]:
+    """An IBAN as written in groups, and, when its last group is letters and the IBAN without
+    that group passes its checksum while the whole does not, the shorter one too: the last
+    "group" may be the next word ("BE68 5390 0754 7034 as discussed"). Labelling takes the
+    reading the user typed when there are two (``one_reading``)."""
     iban = written.replace(" ", "")
-    if " " not in written or _iban_checksum(iban):
-        return iban
     groups = written.split(" ")
-    for end in range(len(groups) - 1, 1, -1):
-        shorter = "".join(groups[:end])
-        if len(shorter) >= _IBAN_MIN and _iban_checksum(shorter):
-            return shorter
-    return iban
+    if len(groups) < 3 or not groups[-1].isalpha() or _iban_checksum(iban):
+        return (iban,)
+    shorter = "".join(groups[:-1])
+    return (iban, shorter) if _iban_checksum(shorter) else (iban,)
 
 
 def _iban_checksum(iban: str) -> bool:
@@ -392,7 +322,7 @@ def whole_atom(value: Any) -> str | None:
         text = canonical(value)
         return f"text:{text}" if text else None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        n = _number(_num_text(value))
+        n = number(_num_text(value))
         return f"num:{n}" if n is not None else None
     return None
 
