@@ -29,6 +29,37 @@ def act(stage: str, tool: str | None = None, session: str = "s1", **kw: Any) -> 
                           session={"id": session}, **kw)
 
 
+# -- the adversarial review files (test_review10 on): their catalog, values and steps ------------
+REVIEW_CATALOG = CATALOG + """\
+  post_email: {class: egress, sinks: [to], content: [subject, body]}
+  send_msg: {class: write, sinks: [recipient], content: [body]}
+  update_profile: {class: write, sinks: [], content: []}
+"""
+BOB = "bob@corp.example"  # typed by the user
+USER_IBAN = "DE89 3704 0044 0532 0130 00"  # typed by the user
+
+
+def read_untrusted(k: bastion.Kernel, user: str | list[str], result: Any) -> None:
+    """The user's message(s) (trusted), then an untrusted inbox result."""
+    for text in [user] if isinstance(user, str) else user:
+        assert k.evaluate(act("input", args={"text": text})).allowed
+    k.evaluate(act("post_tool", "read_inbox", result=result))
+
+
+def labelled_call(k: bastion.Kernel, tool: str, args: dict[str, Any]
+                  ) -> tuple[bastion.Decision, dict[str, list[str]]]:
+    """A ``pre_tool`` call of session s1: its decision, and its arguments' labels."""
+    d = k.evaluate(act("pre_tool", tool, args=args))
+    return d, k.provenance("s1").labels_of_args(args)
+
+
+def read_secret(k: bastion.Kernel, secret: Any) -> None:
+    """The user asks for a summary for BOB; a secret tool's result is read."""
+    assert k.evaluate(act("input", args={"text": f"e-mail the summary to {BOB}"})).allowed
+    assert k.evaluate(act("pre_tool", "read_secrets", args={})).allowed
+    assert k.evaluate(act("post_tool", "read_secrets", args={}, result=secret)).allowed
+
+
 # the catalog without the secret-reading tool: a worker that can never label anything `secret`
 NO_SECRET_CATALOG = CATALOG.replace(
     "  read_secrets: {class: read, side_effects: false,\n"

@@ -14,39 +14,17 @@ CJK text; secrets as nested map keys; oversized integers) are not repeated here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flow_support import CATALOG, PACK, act
+from flow_support import BOB, USER_IBAN
+from flow_support import labelled_call as _call
+from flow_support import read_secret as _secret
+from flow_support import read_untrusted as _read
 
 import bastion
 
-CAT = CATALOG + """\
-  post_email: {class: egress, sinks: [to], content: [subject, body]}
-  send_msg: {class: write, sinks: [recipient], content: [body]}
-"""
-BOB = "bob@corp.example"  # typed by the user
-USER_IBAN = "DE89 3704 0044 0532 0130 00"  # typed by the user
 EVIL_IBAN = "GB29NWBK60161331926819"  # only in untrusted data
-
-
-@pytest.fixture
-def k() -> Iterator[bastion.Kernel]:
-    with bastion.Kernel.from_policy(PACK, catalog=CAT) as kernel:
-        yield kernel
-
-
-def _read(k: bastion.Kernel, user: str, result: Any) -> None:
-    """The user's message (trusted), then an untrusted inbox result."""
-    assert k.evaluate(act("input", args={"text": user})).allowed
-    k.evaluate(act("post_tool", "read_inbox", result=result))
-
-
-def _call(k: bastion.Kernel, tool: str, args: dict[str, Any]) -> tuple[bastion.Decision,
-                                                                       dict[str, list[str]]]:
-    d = k.evaluate(act("pre_tool", tool, args=args))
-    return d, k.provenance("s1").labels_of_args(args)
 
 
 # == 1. a piece of a typed address, cut at '.', '-' or '+', is "typed" ===========================
@@ -119,12 +97,6 @@ def test_an_untrusted_unicode_host_is_one_host_in_urls_addresses_and_text(
 
 
 # == 5. secrets ==================================================================================
-
-def _secret(k: bastion.Kernel, secret: Any) -> None:
-    assert k.evaluate(act("input", args={"text": f"e-mail the summary to {BOB}"})).allowed
-    assert k.evaluate(act("pre_tool", "read_secrets", args={})).allowed
-    assert k.evaluate(act("post_tool", "read_secrets", args={}, result=secret)).allowed
-
 
 @pytest.mark.parametrize("body", [
     "card 4111-1111-1111-1111",

@@ -13,37 +13,14 @@ digits, a leading 0, spaces too) are one number.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
-from flow_support import CATALOG, PACK, act
+from flow_support import USER_IBAN
+from flow_support import labelled_call as _call
+from flow_support import read_untrusted as _read
 
 import bastion
 
-CAT = CATALOG + """\
-  send_msg: {class: write, sinks: [recipient], content: [body]}
-"""
-USER_IBAN = "DE89 3704 0044 0532 0130 00"  # typed by the user
 IBAN = USER_IBAN.replace(" ", "")
-
-
-@pytest.fixture
-def k() -> Iterator[bastion.Kernel]:
-    with bastion.Kernel.from_policy(PACK, catalog=CAT) as kernel:
-        yield kernel
-
-
-def _read(k: bastion.Kernel, user: str, result: Any) -> None:
-    """The user's message (trusted), then an untrusted inbox result."""
-    assert k.evaluate(act("input", args={"text": user})).allowed
-    k.evaluate(act("post_tool", "read_inbox", result=result))
-
-
-def _call(k: bastion.Kernel, tool: str, args: dict[str, Any]) -> tuple[bastion.Decision,
-                                                                       dict[str, list[str]]]:
-    d = k.evaluate(act("pre_tool", tool, args=args))
-    return d, k.provenance("s1").labels_of_args(args)
 
 
 # == security: untrusted data coming out trusted ================================================
