@@ -31,6 +31,7 @@ from bastion.flow._values import (
     canonical,
     compact,
     identifiers,
+    in_urls,
     leaves,
     text_forms,
     whole_atom,
@@ -165,6 +166,8 @@ class Haystacks:
                     if atoms_left <= 0:  # no room for its identifiers: not even looked for
                         self._unplace(labels)
                     ids, whole, text = text_forms(piece, ids=atoms_left > 0)
+                    if TRUSTED in labels and ids:  # an address typed inside a URL is the URL's
+                        ids -= in_urls(piece)
                 else:  # a long number's digits are text too: a card number, grouped or split
                     ids, whole, text = identifiers(piece), whole_atom(piece), _digits(piece)
                 atoms = set(ids)

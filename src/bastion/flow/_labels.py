@@ -115,8 +115,9 @@ def _starts_typed(hay: str, pos: int, kind: str, spans: list[tuple[int, int]]) -
             if authority < 0 or any(c in hay[authority + 3:pos] for c in "/?#"):
                 return False
             return pos == authority + 3 or hay[pos - 1] == "@"
-        if end < pos <= end + 2 and not any(c.isspace() or c == "\x00" for c in hay[end:pos]):
-            return False  # right after a typed URL and a mark it ends at ("…?next=%22https:")
+        if end < pos <= end + 8 and not any(c.isspace() or c == "\x00" or c.isalnum()
+                                            for c in hay[end:pos]):
+            return False  # right after a typed URL and marks it ends at ("…?next=%22%3Chttps:")
     if pos == 0:
         return True
     before = hay[pos - 1]
@@ -147,7 +148,8 @@ def one_reading(ids: frozenset[str], typed: Callable[[str], bool]) -> frozenset[
     out = set(ids)
     for long in ibans:
         for short in ibans:
-            if short != long and long.startswith(short):
+            rest = long[len(short):]  # the word after its last group ("as", "now")
+            if short != long and long.startswith(short) and rest.isalpha() and len(rest) <= 4:
                 if typed(long):
                     out.discard(short)
                 elif typed(short):

@@ -141,6 +141,24 @@ def text_forms(text: str, *, ids: bool = True) -> tuple[frozenset[str], str | No
             _NOT_ALNUM.sub("", canon))
 
 
+def in_urls(text: str) -> frozenset[str]:
+    """The e-mail addresses (and their hosts) that ``text`` holds only inside a URL
+    ("…/login?next=x@evil.example"): part of that URL. What a user typed there is not an
+    address they typed on its own, so trusted input does not remember them as such."""
+    canon = canonical(text)
+    if "@" not in canon or "/" not in canon:
+        return frozenset()
+    spans = [(m.start(), m.end()) for m in URL.finditer(canon)]
+    inside: set[str] = set()
+    rest = canon
+    for m in _EMAIL.finditer(canon):
+        if any(a < m.start() < b for a, b in spans):
+            addr = m.group(0).strip(_TRIM)
+            inside |= {f"email:{addr}", f"host:{_ascii_host(addr.rpartition('@')[2])}"}
+            rest = rest[:m.start()] + " " * len(m.group(0)) + rest[m.end():]
+    return frozenset(inside - _identifiers_of(rest)) if inside else frozenset()
+
+
 def _identifiers(value: str) -> frozenset[str]:
     return _identifiers_of(canonical(value))
 
@@ -150,10 +168,7 @@ def _identifiers_of(text: str) -> frozenset[str]:
     out: set[str] = set()
     if not _TRIGGER.search(text):  # no digit, '@', '.', '/' or ':': no identifier can match
         return frozenset()
-    urls = [(m.start(), m.end()) for m in URL.finditer(text)] if "/" in text else []
     for m in _EMAIL.finditer(text):
-        if any(start < m.start() < end for start, end in urls):
-            continue  # "…?next=x@evil.example": part of the URL, not an address of its own
         addr = m.group(0).strip(_TRIM)
         out.add(f"email:{addr}")
         out.add(f"host:{_ascii_host(addr.rpartition('@')[2])}")
