@@ -197,18 +197,17 @@ class _Data:
         d = self.data
         return {k: d[k] for k in names if k in d}
 
-    def make_safe(self) -> bool:
+    def make_safe(self) -> None:
         if self.safe:
-            return False
+            return
         self.safe = True
         try:  # ``now`` is a datetime, which CEL holds as the timestamp it is declared as
             self.data = {k: v if k == "now" else cel_safe(v) for k, v in self.data.items()}
         except ValueError as exc:  # nested deeper than 64 levels
             self.poison = f"{exc}; no condition is run"
-            return True
+            return
         if _has_nul(self.view(self.names), 0):  # a NUL inside an object, now a string
             self.poison = _NUL_ERROR
-        return True
 
 
 def _matches(tier: Tier, agent_id: str, data: _Data, errors: list[str], *,
@@ -269,29 +268,31 @@ _ARENA_USES = 1000
 _ARENAS = _Arena()
 
 
-def _run(program: Any, view: dict[str, Any]) -> Any:
-    """The plain result; a CEL error comes back as its message (a ``str``), never a bool."""
+def _eval(program: Any, view: dict[str, Any]) -> Any:
+    """The CEL value of ``program`` over ``view``, in this thread's arena; what the binding
+    raises (on data it cannot convert) comes back as its message, a ``str``."""
     a = _ARENAS
     a.left -= 1
     if a.left <= 0:
         a.arena, a.left = cel.Arena(), _ARENA_USES
     try:
-        return program.eval(data=view, arena=a.arena).plain_value()
-    except Exception as exc:  # the binding raises on data it cannot convert
+        return program.eval(data=view, arena=a.arena)
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
+
+
+def _run(program: Any, view: dict[str, Any]) -> Any:
+    """The plain result; a CEL error comes back as its message (a ``str``), never a bool."""
+    value = _eval(program, view)
+    return value if isinstance(value, str) else value.plain_value()
 
 
 def _outcome(program: Any, view: dict[str, Any]) -> Any:
     """``_run`` for the general path: a bool, or why the condition decided nothing (its error,
     or the value that is no bool, such as a ``dyn`` condition's string)."""
-    a = _ARENAS
-    a.left -= 1
-    if a.left <= 0:
-        a.arena, a.left = cel.Arena(), _ARENA_USES
-    try:
-        value = program.eval(data=view, arena=a.arena)
-    except Exception as exc:  # the binding raises on data it cannot convert
-        return f"{type(exc).__name__}: {exc}"
+    value = _eval(program, view)
+    if isinstance(value, str):
+        return value
     plain = value.plain_value()
     if type(plain) is bool or value.type().name() == "ERROR":  # an error comes back as a value
         return plain
