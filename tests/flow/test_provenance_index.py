@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastion.flow import Provenance
-from bastion.flow._haystacks import _KINDS, _kinds, _piece
+from bastion.flow._hayparts import KINDS, haystacks_of, piece_of
 
 WORDS = ["alpha", "bravo12", "DE89370400440532013000", "evil@attacker.example", "www.x.example",
          "1200", "secret-token-abcdef0123456789", "Fred", "report.pdf", "charlie"]
@@ -20,7 +20,7 @@ def _expected(prov: Provenance, kind: str) -> set[str]:
     """A haystack's parts computed from scratch from what provenance remembers."""
     hay = kind in ("trusted", "untrusted", "sensitive")
     store = prov._hay if hay else prov._atoms
-    return {_piece(kind, k) for k, v in store.items() if kind in _kinds(hay, k, v)}
+    return {piece_of(kind, k) for k, v in store.items() if kind in haystacks_of(hay, k, v)}
 
 
 @settings(max_examples=150, deadline=None)
@@ -32,7 +32,7 @@ def test_haystacks_match_a_rebuild_after_every_change(
     prov = Provenance(max_values=cap)
     for words, labels in steps:
         prov.record({"text": " ".join(words), "n": len(words)}, labels)
-        for kind in _KINDS:
+        for kind in KINDS:
             joined = prov._haystack(kind)
             assert set(filter(None, joined.split("\x00"))) == _expected(prov, kind) - {""}
 

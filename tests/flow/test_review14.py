@@ -1,7 +1,7 @@
 """A fourteenth adversarial review of ``bastion.flow``: the changes of review 13 (992129e) --
 two numbers joined by a dash or slash read each on their own (``_values._readings``), where a
 typed address may start (``_labels._TOKEN`` / ``cut_typed``), last-dot-only defanged forms and
-the whole-word check for forms with spaces (``_haystacks._defanged``) -- against the contract
+the whole-word check for forms with spaces (``_hayparts.defanged``) -- against the contract
 "a value from an untrusted source never comes out trusted" and against over-tainting what the
 user typed, with ``policies/flow-default.yaml``.
 

@@ -26,6 +26,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from bastion._canon import unicode_host
+from bastion.flow._hayparts import (
+    KINDS,
+    TRUSTED,
+    UNTRUSTED,
+    USER,
+    defanged,
+    haystacks_of,
+    piece_of,
+)
 from bastion.flow._values import (
     MAX_TEXT,
     canonical,
@@ -37,18 +46,11 @@ from bastion.flow._values import (
     whole_atom,
 )
 
-TRUSTED, UNTRUSTED = "trusted", "untrusted"
-UNKNOWN = "unknown"
-UNTRUSTED_IDENTIFIER = "untrusted_identifier"
-SELECTED = "selected"  # an untrusted value the user's own words picked out (see _selected)
-ADDRESS_KINDS = frozenset({"email", "url", "host", "iban"})  # identifiers that say where to go
-USER = "user"
 MIN_FRAGMENT = 6  # significant characters a piece needs before it counts as a fragment
 _MIN_HOST = 4  # significant characters of an address looked up as written ("例子.中国")
 MIN_QUOTE = 3  # significant characters a piece of trusted text needs to count as quoted
 MIN_SECRET_WORD = 16  # a word this long shared with a secret text carries its labels
 MIN_SECRET_RUN = 20  # and a run of whole words this long (significant characters)
-_PLAIN = frozenset({TRUSTED, UNTRUSTED, USER, "public", "internal"})
 
 _MAX_SCANS = 4_096
 MAX_CHUNKS = 64  # pieces of MAX_TEXT characters remembered of one long text (4 MB)
@@ -67,63 +69,11 @@ def _digits(value: Any) -> str:
     return ""
 
 
-def _defanged(address: str) -> tuple[str, ...]:
-    """``address`` as written, and as people write one so it is not a link ("evil[.]com",
-    "evil(.)com", "evil[dot]com", "evil. com") or as NFKC leaves one typed with a dash
-    ("evil–bank.com" reads "evil bank.com"): each is the same address."""
-    if "." not in address:
-        return (address,)
-    head, _, last = address.rpartition(".")
-    forms = [address] + [address.replace(".", dot) for dot in _DOTS_WRITTEN] \
-        + [f"{head}{dot}{last}" for dot in _DOTS_WRITTEN]  # often only the last dot is
-    if "-" in address:
-        forms.append(address.replace("-", " "))
-    return tuple(dict.fromkeys(forms))
-
-
 _WORD_ENDS = re.compile(r"[\s=:/?&#;,|]+")
-_DOTS_WRITTEN = ("[.]", "(.)", "{.}", "[dot]", "(dot)", " dot ", ". ", " .", " . ")
 
 
 class OverBudget(Exception):
     """Labelling the arguments would search more than ``SCAN_BUDGET`` characters."""
-
-
-_HAY_KINDS = (TRUSTED, UNTRUSTED, "sensitive")  # haystacks of compact texts
-_KINDS = (*_HAY_KINDS, "trusted_text", "untrusted_text", "untrusted_ids")
-
-
-def _sensitive_labels(labels: set[str] | frozenset[str]) -> bool:
-    """Labels above ``internal`` (a confidentiality such as ``secret``), sources aside."""
-    extra = labels - _PLAIN
-    return bool(extra) and not all(x.startswith("tool:") for x in extra)
-
-
-def _kinds(hay: bool, key: str, labels: set[str] | frozenset[str]) -> tuple[str, ...]:
-    """The haystacks a remembered key belongs to (``hay``: a compact text, else an atom)."""
-    trusted = TRUSTED in labels
-    if hay:
-        first = TRUSTED if trusted else UNTRUSTED
-        return (first, "sensitive") if _sensitive_labels(labels) else (first,)
-    kind = key.partition(":")[0]
-    if kind == "text":
-        return ("trusted_text",) if trusted else ("untrusted_text",)
-    if kind in ADDRESS_KINDS and not trusted:
-        return ("untrusted_ids",)
-    return ()
-
-
-def _piece(kind: str, key: str) -> str:
-    """What of a remembered key a haystack holds."""
-    if kind in _HAY_KINDS:
-        return key
-    if kind == "untrusted_ids":
-        tag, _, value = key.partition(":")
-        if "xn--" not in value or tag not in ("host", "email"):
-            return compact(value)
-        local, at, host = value.rpartition("@")  # an IDN host in either spelling
-        return f"{compact(value)}\x00{compact(local + at + unicode_host(host))}"
-    return key[5:]  # "text:..." without its tag
 
 
 class Haystacks:
@@ -138,7 +88,7 @@ class Haystacks:
         self._atoms: OrderedDict[str, set[str]] = OrderedDict()  # atom -> labels it arrived with
         self._hay: OrderedDict[str, set[str]] = OrderedDict()  # compact text -> labels
         # haystack -> remembered key -> what the haystack holds of it; and joined, until a change
-        self._parts: dict[str, dict[str, str]] = {k: {} for k in _KINDS}
+        self._parts: dict[str, dict[str, str]] = {k: {} for k in KINDS}
         self._joined: dict[str, str] = {}
         self._scans: dict[tuple[str, str], bool] = {}  # (haystack, text) -> found; per change
         self.evicted = 0
@@ -212,17 +162,17 @@ class Haystacks:
         found = store.get(key)
         if found is None:
             store[key] = set(labels)
-            self._move(key, (), _kinds(hay, key, labels))
+            self._move(key, (), haystacks_of(hay, key, labels))
             if len(store) > self.max_values:
                 old, old_labels = store.popitem(last=False)
                 self.evicted += 1
                 self._unplace(old_labels)
-                self._move(old, _kinds(hay, old, old_labels), ())
+                self._move(old, haystacks_of(hay, old, old_labels), ())
         else:
             if not labels <= found:
-                before = _kinds(hay, key, found)
+                before = haystacks_of(hay, key, found)
                 found.update(labels)
-                self._move(key, before, _kinds(hay, key, found))
+                self._move(key, before, haystacks_of(hay, key, found))
             store.move_to_end(key)
 
     def _move(self, key: str, before: tuple[str, ...], after: tuple[str, ...]) -> None:
@@ -234,7 +184,7 @@ class Haystacks:
                 self._joined.pop(kind, None)
         for kind in after:
             if kind not in before:
-                self._parts[kind][key] = _piece(kind, key)
+                self._parts[kind][key] = piece_of(kind, key)
                 self._joined.pop(kind, None)
 
     # -- searching ------------------------------------------------------------------------------
@@ -314,7 +264,7 @@ class Haystacks:
         if kind == "iban":
             return self._fragment(compact(value))
         found: set[str] = set()
-        for form in {v for host in {value, unicode_host(value)} for v in _defanged(host)}:
+        for form in {v for host in {value, unicode_host(value)} for v in defanged(host)}:
             size = len(compact(form))
             if size < _MIN_HOST or not self._in("untrusted_text", form) \
                     or self._in("trusted_text", form):

@@ -8,7 +8,7 @@ import functools
 import re
 from collections.abc import Callable
 
-from bastion.flow._haystacks import SELECTED, TRUSTED, UNKNOWN, UNTRUSTED
+from bastion.flow._hayparts import SELECTED, TRUSTED, UNKNOWN, UNTRUSTED
 from bastion.flow._values import URL, canonical, compact
 
 _SEPARATORS = re.compile(r"[\s,;]+")

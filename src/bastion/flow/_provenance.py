@@ -42,15 +42,12 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from bastion.flow._hayparts import ADDRESS_KINDS, TRUSTED, UNTRUSTED, USER
 from bastion.flow._haystacks import (
     _REGEX_COST,
-    ADDRESS_KINDS,
     MIN_FRAGMENT,
     MIN_QUOTE,
     SCAN_BUDGET,
-    TRUSTED,
-    UNTRUSTED,
-    USER,
     OverBudget,
 )
 from bastion.flow._labels import code_name, cut_typed, merged, one_reading, text_around

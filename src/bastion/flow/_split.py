@@ -11,16 +11,15 @@ import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from bastion.flow._haystacks import (
+from bastion.flow._hayparts import (
     ADDRESS_KINDS,
-    MIN_FRAGMENT,
     SELECTED,
     TRUSTED,
     UNKNOWN,
     UNTRUSTED,
     UNTRUSTED_IDENTIFIER,
-    Haystacks,
 )
+from bastion.flow._haystacks import MIN_FRAGMENT, Haystacks
 from bastion.flow._labels import code_name
 from bastion.flow._values import canonical, compact, identifiers, scalars
 
