@@ -221,8 +221,8 @@ def test_bad_config_is_reported_with_its_position(tmp_path: Path) -> None:
     done = cli("run", "--config", str(path))
     assert done.returncode == 2
     assert f"{path}:5:5: error: unknown key 'comand'" in done.stderr
-    path.write_text("version: 1\npolicy: missing.yaml\nupstreams:\n  - {name: a, url: "
-                    "'http://127.0.0.1:9/mcp'}\n")
+    path.write_text("version: 1\npolicy: missing.yaml\nstate: s.db\nupstreams:\n"
+                    "  - {name: a, url: 'http://127.0.0.1:9/mcp'}\n")
     done = cli("run", "--config", str(path))
     assert done.returncode == 2
     assert f"{tmp_path / 'missing.yaml'}:0:0: error: file not found" in done.stderr

@@ -184,7 +184,8 @@ def _wire(result: Any) -> dict[str, Any]:
 
 
 def _block_text(block: Any) -> str | None:
-    """The text a content block carries (a text block, an embedded text resource), or None."""
+    """The text a content block carries (a text block, an embedded text resource, a resource
+    link's name, title, description and URI), or None."""
     if not isinstance(block, Mapping):
         return None
     if block.get("type") == "text":
@@ -192,4 +193,7 @@ def _block_text(block: Any) -> str | None:
     resource = block.get("resource")
     if block.get("type") == "resource" and isinstance(resource, Mapping) and "text" in resource:
         return str(resource["text"])
+    if block.get("type") == "resource_link":  # what a model reads of a link is text too
+        return "\n".join(str(block[k]) for k in ("name", "title", "description", "uri")
+                         if block.get(k) is not None)
     return None

@@ -90,8 +90,10 @@ def parse_config(text: str, path: str = "<text>", *, base: Path | None = None) -
         if any(u.name == up.name for u in upstreams):
             c.fail(item.value_pos["name"], f"duplicate upstream name {up.name!r}")
         upstreams.append(up)
+    if "state" not in doc:  # pins kept in memory would make every restart a first sight
+        c.fail(doc.pos, "missing required key 'state' (the file that keeps tool pins)")
     return GatewayConfig(
-        policy=c.path(doc, "policy"), state=c.path(doc, "state", optional=True),
+        policy=c.path(doc, "policy"), state=c.path(doc, "state"),
         upstreams=tuple(upstreams), catalog=c.path(doc, "catalog", optional=True),
         audit=c.path(doc, "audit", optional=True),
         agent=c.string(doc, "agent", optional=True) or "mcp-client",
@@ -149,9 +151,10 @@ class _Checker:
             return None
         value = node[key]
         if not isinstance(value, dict) or not all(
-                isinstance(v, str | int | float) and not isinstance(v, bool)
-                for v in value.values()):
-            self.fail(node.value_pos[key], f"{key!r} must map names to strings")
+                isinstance(v, str | int) and not isinstance(v, bool) for v in value.values()):
+            # a float would be sent re-spelt ("2.10" as "2.1"): it must be quoted
+            self.fail(node.value_pos[key], f"{key!r} must map names to strings (quote numbers "
+                                           "such as '2.10')")
         return {str(k): str(v) for k, v in value.items()}
 
     def upstream(self, node: Any, pos: Pos) -> Upstream:

@@ -36,8 +36,8 @@ MAX_DEPTH = 32
 @dataclass(frozen=True, slots=True)
 class Finding:
     """One reason to distrust a tool: ``kind`` (``instruction``, ``invisible``,
-    ``tool_reference``, ``typosquat``, ``invalid_name``), ``where`` (``description``,
-    ``inputSchema.properties.path.description``...) and ``detail``."""
+    ``tool_reference``, ``typosquat``, ``invalid_name``, ``invalid_schema``), ``where``
+    (``description``, ``inputSchema.properties.path.description``...) and ``detail``."""
 
     kind: str
     where: str
@@ -111,6 +111,10 @@ def scan_tool(name: str, description: str | None, input_schema: Any, *, title: s
     others = [(o, re.compile(rf"(?<![a-z0-9_]){re.escape(c)}(?![a-z0-9_])"))
               for o in other_tools if (c := canonical_tool(o)) is not None and len(c) >= 4]
     for where, text in fields:
+        if text is _TOO_DEEP:
+            findings.append(Finding("invalid_schema", where, f"nested deeper than {MAX_DEPTH} "
+                                                             "levels (not read past them)"))
+            continue
         findings.extend(_scan_text(where, text, others))
     return findings
 
@@ -124,23 +128,31 @@ def _scan_text(where: str, text: str,
         yield Finding("invisible", where, detail + (f" (hidden text {smuggled[:80]!r})"
                                                     if smuggled else ""))
     normal = norm_text(text)
-    # and read with words joined by '_' (as schema keys must be) apart, and look-alike letters
-    # of other scripts as the Latin ones they imitate
+    # and as a model reads it: words joined by '_' or camelCase (as schema keys are) apart,
+    # runs of blank space as one, typographic apostrophes as ASCII, and look-alike letters of
+    # other scripts (capitals folded before casefolding) as the Latin ones they imitate
+    latin = _latin(norm_text(text.translate(_LATIN_CAPITALS)))
     for variant in dict.fromkeys((normal, norm_text(tag_text(text)), _spaced(normal),
-                                  _spaced(_latin(normal)))):
+                                  _spaced(norm_text(_CAMEL.sub(" ", text))),
+                                  _spaced(latin))):
         for label, rx in _INSTRUCTIONS:
             m = rx.search(variant)
             if m:
                 yield Finding("instruction", where, f"{label}: {m.group(0)[:80]!r}")
                 break
     for other, rx in others:
-        if rx.search(normal):
+        if rx.search(normal) or rx.search(latin):
             yield Finding("tool_reference", where, f"mentions {other!r}, a tool of another "
                                                    "server")
 
 
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+_BLANKS = re.compile(r"\s+")
+_APOSTROPHES = str.maketrans(dict.fromkeys("\u2018\u2019\u02bc\u2032\u00b4\u0060", "'"))
+
+
 def _spaced(text: str) -> str:
-    return text.replace("_", " ")
+    return _BLANKS.sub(" ", text.replace("_", " ")).translate(_APOSTROPHES)
 
 
 # Cyrillic and Greek letters that look like Latin ones (letters only: no digit folds)
@@ -152,13 +164,25 @@ _LATIN = str.maketrans({
 })
 
 
+# capital look-alikes, folded before casefolding would turn Greek N into nu ("v") and H into eta
+_LATIN_CAPITALS = str.maketrans({
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N",
+    "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X", "А": "A", "В": "B", "Е": "E", "К": "K",
+    "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T", "У": "Y", "Х": "X", "Ѕ": "S",
+    "І": "I", "Ј": "J", "Ԛ": "Q", "Ԝ": "W",
+})
+
+
 def _latin(text: str) -> str:
     return text.translate(_LATIN)
 
 
+_TOO_DEEP = "\x00<schema nested too deeply>"
+
+
 def _schema_strings(node: Any, where: str, depth: int) -> Iterator[tuple[str, str]]:
-    if depth > MAX_DEPTH:
-        yield where, "<schema nested too deeply>"
+    if depth > MAX_DEPTH:  # flagged by scan_tool (a model would still read what is below)
+        yield where, _TOO_DEEP
         return
     if isinstance(node, str):
         yield where, node

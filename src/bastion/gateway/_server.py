@@ -35,7 +35,7 @@ from mcp.types import CallToolResult, ListToolsResult, TextContent, Tool
 from bastion.adapters._core import ToolGate
 from bastion.adapters.mcp import RUN_STOPPED, denied, govern_result
 from bastion.gateway._config import SEPARATOR, GatewayConfig, Upstream
-from bastion.gateway._pins import Pin, PinStore
+from bastion.gateway._pins import Pin, PinStore, definition_digest
 from bastion.gateway._scan import scan_tool, typosquats
 from bastion.kernel import Action, Decision, Kernel
 from bastion.kernel._events import _Event
@@ -52,6 +52,7 @@ class Served(NamedTuple):
     upstream: str
     tool: str
     definition: Tool  # renamed to ``name``; otherwise as the upstream serves it
+    digest: str = ""  # of what *this* gateway's upstream serves (pins are shared by processes)
 
 
 class Gateway:
@@ -113,7 +114,7 @@ class Gateway:
             wire = s.definition.model_dump(by_alias=True, mode="json", exclude_none=True)
             pin, moved = self.pins.observe(s.name, s.upstream, s.tool, wire, findings[s.name],
                                            auto_pin=self.config.auto_pin, now=now)
-            served[s.name] = s
+            served[s.name] = s._replace(digest=definition_digest(wire))
             if pin.visible:
                 shown.append(s)
             elif moved:
@@ -162,6 +163,10 @@ class Gateway:
         if pin is None or not pin.visible:
             code = _CODES.get(pin.status if pin else "pending", "tool_flagged")
             return self._refuse(name, args, _why(pin), code)
+        if pin.trusted != served.digest:  # another process saw the trusted one; this one not
+            return self._refuse(name, args, f"tool {name!r} as this gateway's upstream serves "
+                                "it is not the trusted definition; list the tools again",
+                                "tool_changed")
         context = {"mcp": {"upstream": served.upstream, "tool": served.tool}}
         pre = await self.gate.abefore(name, args, context=context)
         if not pre.run:

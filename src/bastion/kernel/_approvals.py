@@ -40,27 +40,34 @@ class Approver(Protocol):
 
 
 def action_digest(action: Action) -> str:
-    """The digest an approval is bound to: canonical tool, stage, arguments, agent, session.
-    Lossless: two calls whose arguments differ anywhere get different digests (the audit's
-    ``snapshot`` shortens long object texts and deep nesting; this does not). Arguments that
-    cannot be told apart exactly (nested deeper than ``MAX_DEPTH``) cannot be approved."""
+    """The digest an approval is bound to: canonical tool, stage, arguments, agent, session,
+    and at ``post_tool`` the result (a grant for one result releases no other). Lossless: two
+    calls whose arguments differ anywhere get different digests (the audit's ``snapshot``
+    shortens long object texts and deep nesting; this does not). Arguments that cannot be told
+    apart exactly (nested deeper than ``MAX_DEPTH``) cannot be approved."""
     tool = canonical_tool(action.tool) if action.tool else ""
-    args: Any = action.args
-    try:  # plain JSON data as it is; anything else (bytes, sets, big or non-finite numbers,
-        # objects, other mappings) in the exact form, which keeps every type apart
-        raw = orjson.dumps(args, option=orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
+    args, form = _lossless(action.args)
+    bound = {"tool": tool, "stage": action.stage, "args": args, "form": form,
+             "agent": _ident(action.agent), "session": _ident(action.session)}
+    if action.stage == "post_tool":
+        bound["result"], bound["result_form"] = _lossless(action.result)
+    return digest(bound)
+
+
+def _lossless(value: Any) -> tuple[Any, str]:
+    """Plain JSON data as it is; anything else (bytes, sets, big or non-finite numbers,
+    objects, other mappings) in the exact form, which keeps every type apart."""
+    try:
+        raw = orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
                            | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS)
-        if b"null" in raw and _has_non_finite(args):  # orjson writes NaN as null
+        if b"null" in raw and _has_non_finite(value):  # orjson writes NaN as null
             raise ValueError("non-finite number")
-        args, form = orjson.loads(raw), "json"
+        return orjson.loads(raw), "json"
     except (TypeError, ValueError):
-        args, form = _exact(action.args, 0), "exact"
-    return digest({"tool": tool, "stage": action.stage, "args": args, "form": form,
-                   "agent": _ident(action.agent), "session": _ident(action.session)})
+        return _exact(value, 0), "exact"
 
 
 MAX_DEPTH = 256  # levels of nesting an approved call's arguments may have
-
 
 
 def _exact(value: Any, depth: int) -> Any:

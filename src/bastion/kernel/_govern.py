@@ -35,6 +35,7 @@ from bastion._errors import GovernanceDenied
 from bastion.kernel._events import _Outcome
 from bastion.kernel._inflight import IN_FLIGHT, Call
 from bastion.kernel._kernel import Kernel
+from bastion.kernel._redact import MASK
 from bastion.kernel._types import EMPTY, Action, Decision
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -152,48 +153,63 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
             kernel.record_outcome(decision, "exception", error=f"{type(exc).__name__}: {exc}",
                                   duration_ns=time.perf_counter_ns() - started)
 
+        async def supervised(decision: Decision, call: Callable[[], Any], started: int) -> Any:
+            """Await ``call()`` as a call in flight (the kill switch cancels it), then check
+            its result (``after``)."""
+            import asyncio  # already loaded by the running loop; not at import time
+
+            task = asyncio.current_task()
+            key = None if task is None else IN_FLIGHT.add(Call(
+                task, asyncio.get_running_loop(), decision.tool, decision.agent,
+                decision.session))
+            # a switch engaged between the decision and the registration cancelled nothing
+            hit = kernel.kill_hit(decision)
+            if hit is not None:
+                if key is not None:
+                    IN_FLIGHT.remove(key)
+                raise GovernanceDenied(decision._replace(
+                    effect="deny", code="kill_switch",
+                    reasons=(f"kill switch engaged ({hit}) before the call started",)))
+            try:
+                result = await call()
+            except asyncio.CancelledError as exc:
+                call_ = IN_FLIGHT.remove(key) if key is not None else None
+                key = None
+                failed(decision, exc, started)
+                if call_ is not None and call_.killed is not None:
+                    raise GovernanceDenied(decision._replace(
+                        effect="deny", code="kill_switch",
+                        reasons=(f"cancelled by the kill switch ({call_.killed})",))) from exc
+                raise
+            except BaseException as exc:
+                failed(decision, exc, started)
+                raise
+            finally:
+                call_ = IN_FLIGHT.remove(key) if key is not None else None
+            if call_ is not None and call_.killed is not None:
+                # the tool swallowed the cancellation: its result must not be used
+                failed(decision, RuntimeError("result after the kill switch"), started)
+                raise GovernanceDenied(decision._replace(
+                    effect="deny", code="kill_switch",
+                    reasons=(f"cancelled by the kill switch ({call_.killed})",)))
+            return after(decision, result, started)
+
+        async def pending(decision: Decision, awaitable: Any, started: int) -> Any:
+            """What a sync callable returned that must be awaited (an object with an ``async
+            def __call__``, a wrapper around a coroutine function): supervised like an async
+            tool, so its result is checked and the kill switch reaches it."""
+            try:
+                return await supervised(decision, lambda: awaitable, started)
+            finally:
+                if inspect.iscoroutine(awaitable):
+                    awaitable.close()  # never started (a kill switch): no "never awaited"
+
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                import asyncio  # already loaded by the running loop; not at import time
-
                 decision, args, kwargs = before(args, kwargs)
-                started = time.perf_counter_ns()
-                task = asyncio.current_task()
-                key = None if task is None else IN_FLIGHT.add(Call(
-                    task, asyncio.get_running_loop(), decision.tool, decision.agent,
-                    decision.session))
-                # a switch engaged between the decision and the registration cancelled nothing
-                hit = kernel.kill_hit(decision)
-                if hit is not None:
-                    if key is not None:
-                        IN_FLIGHT.remove(key)
-                    raise GovernanceDenied(decision._replace(
-                        effect="deny", code="kill_switch",
-                        reasons=(f"kill switch engaged ({hit}) before the call started",)))
-                try:
-                    result = await fn(*args, **kwargs)
-                except asyncio.CancelledError as exc:
-                    call = IN_FLIGHT.remove(key) if key is not None else None
-                    key = None
-                    failed(decision, exc, started)
-                    if call is not None and call.killed is not None:
-                        raise GovernanceDenied(decision._replace(
-                            effect="deny", code="kill_switch",
-                            reasons=(f"cancelled by the kill switch ({call.killed})",))) from exc
-                    raise
-                except BaseException as exc:
-                    failed(decision, exc, started)
-                    raise
-                finally:
-                    call = IN_FLIGHT.remove(key) if key is not None else None
-                if call is not None and call.killed is not None:
-                    # the tool swallowed the cancellation: its result must not be used
-                    failed(decision, RuntimeError("result after the kill switch"), started)
-                    raise GovernanceDenied(decision._replace(
-                        effect="deny", code="kill_switch",
-                        reasons=(f"cancelled by the kill switch ({call.killed})",)))
-                return after(decision, result, started)
+                return await supervised(decision, lambda: fn(*args, **kwargs),
+                                        time.perf_counter_ns())
 
             wrapper: Callable[..., Any] = run_async
         else:
@@ -220,6 +236,8 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
                 except BaseException as exc:
                     failed(decision, exc, started)
                     raise
+                if hasattr(type(result), "__await__"):
+                    return pending(decision, result, started)
                 if post or labels or type(result) in _GENERATORS:
                     return after(decision, result, started)
                 audit = kernel.audit  # record_outcome(decision, "succeeded"), inlined
@@ -285,11 +303,17 @@ class _Binder:
             out.pop(skip, None)
         return out
 
-    def rebuild(self, args: tuple[Any, ...], kwargs: dict[str, Any], new: Mapping[str, Any]
+    def rebuild(self, args: tuple[Any, ...], kwargs: dict[str, Any], new: Any
                 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """The call's arguments with redacted values put back in their places."""
+        """The call's arguments with redacted values put back in their places (every one
+        masked when the decision's arguments are not a map: nothing can be told apart)."""
         b = self.sig.bind(*args, **kwargs)
         b.apply_defaults()  # a default the decision redacted is passed redacted
+        if not isinstance(new, Mapping):
+            new = dict.fromkeys(b.arguments, MASK)
+            for pname, value in b.arguments.items():
+                if self.sig.parameters[pname].kind is self.P.VAR_KEYWORD:
+                    new.update(dict.fromkeys(value, MASK))
         for pname in list(b.arguments):
             kind = self.sig.parameters[pname].kind
             if kind is self.P.VAR_KEYWORD:

@@ -7,6 +7,7 @@ never modified: a redacted copy is returned.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -22,12 +23,14 @@ def _pattern(source: str) -> Any:
 
 
 def redact(root: Any, paths: tuple[str, ...], pattern: str | None) -> Any:
-    """Return a copy of ``root`` with every path masked and every pattern match replaced."""
+    """Return a copy of ``root`` with every path masked and every pattern match replaced. The
+    bare root (``args``) masks every value of a map and keeps its keys, so a call's arguments
+    stay a map of the same parameters; the bare ``result`` is masked whole."""
     out = _copy(root)
     for p in paths:
         parts = p.split(".")[1:]
         if not parts:
-            out = MASK
+            out = dict.fromkeys(out, MASK) if p == "args" and isinstance(out, dict) else MASK
             continue
         out = _mask_path(out, parts)
     if pattern is not None:
@@ -45,6 +48,13 @@ def _copy(value: Any) -> Any:
 
 def _mask_path(node: Any, parts: list[str]) -> Any:
     head, rest = parts[0], parts[1:]
+    if isinstance(node, _SCALARS):
+        return node  # nothing below it
+    fields = _fields(node)
+    if fields is not None:  # conditions read a dataclass or a model as the map of its fields
+        return _rebuilt(node, _mask_path(fields, parts))
+    if not isinstance(node, dict | list):
+        return MASK  # an object the path may lead into and nothing here can open: all of it
     if isinstance(node, dict):
         keys = list(node) if head == "*" else [k for k in node if str(k) == head]
         for k in keys:
@@ -78,8 +88,40 @@ def _mask_pattern(node: Any, rx: Any) -> Any:
         return out
     if isinstance(node, list):
         return [_mask_pattern(v, rx) for v in node]
+    fields = _fields(node)
+    if fields is not None:
+        return _rebuilt(node, _mask_pattern(fields, rx))
     if node is None or isinstance(node, bool | int | float):
         return node
     text = str(node)  # any other object (a dataclass, an SDK model): as its text when it matches
     masked = rx.sub(MASK, text)
     return node if masked == text else masked
+
+
+_SCALARS = (str, bytes, bytearray, int, float, type(None))
+
+
+def _fields(node: Any) -> dict[str, Any] | None:
+    """A dataclass's or a pydantic model's fields as a map (copied), else None."""
+    if isinstance(node, type):
+        return None
+    if dataclasses.is_dataclass(node):
+        return {f.name: _copy(getattr(node, f.name, None)) for f in dataclasses.fields(node)}
+    fields = getattr(type(node), "model_fields", None)
+    if isinstance(fields, Mapping) and callable(getattr(node, "model_copy", None)):
+        return {name: _copy(getattr(node, name, None)) for name in fields}
+    return None
+
+
+def _rebuilt(node: Any, fields: dict[str, Any]) -> Any:
+    """``node`` with the fields that redaction changed replaced; when it cannot be rebuilt
+    (fields set outside ``__init__``, a model that refuses the copy), the whole value masked."""
+    changed = {k: v for k, v in fields.items() if v is not getattr(node, k, None)}
+    if not changed:
+        return node
+    try:
+        if dataclasses.is_dataclass(node):
+            return dataclasses.replace(node, **changed)  # type: ignore[type-var]
+        return node.model_copy(update=changed)
+    except Exception:
+        return MASK

@@ -53,12 +53,14 @@ class CedarPolicy:
             self._ids[pid] = notes.get("id") or pid
             if "approval" in notes:
                 if body["effect"] != "permit":
+                    line, col = _start_of(text, pid, cedarpy)
                     raise PolicyError(f"cedar: '@approval' only applies to permit policies "
-                                      f"({self._ids[pid]!r})", path=path, line=1, column=1)
+                                      f"({self._ids[pid]!r})", path=path, line=line, column=col)
                 self._approval[pid] = notes["approval"] or "approval required"
         if est.get("templates"):
+            line, col = _start_of(text, next(iter(est["templates"])), cedarpy)
             raise PolicyError("cedar: templates are not supported; link them first", path=path,
-                              line=1, column=1)
+                              line=line, column=col)
         self.digest = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
         self.policy = Policy(version=1, name=Path(path).stem, default=Effect.DENY, rules=(),
                              source=path, digest=self.digest)
@@ -178,6 +180,27 @@ def _cedar_value(value: Any, depth: int = 0) -> Any:
     raise ValueError(f"a {type(value).__name__} cannot be expressed in cedar")
 
 
+def _start_of(text: str, pid: str, cedarpy: Any) -> tuple[int, int]:
+    """The line and column where the policy or template cedar calls ``pid`` starts (its
+    annotations included), found by parsing longer and longer prefixes; 1:1 if not found."""
+    start = 0
+    for m in re.finditer(r";", text):
+        try:
+            parsed = orjson.loads(cedarpy.policies_to_json_str(text[:m.end()]))
+        except ValueError:
+            continue  # a ';' inside a string or a comment: not a policy's end
+        if pid in parsed.get("staticPolicies", {}) or pid in parsed.get("templates", {}):
+            return _position(text, start)
+        start = m.end()
+    return 1, 1
+
+
+def _position(text: str, start: int) -> tuple[int, int]:
+    """Line and column of the first character at or after ``start`` that is not blank."""
+    offset = start + len(text[start:]) - len(text[start:].lstrip())
+    return text.count("\n", 0, offset) + 1, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
 def _locate(text: str, cedarpy: Any) -> tuple[int, int]:
     """The line and column where the first policy that fails to parse starts."""
     start = 0
@@ -186,10 +209,6 @@ def _locate(text: str, cedarpy: Any) -> tuple[int, int]:
         try:
             cedarpy.PolicySet.from_str(text[:m.end()])
         except ValueError:
-            offset = start + len(chunk) - len(chunk.lstrip())
-            line = text.count("\n", 0, offset) + 1
-            return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+            return _position(text, start + len(chunk) - len(chunk.lstrip()))
         start = m.end()
-    offset = start + len(text[start:]) - len(text[start:].lstrip())
-    line = text.count("\n", 0, offset) + 1
-    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return _position(text, start)

@@ -143,8 +143,10 @@ class _Ctx:
         """
         if value.style == "|":
             row = value.line + line  # the block's text starts on the line after the '|'
-            text = self.lines[row - 1] if 0 < row <= len(self.lines) else ""
-            return Pos(row, len(text) - len(text.lstrip(" ")) + col)
+            # every line of it is indented as its first line that is not blank; the rest of a
+            # line's indentation is the condition's own text
+            first = next((t for t in self.lines[value.line:row] if t.strip()), "")
+            return Pos(row, len(first) - len(first.lstrip(" ")) + col)
         if line != 1 or value.style == ">":
             return value
         return Pos(value.line, value.column + col - 1 + (value.style in ("'", '"')))

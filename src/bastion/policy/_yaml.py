@@ -9,6 +9,7 @@ documents beyond a size limit.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,14 @@ _PLAIN_TAGS = {
     "tag:yaml.org,2002:null",
     "tag:yaml.org,2002:map",
     "tag:yaml.org,2002:seq",
+}
+
+
+#: the spellings of numbers that mean what they say (no octal, hex, binary, base 60 or "_")
+_NUMBER_FORMS = {
+    "tag:yaml.org,2002:int": re.compile(r"[-+]?(0|[1-9][0-9]*)"),
+    "tag:yaml.org,2002:float": re.compile(
+        r"[-+]?(([0-9]+\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|\.(inf|Inf|INF))|\.(nan|NaN|NAN)"),
 }
 
 
@@ -169,6 +178,10 @@ def _convert(node: yaml.Node, path: str, ctor: Any, seen: set[int]) -> Any:
             seq.append(_convert(item, path, ctor, seen))
             seq.item_pos.append(_pos(item))
         return seq
+    if node.tag in _NUMBER_FORMS and not _NUMBER_FORMS[node.tag].fullmatch(node.value):
+        p = _pos(node)  # YAML 1.1 reads 0100 as 64 and 1:30 as 90: not what a reader sees
+        raise PolicyError(f"number {node.value!r} is not plain decimal (write it in decimal, "
+                          "or quote it if it is text)", path=path, line=p.line, column=p.column)
     value = ctor.construct_object(node, deep=True)
     if isinstance(value, str):
         _utf8(value, node, path)
