@@ -131,8 +131,9 @@ class PidsCgroup:
     def kill(self) -> None:
         """SIGKILL every process in the cgroup until it is empty (``pids.max`` bounds the work)."""
         kill_file = self.path / "cgroup.kill"
-        if self.kind == "cgroup-v2" and kill_file.exists():
-            kill_file.write_text("1")
+        if self.kind == "cgroup-v2":
+            with contextlib.suppress(OSError):  # gone already: the run ended meanwhile
+                kill_file.write_text("1")
         for _ in range(200):
             pids = self.pids()
             if not pids:

@@ -8,7 +8,8 @@ Engaging it, step by step:
    matching actions with code ``kill_switch`` until the flag is released.
 2. Cancel the matching async governed calls running in this process; each ends in
    ``GovernanceDenied`` with code ``kill_switch``.
-3. Run the registered stop hooks (e.g. killing running sandbox processes).
+3. Kill this process's running sandboxes that the scope covers (``code_tool`` labels them
+   with agent, session and tool), then run the registered stop hooks.
 4. Record the engagement in the audit log, with who and why.
 
 Other processes see the flag on their next decision; a ``KillSwitch.watch`` thread in each
@@ -130,12 +131,8 @@ class KillSwitch:
 
     @classmethod
     def for_kernel(cls, kernel: Any) -> KillSwitch:
-        """The kill switch over a kernel's own state store and audit log; engaging it also
-        kills this process's running sandboxes that the scope covers (``code_tool`` labels
-        them with agent, session and tool)."""
-        switch = cls(kernel.state, audit=kernel.audit)
-        switch.on_engage(_stop_sandboxes)
-        return switch
+        """The kill switch over a kernel's own state store and audit log."""
+        return cls(kernel.state, audit=kernel.audit)
 
     def on_engage(self, hook: Callable[[str], object]) -> None:
         """Run ``hook(flag)`` whenever a flag is engaged (step 3)."""
@@ -157,7 +154,7 @@ class KillSwitch:
         cancelled = IN_FLIGHT.cancel(_matcher({key: ""}))  # step 2
         errors = [] if failure is None else [f"flag not written: {type(failure).__name__}: "
                                              f"{failure}"]
-        for hook in self._hooks:  # step 3
+        for hook in (_stop_sandboxes, *self._hooks):  # step 3
             try:
                 hook(key)
             except Exception as exc:  # a failing hook must not stop the others

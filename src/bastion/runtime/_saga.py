@@ -56,7 +56,7 @@ class SagaDefinition:
             raise SagaError(f"saga {self.name!r}: no steps")
         if len(set(names)) != len(names):
             raise SagaError(f"saga {self.name!r}: step names must be unique")
-        if any(s.max_attempts < 1 for s in self.steps):
+        if any(type(s.max_attempts) is not int or s.max_attempts < 1 for s in self.steps):
             raise SagaError(f"saga {self.name!r}: 'max_attempts' must be at least 1")
 
 
@@ -94,10 +94,14 @@ class RetryPolicy:
     max_delay_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1 or not self.base_delay_s >= 0 or not self.multiplier >= 1 \
+        numbers = (self.base_delay_s, self.multiplier, self.max_delay_s)
+        if type(self.max_attempts) is not int or self.max_attempts < 1 \
+                or not all(isinstance(n, int | float) and not isinstance(n, bool)
+                           for n in numbers) \
+                or not self.base_delay_s >= 0 or not self.multiplier >= 1 \
                 or not self.max_delay_s >= 0:
-            raise SagaError("retry policy: 'max_attempts' must be at least 1, delays "
-                            "non-negative and 'multiplier' at least 1")
+            raise SagaError("retry policy: 'max_attempts' must be an integer of at least 1, "
+                            "delays non-negative numbers and 'multiplier' at least 1")
 
     def delay(self, attempt: int) -> float:
         try:  # a long policy reaches the cap long before the power overflows a float
@@ -316,7 +320,8 @@ class SagaRunner:
                         step.compensation(ctx, srec.result)
                 except Exception as exc:
                     error = _describe(exc)
-                    self.log.compensation_error(rec.id, srec.idx, error, self._clock())
+                    self.log.compensation_error(rec.id, srec.idx, error, self._clock(),
+                                                owner=self.owner)
                     if attempt < self.retry.max_attempts:
                         self._sleep(self.retry.delay(attempt))
                     continue
@@ -324,14 +329,17 @@ class SagaRunner:
                 break
             else:
                 self.log.stuck(rec.id, srec.idx, error, self._clock(), owner=self.owner)
-                if self._audit is not None:
-                    ts = time.time_ns()
-                    self._audit.append({"kind": "saga.escalated", "id": f"saga:{rec.id}:{ts}",
-                                        "ts": ts, "saga": rec.id, "name": rec.name,
-                                        "step": step.name, "error": error[:2000]})
-                if self._alert is not None:
-                    self._alert(SagaAlert(rec.id, rec.name, step.name, error,
-                                          self.retry.max_attempts))
+                try:  # the operator is alerted even when the audit write fails
+                    if self._audit is not None:
+                        ts = time.time_ns()
+                        self._audit.append({"kind": "saga.escalated",
+                                            "id": f"saga:{rec.id}:{ts}", "ts": ts,
+                                            "saga": rec.id, "name": rec.name,
+                                            "step": step.name, "error": error[:2000]})
+                finally:
+                    if self._alert is not None:
+                        self._alert(SagaAlert(rec.id, rec.name, step.name, error,
+                                              self.retry.max_attempts))
                 return
         self.log.finish(rec.id, "compensated", self._clock(), owner=self.owner)
 

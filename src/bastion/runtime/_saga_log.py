@@ -197,8 +197,10 @@ class SagaLog:
                        (now + lease_s, now, saga_id))
             self._event(db, saga_id, now, "compensation_started", self._name(db, saga_id, idx))
 
-    def compensation_error(self, saga_id: str, idx: int, error: str, now: float) -> None:
+    def compensation_error(self, saga_id: str, idx: int, error: str, now: float, *,
+                           owner: str) -> None:
         with self._tx() as db:
+            self._own(db, saga_id, owner, "compensating")
             db.execute("update saga_steps set error=? where saga_id=? and idx=?",
                        (error, saga_id, idx))
             self._event(db, saga_id, now, "compensation_error", self._name(db, saga_id, idx),

@@ -58,18 +58,22 @@ class SandboxPolicy:
     env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("timeout_s", "cpu_seconds", "memory_bytes", "max_file_bytes",
-                     "max_processes", "max_open_files", "max_output_bytes"):
-            value = getattr(self, name)
-            if not value > 0:  # NaN too
-                raise ConfigError(f"sandbox policy: {name!r} must be positive")
-            if name == "timeout_s" and not value <= _MAX_TIMEOUT_S:  # inf: no wall-clock limit
-                raise ConfigError(f"sandbox policy: 'timeout_s' must be at most {_MAX_TIMEOUT_S}")
+        if not isinstance(self.timeout_s, int | float) or isinstance(self.timeout_s, bool) \
+                or not 0 < self.timeout_s <= _MAX_TIMEOUT_S:  # NaN and inf too
+            raise ConfigError(f"sandbox policy: 'timeout_s' must be a number of seconds above "
+                              f"0 and at most {_MAX_TIMEOUT_S}")
+        for name in ("cpu_seconds", "memory_bytes", "max_file_bytes", "max_processes",
+                     "max_open_files", "max_output_bytes"):
+            value = getattr(self, name)  # what setrlimit and a byte count can take
+            if type(value) is not int or not 0 < value <= _MAX_LIMIT:
+                raise ConfigError(f"sandbox policy: {name!r} must be a positive integer of at "
+                                  f"most {_MAX_LIMIT}")
         if not isinstance(self.required_level, IsolationLevel):
             raise ConfigError("sandbox policy: 'required_level' must be an IsolationLevel")
 
 
 _MAX_TIMEOUT_S = 86_400.0  # a day: a timer can hold it (threading.TIMEOUT_MAX is far larger)
+_MAX_LIMIT = (1 << 62) - 1  # below RLIM_INFINITY and what setrlimit's C type holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,16 +118,24 @@ class _Live:
         self.cgroup = cgroup
         self.labels = dict(labels)
         self.reason: str | None = None
+        self.reaped = False  # set before the leader is reaped: its pgid may then be reused
         self._lock = threading.Lock()
 
     def kill(self, reason: str) -> None:
         with self._lock:
+            if self.reaped:
+                return
             if self.reason is None:
                 self.reason = reason
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
             if self.cgroup is not None:
                 self.cgroup.kill()
+
+    def reaping(self) -> None:
+        """No kill after this: the leader is about to be reaped."""
+        with self._lock:
+            self.reaped = True
 
 
 _LIVE: dict[int, _Live] = {}
@@ -152,14 +164,28 @@ def kill_sandboxes(match: Callable[[Mapping[str, str]], bool], reason: str) -> i
     """SIGKILL the running sandboxes of this process whose labels ``match``."""
     with _LIVE_LOCK:
         live = [run for run in _LIVE.values() if match(run.labels)]
+    failures: list[BaseException] = []
     for run in live:
-        run.kill(reason)
+        try:
+            run.kill(reason)
+        except Exception as exc:  # one run that cannot be killed must not spare the others
+            failures.append(exc)
+    if failures:
+        raise SandboxError(f"sandbox: {len(failures)} of {len(live)} runs could not be killed: "
+                           f"{failures[0]!r}")
     return len(live)
 
 
 def running_sandboxes() -> int:
     with _LIVE_LOCK:
         return len(_LIVE)
+
+
+def _writer(stream: IO[bytes], data: bytes | None) -> None:
+    with contextlib.suppress(OSError, ValueError):  # the run ended or closed its stdin
+        if data:
+            stream.write(data)
+        stream.close()
 
 
 def _reader(stream: IO[bytes], limit: int, out: list[bytes], flags: list[bool]) -> None:
@@ -225,7 +251,9 @@ class Sandbox:
         1. Choose the level (``level()``); if none fits, raise ``IsolationUnavailable`` before
            creating anything.
         2. Create a private work directory (mode 0700) and write ``files`` into it.
-        3. At ``RLIMITS`` and above, create the pids cgroup (when that is the mechanism).
+        3. Create the pids cgroup when that is the mechanism (at every level: it is how the kill
+           reaches a descendant that left the process group); at ``RLIMITS`` and above, also
+           set the rlimits.
         4. Fork; in the child, before exec: join the cgroup, set every rlimit, start a new
            session (so the process group id is the child's pid).
         5. Register the run in the live registry; kill it at once if ``stop`` gives a reason;
@@ -250,11 +278,12 @@ class Sandbox:
             limits: list[tuple[int, int, int]] = []
             if level >= IsolationLevel.RLIMITS:
                 limits = self._rlimits()
-                if self.caps.pids and self.caps.pids.startswith("cgroup"):
-                    assert self.caps.cgroup_root
-                    cgroup = PidsCgroup(self.caps.cgroup_root, self.caps.pids,
-                                        f"{os.getpid()}-{threading.get_ident()}-"
-                                        f"{time.monotonic_ns()}", pol.max_processes)
+            # at every level: the cgroup is how the kill reaches a descendant that left the
+            # process group (setsid)
+            if self.caps.pids and self.caps.pids.startswith("cgroup") and self.caps.cgroup_root:
+                cgroup = PidsCgroup(self.caps.cgroup_root, self.caps.pids,
+                                    f"{os.getpid()}-{threading.get_ident()}-"
+                                    f"{time.monotonic_ns()}", pol.max_processes)
             wrapped = wrap(level, self.caps, list(argv), workdir, tmp_bytes=pol.memory_bytes,
                            inputs=tuple(files or ()))
             return self._spawn(level, wrapped, workdir,
@@ -320,17 +349,16 @@ class Sandbox:
                    for s, o, f in zip((proc.stdout, proc.stderr), outs, flags, strict=True)]
         for t in readers:
             t.start()
-        try:
-            if stdin:
-                proc.stdin.write(stdin)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
+        # written on a thread: a child (or a descendant) that holds stdin without reading it
+        # must not hold the run past its timeout
+        writer = threading.Thread(target=_writer, args=(proc.stdin, stdin), daemon=True)
+        writer.start()
         try:
             os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
             timer.cancel()
             live.kill(live.reason or "cleanup")  # the leader is a zombie: its pgid is still ours
-            with _LIVE_LOCK:  # deregister before reaping, so no kill can hit a reused pgid
+            live.reaping()  # no kill after this one, from a snapshot taken before either
+            with _LIVE_LOCK:
                 _LIVE.pop(proc.pid, None)
             _, status, ru = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
