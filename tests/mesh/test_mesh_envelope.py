@@ -79,17 +79,17 @@ def test_stale_wrong_recipient_and_rejected_sender(store: SQLiteMeshStore) -> No
 
 
 def test_nonces_expire_after_the_skew_window(store: SQLiteMeshStore) -> None:
-    a = seal(ALICE, BOB.did, b"1", now=NOW, nonce="n1")
+    a = seal(ALICE, BOB.did, b"1", now=NOW, nonce="a1")
     open_envelope(a, recipient=BOB.did, nonces=store, now=NOW)
     from bastion.mesh._envelope import MAX_SKEW_S
 
-    later = seal(ALICE, BOB.did, b"2", now=NOW + 100, nonce="n1")
+    later = seal(ALICE, BOB.did, b"2", now=NOW + 100, nonce="a1")
     with pytest.raises(EnvelopeError, match="replay"):  # held for the widest allowed window,
         open_envelope(later, recipient=BOB.did, nonces=store, now=NOW + 100, skew_s=600)
     # ... a receiver with a wider window cannot be replayed into; it is held twice the widest
     # window (a pruning process's clock may run ahead by as much), then purged
     t = NOW + 2 * MAX_SKEW_S + 1
-    b = seal(ALICE, BOB.did, b"3", now=t, nonce="n1")  # same nonce, after every window
+    b = seal(ALICE, BOB.did, b"3", now=t, nonce="a1")  # same nonce, after every window
     open_envelope(b, recipient=BOB.did, nonces=store, now=t)
     rows = store._read("select count(*) from nonces", ())
     assert rows[0][0] == 1  # the expired entry was purged

@@ -43,7 +43,8 @@ def make_attestation(issuer: Identity, *, subject: str, kind: str, weight: int =
 def verify_attestation(att: Any) -> dict[str, Any]:
     """Return the attestation when it is well formed and its signature verifies under its
     issuer's DID; else ``VerificationError``."""
-    if not isinstance(att, Mapping) or set(att) != _FIELDS or att["v"] != 1:
+    if not isinstance(att, Mapping) or set(att) != _FIELDS or att["v"] != 1 \
+            or type(att["v"]) is not int:  # not True, not 1.0
         raise VerificationError("malformed", "not a version 1 attestation")
     if att["kind"] not in KINDS or type(att["weight"]) is not int \
             or not 1 <= att["weight"] <= MAX_WEIGHT or type(att["at"]) is not int \

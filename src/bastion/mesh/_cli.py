@@ -7,6 +7,7 @@ Exit codes follow DESIGN.md: 0 success or valid, 1 refused (a token that does no
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -179,8 +180,9 @@ def token_revoke(token: Annotated[str, typer.Argument(help="A token or a token i
 
     try:
         token_id = parse_token(token).id if token.startswith("bt1.") else token
-        if not token_id.startswith("sha256:"):
-            _fail(f"error: {token!r} is neither a token nor a token id")
+        if re.fullmatch(r"sha256:[0-9a-f]{64}", token_id) is None:  # else it revokes nothing
+            _fail(f"error: {token!r} is neither a token nor a token id (sha256: and 64 "
+                  "lower-case hex digits)")
         db = open_mesh_store(store)
         try:
             db.revoke(token_id, reason=reason, now=time.time())

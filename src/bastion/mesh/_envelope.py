@@ -27,6 +27,7 @@ The nonce is claimed last so an envelope that fails any other check never burns 
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from bastion.mesh._tokens import b64d, b64e
 DOMAIN = "bastion-envelope-v1"
 MAX_BYTES = 1 << 20
 MAX_SKEW_S = 3600.0  # no receiver may accept more clock skew than this
+_NONCE = re.compile(r"[0-9a-f]{1,128}")
 _HEADER = frozenset(("v", "from", "to", "ts", "nonce", "digest", "sig"))
 
 
@@ -64,6 +66,8 @@ def _body_digest(body: bytes) -> str:
 def seal(sender: Identity, recipient: str, body: bytes, *, now: float,
          nonce: str | None = None) -> bytes:
     """Sign ``body`` from ``sender`` to ``recipient`` at ``now`` (unix seconds)."""
+    if nonce is not None and _NONCE.fullmatch(nonce) is None:
+        raise EnvelopeError("malformed", "the nonce must be 1 to 128 lower-case hex digits")
     header = {"v": 1, "from": sender.did, "to": recipient, "ts": int(now * 1000),
               "nonce": nonce or secrets.token_hex(16), "digest": _body_digest(body)}
     header["sig"] = b64e(sender.sign(DOMAIN, canonical_json(header)))
@@ -111,12 +115,13 @@ def _decode(wire: bytes) -> tuple[dict[str, Any], bytes]:
         header, body = outer["h"], b64d(outer["b"])
     except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
         raise EnvelopeError("malformed", f"cannot decode envelope: {exc}") from None
-    if not isinstance(header, dict) or set(header) != _HEADER or header["v"] != 1:
+    if not isinstance(header, dict) or set(header) != _HEADER or header["v"] != 1 \
+            or type(header["v"]) is not int:  # not True, not 1.0
         raise EnvelopeError("malformed", "unexpected envelope header fields")
     if type(header["ts"]) is not int or not all(
             isinstance(header[k], str) and header[k] for k in ("from", "to", "nonce", "sig",
                                                               "digest")):
         raise EnvelopeError("malformed", "envelope header fields have wrong types")
-    if len(header["nonce"]) > 128:
-        raise EnvelopeError("malformed", "nonce too long")
+    if _NONCE.fullmatch(header["nonce"]) is None:
+        raise EnvelopeError("malformed", "the nonce must be 1 to 128 lower-case hex digits")
     return header, body

@@ -25,6 +25,7 @@ Actions without a tool (``input``/``output``) pass to the policy unchanged.
 from __future__ import annotations
 
 import math
+import re
 import secrets
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -45,6 +46,7 @@ PROOF_DOMAIN = "bastion-call-v1"
 # No guard may accept more clock skew than this: a proof's nonce is held until ``ts`` plus this,
 # so a guard sharing the nonce store with a wider window still sees every nonce it could accept.
 MAX_SKEW_S = 300
+_NONCE = re.compile(r"[!-~]{1,128}")  # printable ASCII: no NUL a store could refuse
 
 
 def prove_call(holder: Identity, token: str, tool: str, args: Mapping[str, Any], *,
@@ -104,11 +106,15 @@ class TokenGuard:
         if not isinstance(presented, str):
             return "the capability token must be a string"
         audience = {agent_id} if agent_id else set()  # step 2
+        key_did: str | None = None  # the key a proof must be signed with
         if self._registry is not None:
             record = self._registry.get(agent_id) if agent_id else None
             if record is None or not record.active:
                 return f"agent {agent_id!r} is not a registered, active agent"
-            audience.add(record.did)
+            # the agent's current key, and its id unless that is a DID: an id that is a key
+            # it rotated away from (or another key's DID) proves nothing
+            audience = {record.did} | ({agent_id} if not agent_id.startswith("did:") else set())
+            key_did = record.did
         if not audience:
             return "the action names no agent"
         try:  # step 3
@@ -121,16 +127,17 @@ class TokenGuard:
             return f"token refused: {exc}"
         args = action.args if action.args is not None else {}
         if not self._bearer and action.stage == "pre_tool":  # step 5
-            refusal = self._check_proof(action, presented, tool, args, verified.holder)
+            refusal = self._check_proof(action, presented, tool, args,
+                                        key_did or verified.holder)
             if refusal is not None:
                 return refusal
         problem = verified.permits(tool, args)
         return None if problem is None else f"token does not grant this call: {problem}"
 
     def _check_proof(self, action: Action, token: str, tool: str, args: Any,
-                     audience: str) -> str | None:
-        """The call is signed by the token's audience key, for this token, tool and arguments,
-        recently, once."""
+                     did: str) -> str | None:
+        """The call is signed by ``did`` (the acting agent's current key with a registry, else
+        the token's audience), for this token, tool and arguments, recently, once."""
         raw = (action.context or {}).get(PROOF_KEY)
         if not isinstance(raw, str):
             return "no proof of possession presented with the token"
@@ -141,15 +148,11 @@ class TokenGuard:
         except (ValueError, KeyError, TypeError, AttributeError, orjson.JSONDecodeError):
             return "the proof of possession is malformed"
         if type(ts) not in (int, float) or not math.isfinite(ts) or not isinstance(nonce, str) \
-                or not 0 < len(nonce) <= 128:
+                or _NONCE.fullmatch(nonce) is None:
             return "the proof of possession is malformed"
         expected = _call_body(token, tool, args, ts, nonce)
         if proof != expected:
             return "the proof of possession is for another token, tool or arguments"
-        did = audience
-        if not did.startswith("did:") and self._registry is not None:
-            record = self._registry.get(audience)
-            did = record.did if record is not None else audience
         try:
             verify_signature(did, PROOF_DOMAIN, canonical_json(proof), sig)
         except (VerificationError, ValueError) as exc:

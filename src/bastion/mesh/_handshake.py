@@ -1,17 +1,20 @@
 """Challenge-response handshake over HTTP: both peers prove possession of their DID's key.
 
 Messages are JSON over ``POST``; a *proof* is an Ed25519 signature (domain
-``bastion-handshake-v1``) over the canonical JSON of ``{"challenge", "prover", "verifier"}``.
+``bastion-handshake-v1``) over the canonical JSON of ``{"challenge", "prover", "role",
+"verifier"}``; ``role`` is ``server`` in the answer to a hello and ``client`` in a confirm, so a
+server that signs any hello's challenge hands out nothing a client could confirm with.
 
 1. The client sends ``/bastion/handshake/hello`` ``{"from": C, "challenge": c1}`` (32 random
    bytes, base64url).
-2. The server answers ``{"from": S, "proof": proof_S(c1, prover=S, verifier=C),
+2. The server answers ``{"from": S, "proof": proof_S(c1, prover=S, verifier=C, role=server),
    "challenge": c2}`` and keeps ``c2`` for ``C`` (single use, ``challenge_ttl_s``).
 3. The client checks the proof against ``S`` (and ``S`` against ``expect``, when pinned), then
    admits ``S`` (``Admission``: registered, current key, not revoked, trust high enough).
 4. The client sends ``/bastion/handshake/confirm`` ``{"from": C, "challenge": c2,
-   "proof": proof_C(c2, prover=C, verifier=S)}``; the server takes ``c2`` (once), checks the
-   proof, admits ``C`` and answers ``{"ok": true}`` (else 403 with the reason).
+   "proof": proof_C(c2, prover=C, verifier=S, role=client)}``; the server takes ``c2``
+   (once), checks the proof, admits ``C`` and answers ``{"ok": true}`` (else 403 with the
+   reason).
 
 Each side caches an admitted peer in a ``PeerCache`` for ``ttl_s``; a cached entry is honoured
 only while the admission check still passes (re-run on every lookup), so a peer that is revoked
@@ -43,18 +46,22 @@ Admit = Callable[[str], str | None]  # DID -> None (admitted) or the reason it i
 _MAX_PENDING = 10_000
 
 
-def _proof_payload(challenge: str, prover: str, verifier: str) -> bytes:
-    return canonical_json({"challenge": challenge, "prover": prover, "verifier": verifier})
+def _proof_payload(challenge: str, prover: str, verifier: str, role: str) -> bytes:
+    return canonical_json({"challenge": challenge, "prover": prover, "role": role,
+                           "verifier": verifier})
 
 
-def prove(identity: Identity, challenge: str, verifier: str) -> str:
-    return b64e(identity.sign(DOMAIN, _proof_payload(challenge, identity.did, verifier)))
+def prove(identity: Identity, challenge: str, verifier: str, role: str = "client") -> str:
+    """A proof for ``role``: ``"server"`` answers a hello, ``"client"`` confirms. The role is
+    signed, so a proof a server handed out cannot be replayed as a client's confirm."""
+    return b64e(identity.sign(DOMAIN, _proof_payload(challenge, identity.did, verifier, role)))
 
 
-def check_proof(prover: str, challenge: str, verifier: str, proof: Any) -> None:
-    """``HandshakeError('signature')`` unless ``proof`` is ``prover``'s signature."""
+def check_proof(prover: str, challenge: str, verifier: str, proof: Any,
+                role: str = "client") -> None:
+    """``HandshakeError('signature')`` unless ``proof`` is ``prover``'s signature as ``role``."""
     try:
-        verify_signature(prover, DOMAIN, _proof_payload(challenge, prover, verifier),
+        verify_signature(prover, DOMAIN, _proof_payload(challenge, prover, verifier, role),
                          b64d(proof))
     except (VerificationError, ValueError, TypeError) as exc:
         raise HandshakeError("signature", f"proof by {prover!r} does not verify: {exc}") \
@@ -183,7 +190,7 @@ class HandshakeServer:
                     self._pending.pop(next(iter(self._pending)))
                 self._pending[c2] = (peer, now + self._ttl)
             return 200, {"from": self.identity.did, "challenge": c2,
-                         "proof": prove(self.identity, msg["challenge"], peer)}
+                         "proof": prove(self.identity, msg["challenge"], peer, "server")}
         if path == "/bastion/handshake/confirm":
             challenge = msg.get("challenge")
             if not isinstance(challenge, str):
@@ -234,7 +241,7 @@ def handshake(identity: Identity, base_url: str, *, admit: Admit, cache: PeerCac
     server_did = reply["from"]
     if expect is not None and server_did != expect:
         raise HandshakeError("unknown_key", f"peer is {server_did!r}, expected {expect!r}")
-    check_proof(server_did, c1, identity.did, reply.get("proof"))  # step 3
+    check_proof(server_did, c1, identity.did, reply.get("proof"), "server")  # step 3
     refusal = admit(server_did)
     if refusal is not None:
         raise HandshakeError("trust", f"peer not admitted: {refusal}")

@@ -207,15 +207,16 @@ def verify_rotation(statement: dict[str, Any], *, agent_id: str, current_did: st
         sig_old, sig_new = bytes.fromhex(statement["sig_old"]), bytes.fromhex(statement["sig_new"])
     except (KeyError, TypeError, ValueError) as exc:
         raise RegistryError(f"malformed rotation statement: {exc}") from None
-    if body["v"] != 1 or body["agent"] != agent_id or body["old"] != current_did:
+    if type(body["v"]) is not int or body["v"] != 1 or type(body["at"]) is not int \
+            or body["agent"] != agent_id or body["old"] != current_did:
         raise RegistryError(f"rotation statement is not for agent {agent_id!r} at key "
                             f"{current_did!r}")
     if body["new"] == body["old"]:
         raise RegistryError("rotation statement does not change the key")
-    payload = canonical_json(body)
     try:
+        payload = canonical_json(body)
         verify_signature(body["old"], ROTATION_DOMAIN, payload, sig_old)
         verify_signature(body["new"], ROTATION_DOMAIN, payload, sig_new)
-    except VerificationError as exc:
+    except (VerificationError, ValueError, TypeError) as exc:
         raise RegistryError(f"rotation statement: {exc}") from None
     return str(body["new"])

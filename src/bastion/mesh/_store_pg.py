@@ -28,7 +28,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from bastion._errors import ConfigError, StateError
 from bastion.mesh._store import SCHEMA, Cursor, MeshStore, Statements
@@ -54,6 +54,7 @@ class PostgresMeshStore(MeshStore):
             raise ConfigError("mesh store 'postgresql': the psycopg package is not installed "
                               "(pip install 'bastion[postgres]')") from None
         self.where = redact_url(url)
+        self._secrets = _passwords(url)
         self._conninfo, self.schema = split_url(url, self.where)
         self._lock = threading.RLock()
         self._db: psycopg.Connection[Any] | None = None
@@ -63,7 +64,12 @@ class PostgresMeshStore(MeshStore):
             with self._lock:
                 self._connection()
         except psycopg.Error as exc:
-            raise StateError(f"{self.where!r}: cannot open mesh store: {exc}") from exc
+            raise StateError(f"{self.where!r}: cannot open mesh store: "
+                             f"{_scrub(str(exc), self._secrets)}") from exc
+
+    def _failed(self, exc: Exception) -> StateError:
+        return StateError(f"{self.where!r}: mesh store failed: "
+                          f"{_scrub(str(exc), self._secrets)}")
 
     def _connection(self) -> psycopg.Connection[Any]:
         import psycopg
@@ -171,8 +177,31 @@ def split_url(url: str, where: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), schema
 
 
+def _passwords(url: str) -> tuple[str, ...]:
+    """Every spelling of the password(s) ``url`` holds (as written and percent-decoded)."""
+    parts = urlsplit(url)
+    found = [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k == "password"]
+    user = parts.netloc.rpartition("@")[0]
+    if ":" in user:
+        found.append(user.split(":", 1)[1])
+    spelt = {form for p in found for form in (p, unquote(p)) if form}
+    return tuple(sorted(spelt, key=len, reverse=True))
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` (a driver's error, which may quote the URL it could not parse) without them."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, fit for errors and logs."""
+    """``url`` with any password replaced by ``***``, fit for errors and logs; ``ConfigError``
+    (naming no part of it) when it cannot be read as a URL."""
+    try:
+        urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL": the message quotes nothing of the URL
+        raise ConfigError(f"mesh store: malformed postgresql URL ({exc})") from None
     parts = urlsplit(url)
     netloc = parts.netloc
     if "@" in netloc:

@@ -216,7 +216,7 @@ def _check_shape(i: int, link: Any) -> None:
 
     if not isinstance(link, dict) or set(link) != _FIELDS:
         raise bad("unexpected or missing fields")
-    if link["v"] != 1:
+    if type(link["v"]) is not int or link["v"] != 1:  # not True, not 1.0
         raise bad(f"unknown version {link['v']!r}")
     for key in ("iss", "aud", "nonce", "sig"):
         if not isinstance(link[key], str) or not link[key]:

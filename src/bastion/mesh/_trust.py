@@ -277,7 +277,9 @@ class TrustEngine:
         if (who is None or not who.active or who.agent_id == subject
                 or not self._registry.is_current_key(issuer)):
             return  # unknown, revoked, retired key or self-attestation: not evidence
-        if self._report(who.agent_id).score < self.config.min_attester_trust:
+        # the issuer's standing when it attested, not when the log is read: the same log
+        # gives the same evidence whenever (and by whichever process) it is read
+        if self._report(who.agent_id, at=t).score < self.config.min_attester_trust:
             return  # an untrusted agent's word moves no one's trust
         period = (who.agent_id, subject, int(t // self.config.period_s))
         if period in self._att_periods:
@@ -336,14 +338,14 @@ class TrustEngine:
         with self._lock:
             return self._report(agent_id)
 
-    def _report(self, agent_id: str) -> TrustReport:
+    def _report(self, agent_id: str, at: float | None = None) -> TrustReport:
         cfg = self.config
         a = self._agents.get(agent_id)
         if a is None:
             name, ring = tier_of(cfg.prior)
             return TrustReport(agent_id, cfg.prior, name, ring, cfg.prior, (), 0.0, 0, 0)
         delta, decay = a.delta, a.decay
-        now = self._clock()
+        now = self._clock() if at is None else at
         if a.last is not None and now > a.last:
             delta = a.delta * 0.5 ** ((now - a.last) / cfg.half_life_s)
             decay += delta - a.delta
