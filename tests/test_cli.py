@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from bastion.audit import check_consistency, check_inclusion
+from bastion.audit._keys import load_signing_key
 
 BASTION = Path(sys.executable).with_name("bastion")
 
@@ -307,7 +308,8 @@ def test_audit_prove_inclusion_and_consistency(audited: Path) -> None:
     for key in ("index", "tree_size", "leaf_hash", "root_hash", "audit_path", "checkpoint"):
         assert key in proof, key
     assert (proof["index"], proof["tree_size"]) == (0, 5)
-    assert check_inclusion(proof)
+    signer = load_signing_key(audited / "audit.db.sign.pem").public_key()
+    assert check_inclusion(proof, public_key=signer)
 
     proc = bastion("audit", "prove", "audit.db", "--old", "1", "--new", "5", cwd=audited)
     assert proc.returncode == 0, proc.stderr

@@ -108,7 +108,10 @@ def canonical_json(value: Any) -> bytes:
 def _reject_non_finite(value: Any) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"non-finite number {value!r} cannot be encoded")
-    if isinstance(value, Mapping):
+    fields = _dataclass_fields(value)  # orjson writes a dataclass's NaN as null too
+    if fields is not None:
+        _reject_non_finite(fields)
+    elif isinstance(value, Mapping):
         for item in value.values():
             _reject_non_finite(item)
     elif isinstance(value, list | tuple | set | frozenset):
@@ -137,6 +140,33 @@ def _widen(value: Any) -> Any:
     return value
 
 
+def _dataclass_fields(value: Any) -> dict[str, Any] | None:
+    """A dataclass instance's fields by name (as orjson writes it), else None."""
+    if hasattr(type(value), "__dataclass_fields__") and not isinstance(value, type):
+        import dataclasses
+
+        return {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
+    return None
+
+
+#: the tagged forms' keys: a caller's map with exactly these keys is recorded as {"$obj": map}
+_TAGS = frozenset(("$str", "$float", "$bigint", "$bytes", "$map", "$obj"))
+
+
+def looks_tagged(value: Mapping[Any, Any]) -> bool:
+    """Whether a map would read as one of the tagged forms (``{"$float": "nan"}``,
+    ``{"$repr": ..., "$type": ...}``, ...): such a map of a caller's is recorded as
+    ``{"$obj": map}``, so a tagged form and the data that looks like it never encode alike."""
+    n = len(value)
+    if n == 1:
+        return next(iter(value)) in _TAGS
+    return n == 2 and "$repr" in value and "$type" in value
+
+
+def _plain_keys(value: Mapping[Any, Any]) -> bool:
+    return all(isinstance(k, str) and valid_text(k) for k in value)
+
+
 def digest(value: Any) -> str:
     """``sha256:<hex>`` of the canonical JSON of ``value``."""
     return "sha256:" + hashlib.sha256(canonical_json(value)).hexdigest()
@@ -146,17 +176,19 @@ def snapshot(value: Any) -> Any:
     """A deep, JSON-shaped copy of ``value`` taken now: what the audit records of an action.
 
     Integers beyond 64 bits become ``{"$bigint": ...}``, non-finite floats ``{"$float": ...}``,
-    text that is not valid UTF-8 (a lone surrogate) ``{"$str": <escaped>}``, non-string keys
-    strings, and objects JSON cannot hold ``{"$repr": ..., "$type": ...}``, so recording never
-    fails, never shows a value that was not passed (orjson alone writes NaN as null), and never
-    changes what the caller holds.
+    text that is not valid UTF-8 (a lone surrogate) ``{"$str": <escaped>}``, a map with a key
+    that is not text (or not valid text) ``{"$map": [[key, value], ...]}``, a caller's map that
+    reads as one of these forms ``{"$obj": map}``, a dataclass the map of its fields, and other
+    objects JSON cannot hold ``{"$repr": ..., "$type": ...}``, so recording never fails, never
+    shows a value that was not passed (orjson alone writes NaN as null), never makes two
+    different values alike, and never changes what the caller holds.
     """
     try:
-        out = orjson.dumps(value, default=_lossy, option=orjson.OPT_NON_STR_KEYS)
+        out = orjson.dumps(value, default=_lossy)  # a key that is not text: refused, walked
     except (orjson.JSONEncodeError, TypeError):
         return _walk(value, 0)
-    if b"null" in out and _has_non_finite(value):
-        return _walk(value, 0)
+    if (b"null" in out and _has_non_finite(value)) or b'{"$' in out:
+        return _walk(value, 0)  # a NaN, or a tagged form or a map that looks like one
     return orjson.loads(out)
 
 
@@ -187,9 +219,15 @@ def repaired(value: Any, depth: int = 0) -> Any:
         return value if valid_text(value) else {"$str": _escaped(value)}
     if isinstance(value, float):
         return value if math.isfinite(value) else {"$float": repr(value)}
+    fields = _dataclass_fields(value)
+    if fields is not None:
+        value = fields
     if isinstance(value, Mapping):
-        return {_escaped(k) if isinstance(k, str) else k: repaired(v, depth + 1)
-                for k, v in value.items()}
+        if not _plain_keys(value):
+            return {"$map": [[repaired(k, depth + 1), repaired(v, depth + 1)]
+                             for k, v in value.items()]}
+        out = {k: repaired(v, depth + 1) for k, v in value.items()}
+        return {"$obj": out} if looks_tagged(out) else out
     if isinstance(value, list | tuple):
         return [repaired(v, depth + 1) for v in value]
     return value
@@ -213,13 +251,23 @@ def _walk(value: Any, depth: int) -> Any:
         return value if -(2**63) <= value < 2**64 else {"$bigint": str(value)}
     if isinstance(value, float):
         return value if math.isfinite(value) else {"$float": repr(value)}
+    fields = _dataclass_fields(value)
+    if fields is not None:
+        value = fields
     if isinstance(value, Mapping):
-        return {_escaped(str(k)): _walk(v, depth + 1) for k, v in value.items()}
+        if not _plain_keys(value):
+            return {"$map": [[_walk(k, depth + 1), _walk(v, depth + 1)]
+                             for k, v in value.items()]}
+        out = {k: _walk(v, depth + 1) for k, v in value.items()}
+        return {"$obj": out} if looks_tagged(out) else out
     if isinstance(value, list | tuple):
         return [_walk(v, depth + 1) for v in value]
     if isinstance(value, set | frozenset):
         return [_walk(v, depth + 1) for v in sorted(value, key=repr)]
-    return _lossy(value)
+    lossy = _lossy(value)  # a form of _default's may hold more to walk (a Mapping view)
+    return lossy if isinstance(lossy, dict) and lossy.keys() <= {"$repr", "$type", "$bytes",
+                                                                  "$bigint"} \
+        else _walk(lossy, depth + 1)
 
 
 def unicode_host(name: str) -> str:

@@ -38,24 +38,29 @@ def roundtrip(value: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+PUBLIC = SIGNING_KEY.public_key()
+
+
 def flip_hex(text: str, at: int = 0) -> str:
     return text[:at] + ("1" if text[at] != "1" else "2") + text[at + 1:]
 
 
 def test_every_entry_has_a_checkable_inclusion_proof(db: Path) -> None:
     checkpoint = grow(db, 0, 13)
-    assert checkpoint["tree_size"] == 13 and check_checkpoint(checkpoint)
+    assert checkpoint["tree_size"] == 13 and check_checkpoint(checkpoint, public_key=PUBLIC)
+    assert not check_checkpoint(checkpoint)  # the key it carries proves nothing by itself
+    assert check_checkpoint(checkpoint, trust_embedded_key=True)
     for seq in range(13):
         proof = roundtrip(prove_inclusion(db, seq))
         assert proof["index"] == seq and proof["root_hash"] == checkpoint["root_hash"]
-        assert check_inclusion(proof)
-        assert check_inclusion(proof, public_key=SIGNING_KEY.public_key())
+        assert check_inclusion(proof, public_key=PUBLIC)
+        assert check_inclusion(proof, trust_embedded_key=True) and not check_inclusion(proof)
 
 
 def test_inclusion_against_an_older_checkpoint(db: Path) -> None:
     grow(db, 0, 13)
     proof = prove_inclusion(db, 2, checkpoint_size=8)
-    assert proof["tree_size"] == 8 and check_inclusion(roundtrip(proof))
+    assert proof["tree_size"] == 8 and check_inclusion(roundtrip(proof), public_key=PUBLIC)
     with pytest.raises(AuditError, match="not covered"):
         prove_inclusion(db, 9, checkpoint_size=8)
     with pytest.raises(AuditError, match="no checkpoint of tree size 7"):
@@ -85,20 +90,23 @@ TAMPERS = {
 def test_a_tampered_inclusion_proof_fails(db: Path, tamper: str) -> None:
     grow(db, 0, 13)
     proof = roundtrip(prove_inclusion(db, 5))
-    assert check_inclusion(proof)
+    assert check_inclusion(proof, public_key=PUBLIC)
     bad = copy.deepcopy(proof)
     TAMPERS[tamper](bad)
-    assert not check_inclusion(bad)
+    assert not check_inclusion(bad, trust_embedded_key=True)
+    # a pinned key ignores the key the proof carries: swapping that one changes nothing
+    assert check_inclusion(bad, public_key=PUBLIC) is (tamper == "public_key")
 
 
 def test_a_proof_signed_by_another_key_fails_when_pinned(db: Path) -> None:
     grow(db, 0, 6)
     proof = roundtrip(prove_inclusion(db, 1))
     stranger = Ed25519PrivateKey.generate().public_key()
-    assert check_inclusion(proof) and not check_inclusion(proof, public_key=stranger)
+    assert check_inclusion(proof, public_key=PUBLIC)
+    assert not check_inclusion(proof, public_key=stranger)
     checkpoint = proof["checkpoint"]
     assert not check_checkpoint(checkpoint, public_key=stranger)
-    assert not check_checkpoint({**checkpoint, "tree_size": 5})
+    assert not check_checkpoint({**checkpoint, "tree_size": 5}, public_key=PUBLIC)
 
 
 def test_consistency_across_reopens(db: Path) -> None:

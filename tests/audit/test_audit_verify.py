@@ -107,8 +107,9 @@ def test_wrong_key(log20: Path) -> None:
 
 def forge_checkpoint(raw: sqlite3.Connection, signer: Ed25519PrivateKey, size: int,
                      root: bytes) -> None:
+    log_id = raw.execute("SELECT value FROM meta WHERE name = 'log_id'").fetchone()[0]
     row = sign_checkpoint(signer, key_id=public_key_id(signer.public_key()), tree_size=size,
-                          root=root, ts=0)
+                          root=root, ts=0, log_id=log_id)
     raw.execute("INSERT INTO checkpoints (tree_size, body, signature) VALUES (?, ?, ?)", row)
 
 
@@ -143,7 +144,7 @@ def test_checkpoint_by_an_unknown_or_unpinned_key(log20: Path, raw: sqlite3.Conn
                 (other_id, raw_public_key(OTHER_KEY.public_key()).hex()))
     assert check(log20).ok  # registered in the file: only pinning tells the keys apart
     pinned = check(log20, public_key=SIGNING_KEY.public_key())
-    assert pinned.reason is not None and "not the pinned key" in pinned.reason
+    assert pinned.reason is not None and "not a pinned key" in pinned.reason
 
 
 def test_reordered_checkpoints(log20: Path, raw: sqlite3.Connection) -> None:

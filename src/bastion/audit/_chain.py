@@ -7,7 +7,10 @@ Sealing a batch of event bodies, for each body in order:
 2. encode the whole dict with ``canonical_json`` (a non-dict ``Mapping`` is materialised first,
    here on the writer's thread). A body that is not a mapping, uses a reserved field (``v``,
    ``seq``, ``prev``, ``mac``), fails to build or cannot be encoded is replaced by an
-   ``audit.malformed`` entry naming the error: its place in the chain is kept and counted;
+   ``audit.malformed`` entry naming the error: its place in the chain is kept and counted.
+   What JSON cannot carry as it is (``repaired``: a NaN, a lone surrogate, a key that is not
+   text) is recorded in its tagged form, and a caller's map that reads as a tagged form as
+   ``{"$obj": map}`` (the kernel's own events are tagged already);
 3. ``mac = HMAC-SHA256(key, canonical bytes)``, so every field is covered;
 4. leaf hash ``SHA-256(0x00 || canonical bytes || raw 32-byte mac)`` joins the Merkle tree;
 5. if ``checkpoint_every`` entries were added since the last checkpoint, sign one.
@@ -108,6 +111,7 @@ class Chain:
         self.prev_mac = resumed.prev_mac
         self.tree = resumed.tree
         self.checkpoint_size = resumed.checkpoint_size
+        self.log_id = resumed.log_id
 
     def seal(self, bodies: list[Any]) -> Sealed:
         """Steps 1-5 for ``bodies``, without moving the head."""
@@ -117,6 +121,9 @@ class Chain:
         for body in bodies:
             try:
                 data = encode_entry(body, seq, prev)
+                if b'{"$' in data and not getattr(body, "tagged", False):
+                    # a caller's map that reads as a tagged form: recorded as {"$obj": map}
+                    data = encode_entry(repaired(body), seq, prev)
             except Exception as exc:  # a lazy Mapping may fail in any way while it is built
                 try:  # text with a lone surrogate, a NaN: recorded in their tagged forms
                     data = encode_entry(repaired(body), seq, prev)
@@ -151,4 +158,4 @@ class Chain:
 
     def _sign(self, tree: CompactTree) -> CheckpointRow:
         return sign_checkpoint(self._signing_key, key_id=self.key_id, tree_size=tree.size,
-                               root=tree.root(), ts=self._clock())
+                               root=tree.root(), ts=self._clock(), log_id=self.log_id)

@@ -2,14 +2,17 @@
 
 A holder of an old checkpoint checks that the log only grew:
 
-1. ``check_checkpoint(new)`` — the new checkpoint is signed by the expected key;
+1. ``check_checkpoint(new, public_key=KEY)`` — the new checkpoint is signed by the expected
+   key (and, with ``log_id=``, for the expected log);
 2. ``check_consistency(prove_consistency(log, old["tree_size"], new["tree_size"]),
    old["root_hash"], new["root_hash"], old_size=old["tree_size"], new_size=new["tree_size"])``
    — the old tree is a prefix of the new one (the sizes, like the roots, are the holder's).
 
-And that an entry is in the log: ``check_inclusion(prove_inclusion(log, seq))``, which checks
-the entry's leaf hash, the signed checkpoint and the audit path against its root. The checks
-need neither the log nor its MAC key; each returns ``False`` for anything malformed.
+And that an entry is in the log: ``check_inclusion(prove_inclusion(log, seq), public_key=KEY)``,
+which checks the entry's leaf hash, the signed checkpoint and the audit path against its root.
+The checks need neither the log nor its MAC key; each returns ``False`` for anything malformed,
+and without a ``public_key`` (a proof that carries its own key proves nothing: anyone can sign
+a log they made up) unless ``trust_embedded_key=True`` asks only for internal consistency.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ def _checkpoint_json(reader: _store.Reader, row: Any) -> dict[str, Any]:
         "root_hash": checkpoint.root.hex(),
         "ts": checkpoint.ts,
         "key_id": checkpoint.key_id,
+        "log_id": checkpoint.log_id,
         **checkpoint.to_json(),
         "public_key": found[0][0] if found else None,
     }
@@ -77,16 +81,22 @@ def latest_checkpoint(source: AuditSource) -> dict[str, Any] | None:
 
 
 def check_checkpoint(
-    checkpoint: dict[str, Any], *, public_key: Ed25519PublicKey | None = None
+    checkpoint: dict[str, Any], *, public_key: Ed25519PublicKey | None = None,
+    log_id: str | None = None, trust_embedded_key: bool = False
 ) -> bool:
-    """True iff the signature over ``body`` verifies with ``public_key`` (default: the one the
-    dict carries), the key id matches, and the parsed fields equal the signed ones."""
+    """True iff the signature over ``body`` verifies with ``public_key`` (the key the dict
+    carries only with ``trust_embedded_key=True``; without either: False), the key id matches,
+    the parsed fields equal the signed ones and, with ``log_id``, the body names that log."""
+    if public_key is None and not trust_embedded_key:
+        return False
     try:
         signed = _store.Checkpoint(checkpoint["body"].encode("utf-8"), checkpoint["signature"])
         key = public_key or Ed25519PublicKey.from_public_bytes(
             bytes.fromhex(checkpoint["public_key"])
         )
     except (KeyError, TypeError, ValueError, AttributeError, orjson.JSONDecodeError):
+        return False
+    if log_id is not None and signed.log_id != log_id:
         return False
     return (
         public_key_id(key) == signed.key_id
@@ -155,10 +165,12 @@ def prove_inclusion(
     }
 
 
-def check_inclusion(proof: dict[str, Any], *, public_key: Ed25519PublicKey | None = None) -> bool:
+def check_inclusion(proof: dict[str, Any], *, public_key: Ed25519PublicKey | None = None,
+                    log_id: str | None = None, trust_embedded_key: bool = False) -> bool:
     """True iff the entry hashes to ``leaf_hash`` and carries seq ``index``, the checkpoint is
-    validly signed (by ``public_key`` when given) for ``tree_size``/``root_hash``, and the audit
-    path leads from the leaf to that root (RFC 9162 §2.1.3.2)."""
+    validly signed (``check_checkpoint``: by ``public_key``, for ``log_id`` when given) for
+    ``tree_size``/``root_hash``, and the audit path leads from the leaf to that root
+    (RFC 9162 §2.1.3.2)."""
     try:
         index, size = proof["index"], proof["tree_size"]
         body = proof["entry"]["body"].encode("utf-8")
@@ -175,7 +187,8 @@ def check_inclusion(proof: dict[str, Any], *, public_key: Ed25519PublicKey | Non
     return (
         leaf == claimed_leaf
         and fields.get("seq") == index
-        and check_checkpoint(checkpoint, public_key=public_key)
+        and check_checkpoint(checkpoint, public_key=public_key, log_id=log_id,
+                             trust_embedded_key=trust_embedded_key)
         and checkpoint["tree_size"] == size
         and checkpoint["root_hash"] == root.hex()
         and verify_inclusion(leaf, index, size, path, root)

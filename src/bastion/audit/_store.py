@@ -151,9 +151,12 @@ def key_check(key: bytes) -> str:
 
 
 def sign_checkpoint(
-    signing_key: Ed25519PrivateKey, *, key_id: str, tree_size: int, root: bytes, ts: int
+    signing_key: Ed25519PrivateKey, *, key_id: str, tree_size: int, root: bytes, ts: int,
+    log_id: str
 ) -> tuple[int, bytes, str]:
-    """Build and sign a checkpoint; returns the ``(tree_size, body, signature)`` row."""
+    """Build and sign a checkpoint; returns the ``(tree_size, body, signature)`` row. The body
+    names its log (``log_id``), so one signing key's checkpoints of two logs never pass for
+    each other."""
     body = canonical_json(
         {
             "v": FORMAT_VERSION,
@@ -161,6 +164,7 @@ def sign_checkpoint(
             "root_hash": root.hex(),
             "ts": ts,
             "key_id": key_id,
+            "log_id": log_id,
         }
     )
     return tree_size, body, signing_key.sign(body).hex()
@@ -172,7 +176,7 @@ class Checkpoint:
     ``parse`` raises ``ValueError`` when the body is not a well-formed version-1 checkpoint.
     """
 
-    __slots__ = ("body", "key_id", "root", "signature", "tree_size", "ts")
+    __slots__ = ("body", "key_id", "log_id", "root", "signature", "tree_size", "ts")
 
     def __init__(self, body: bytes, signature: str) -> None:
         self.body = body
@@ -185,6 +189,10 @@ class Checkpoint:
             raise ValueError("bad tree size or timestamp")
         if not (isinstance(root, str) and isinstance(key_id, str)):
             raise ValueError("bad root hash or key id")
+        log_id = fields.get("log_id")  # absent only in checkpoints signed before it was added
+        if log_id is not None and not isinstance(log_id, str):
+            raise ValueError("bad log id")
+        self.log_id: str | None = log_id
         self.tree_size: int = size
         self.root: bytes = bytes.fromhex(root)
         self.ts: int = ts
@@ -237,6 +245,7 @@ class Resumed:
     tree: CompactTree
     checkpoint_size: int
     checkpoints: int
+    log_id: str = ""
 
 
 def create_log(conn: sqlite3.Connection, key: bytes, *, log_id: str) -> Resumed:
@@ -245,7 +254,7 @@ def create_log(conn: sqlite3.Connection, key: bytes, *, log_id: str) -> Resumed:
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany("INSERT INTO meta (name, value) VALUES (?, ?)", rows)
     conn.execute("COMMIT")
-    return Resumed(0, ZERO_MAC, CompactTree(), 0, 0)
+    return Resumed(0, ZERO_MAC, CompactTree(), 0, 0, log_id)
 
 
 def resume_log(
@@ -282,6 +291,10 @@ def resume_log(
         "SELECT body, signature FROM checkpoints ORDER BY id DESC LIMIT 1"
     ).fetchone()
     checkpoint = _stored_checkpoint(conn, row, where=where) if row is not None else None
+    log_id = meta.get("log_id", "")
+    if checkpoint is not None and checkpoint.log_id not in (None, log_id):
+        raise AuditError(f"{where!r}: the latest checkpoint was signed for another log "
+                         f"({checkpoint.log_id!r}); run 'bastion audit verify'")
     tree, at_checkpoint = CompactTree(), None
     for (leaf,) in conn.execute("SELECT leaf FROM entries ORDER BY seq"):
         if checkpoint is not None and tree.size == checkpoint.tree_size:
@@ -299,7 +312,7 @@ def resume_log(
         )
     count = conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
     size = checkpoint.tree_size if checkpoint is not None else 0
-    return Resumed(next_seq, prev, tree, size, count)
+    return Resumed(next_seq, prev, tree, size, count, log_id)
 
 
 def _stored_checkpoint(conn: sqlite3.Connection, row: Any, *, where: str) -> Checkpoint:
@@ -324,6 +337,11 @@ def open_chain(path: Path | None, durable: bool, *, key: bytes | None, key_path:
     try:
         init_schema(conn)
         meta = read_meta(conn)
+        if not meta and conn.execute("SELECT EXISTS (SELECT 1 FROM entries) OR EXISTS "
+                                     "(SELECT 1 FROM checkpoints)").fetchone()[0]:
+            # entries without their meta rows: tampered, and starting afresh would hide it
+            raise AuditError(f"{str(path or ':memory:')!r}: the log holds entries but its meta "
+                             "rows are gone (tampered); run 'bastion audit verify'")
         mac_key, signer = resolve_keys(
             path, existing=bool(meta), key=key, key_path=key_path,
             signing_key=signing_key, signing_key_path=signing_key_path,

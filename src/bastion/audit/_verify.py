@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bastion._errors import AuditError
+from bastion._errors import AuditError, ConfigError
 from bastion.audit import _store
 from bastion.audit._keys import StrPath, load_mac_key, public_key_id
 from bastion.audit._log import AuditLog
@@ -29,6 +30,7 @@ __all__ = ["AuditSource", "VerifyReport", "opened", "read_events", "verify"]
 AuditSource = str | os.PathLike[str] | AuditLog
 PAGE = 1000
 _MIN_SEQ = -(2**63)
+_HEX_MAC = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +67,13 @@ EntryRow = tuple[int, bytes, str, bytes]
 
 
 def _entries(reader: _store.Reader, since: int = _MIN_SEQ) -> Iterator[EntryRow]:
-    """Every stored entry row in storage (rowid = seq column) order, a page at a time."""
-    last = since - 1 if since > _MIN_SEQ else _MIN_SEQ
+    """Every stored entry row from seq ``since`` on (the very lowest seq included) in storage
+    (rowid = seq column) order, a page at a time."""
+    select = "SELECT seq, body, mac, leaf FROM entries WHERE seq {} ? ORDER BY seq LIMIT ?"
+    query, last = select.format(">="), since
     while True:
-        rows = reader.fetch(
-            "SELECT seq, body, mac, leaf FROM entries WHERE seq > ? ORDER BY seq LIMIT ?",
-            (last, PAGE),
-        )
+        rows = reader.fetch(query, (last, PAGE))
+        query = select.format(">")
         for seq, body, mac, leaf in rows:
             yield seq, _store.blob(body), str(mac), _store.blob(leaf)
         if len(rows) < PAGE:
@@ -105,13 +107,16 @@ def verify(
     *,
     key: bytes | None = None,
     key_path: StrPath | None = None,
-    public_key: Ed25519PublicKey | None = None,
+    public_key: Ed25519PublicKey | Collection[Ed25519PublicKey] | None = None,
 ) -> VerifyReport:
     """Check the whole log. Raises ``AuditError``/``ConfigError`` only if it cannot be read.
 
     1. Meta: format version 1, and ``key_check`` matches the MAC key (else: wrong key).
     2. Checkpoints, in storage order: each body parses, matches its ``tree_size`` column, grows
-       strictly, names a known signer (or the pinned ``public_key``) and its signature verifies.
+       strictly, names this log (``log_id``, when it does: checkpoints signed before it was
+       added do not), names a known signer (or one of the pinned ``public_key``: a key or a
+       collection of keys, for a log whose signing key was rotated) and its signature
+       verifies. A missing table of the log is tampering too.
     3. Entries, in storage order, counting positions from 0; for each, in this order: the MAC
        over the stored bytes; the body parses as version 1; its ``seq`` equals the position;
        its ``prev`` equals the previous entry's MAC; the seq column and the stored leaf hash
@@ -121,14 +126,24 @@ def verify(
 
     Key: ``key``, else ``key_path``, else the ``AuditLog``'s own, else ``<db>.key``.
     """
+    pinned = None if public_key is None else (
+        [public_key] if isinstance(public_key, Ed25519PublicKey) else list(public_key))
     with opened(source) as (reader, own_key, where):
-        if key is None and (key_path or own_key is None):
-            key_file = key_path or f"{where}.key"
-            try:
-                key = load_mac_key(key_file)
-            except FileNotFoundError:
-                raise AuditError(f"{os.fspath(key_file)!r}: mac key file not found") from None
-        return _Verifier(reader, key or own_key or b"", public_key).run()
+        key = _mac_key(key, key_path, own_key, where)
+        return _Verifier(reader, key, pinned).run()
+
+
+def _mac_key(key: bytes | None, key_path: StrPath | None, own: bytes | None, where: str) -> bytes:
+    """``key``, else the one in ``key_path``, else the ``AuditLog``'s own, else ``<db>.key``."""
+    if key is not None:
+        return key
+    if key_path is None and own is not None:
+        return own
+    key_file = key_path or f"{where}.key"
+    try:
+        return load_mac_key(key_file)
+    except FileNotFoundError:
+        raise AuditError(f"{os.fspath(key_file)!r}: mac key file not found") from None
 
 
 def verify_tail(source: AuditSource, *, since_seq: int, prev_mac: str,
@@ -139,13 +154,12 @@ def verify_tail(source: AuditSource, *, since_seq: int, prev_mac: str,
     check checkpoints or earlier entries — run ``verify`` for that. ``entries`` counts the
     entries checked; the report names the first bad one like ``verify``.
     """
+    if not isinstance(prev_mac, str) or _HEX_MAC.fullmatch(prev_mac) is None:
+        raise ConfigError("verify_tail: 'prev_mac' must be the 64 lower-case hex digits of a mac")
     with opened(source) as (reader, own_key, where):
-        if key is None:
-            key = load_mac_key(key_path) if key_path else own_key
-        if key is None:
-            key = load_mac_key(f"{where}.key")
-        verifier = _Verifier(reader, key, None)
+        verifier = _Verifier(reader, _mac_key(key, key_path, own_key, where), None)
         try:
+            verifier._check_tables()
             verifier._check_meta()
             if since_seq > 0:
                 verifier._check_last_seen(since_seq - 1, prev_mac)
@@ -163,16 +177,19 @@ class _Failed(Exception):
 
 
 class _Verifier:
-    def __init__(self, reader: _store.Reader, key: bytes, pinned: Ed25519PublicKey | None) -> None:
+    def __init__(self, reader: _store.Reader, key: bytes,
+                 pinned: list[Ed25519PublicKey] | None) -> None:
         self._reader = reader
         self._key = key
-        self._pinned = pinned
+        self._pinned = None if pinned is None else {public_key_id(k): k for k in pinned}
+        self._log_id: str | None = None
         self._entries = 0
         self._checkpoints: list[tuple[int, bytes]] = []
         self._verified_checkpoints = 0
 
     def run(self) -> VerifyReport:
         try:
+            self._check_tables()
             self._check_meta()
             self._load_checkpoints()
             self._check_entries()
@@ -181,8 +198,17 @@ class _Verifier:
                                 failed.first_bad_seq, failed.reason)
         return VerifyReport(True, self._entries, self._verified_checkpoints)
 
+    def _check_tables(self) -> None:
+        found = {row[0] for row in self._reader.fetch(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table in ("meta", "entries", "checkpoints", "signers"):
+            if table not in found:
+                raise _Failed(f"table {table!r} is missing (dropped)", None)
+
     def _check_meta(self) -> None:
         meta = dict(self._reader.fetch("SELECT name, value FROM meta"))
+        log_id = meta.get("log_id")
+        self._log_id = log_id if isinstance(log_id, str) else None
         if meta.get("format") != str(_store.FORMAT_VERSION):
             raise _Failed(f"unsupported audit log format {meta.get('format')!r}", None)
         if not _store.same_text(meta.get("key_check", ""), _store.key_check(self._key)):
@@ -192,11 +218,10 @@ class _Verifier:
     def _signer(self, index: int, checkpoint: _store.Checkpoint) -> Ed25519PublicKey:
         where = f"checkpoint {index} (tree size {checkpoint.tree_size})"
         if self._pinned is not None:
-            pinned_id = public_key_id(self._pinned)
-            if checkpoint.key_id != pinned_id:
-                raise _Failed(f"{where}: signed by {checkpoint.key_id!r}, "
-                              f"not the pinned key {pinned_id!r}", None)
-            return self._pinned
+            if checkpoint.key_id not in self._pinned:
+                raise _Failed(f"{where}: signed by {checkpoint.key_id!r}, not a pinned key "
+                              f"({', '.join(sorted(self._pinned))})", None)
+            return self._pinned[checkpoint.key_id]
         found = self._reader.fetch(
             "SELECT public_key FROM signers WHERE key_id = ?", (checkpoint.key_id,)
         )
@@ -223,6 +248,9 @@ class _Verifier:
                 where = f"checkpoint {index} (tree size {checkpoint.tree_size})"
                 if column_size != checkpoint.tree_size:
                     raise _Failed(f"{where}: stored under tree size {column_size}", None)
+                if checkpoint.log_id is not None and checkpoint.log_id != self._log_id:
+                    raise _Failed(f"{where}: signed for another log ({checkpoint.log_id!r})",
+                                  None)
                 if not checkpoint.signed_by(self._signer(index, checkpoint)):
                     raise _Failed(f"{where}: bad signature", None)
                 if checkpoint.tree_size <= size:

@@ -15,12 +15,15 @@ from bastion._canon import digest, repaired, snapshot
 from bastion.kernel._types import Action, Decision
 
 _FLAT = frozenset((str, int, float, bool, type(None)))
+_INF = float("inf")
 
 
 class _Lazy(Mapping[str, Any]):
-    """An audit event body built by ``_build`` the first time the audit writer reads it."""
+    """An audit event body built by ``_build`` the first time the audit writer reads it. Its
+    values are in the tagged form already (``snapshot``): the writer does not escape them."""
 
     __slots__ = ()
+    tagged = True
 
     def _build(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -49,8 +52,10 @@ class _Event(_Lazy):
                  facts: Mapping[str, Any] | None = None):
         args = decision.args if decision.args is not None else action.args
         if type(args) is dict:
-            for v in args.values():
-                if type(v) not in _FLAT:
+            for k, v in args.items():  # flat: text keys, and what JSON holds as it is
+                t = type(v)
+                if t not in _FLAT or type(k) is not str or not k.isascii() or (
+                        t is str and not v.isascii()) or (t is float and not -_INF < v < _INF):
                     args = snapshot(args)
                     break
             else:
@@ -119,8 +124,10 @@ def decision_event(d: Decision, action: Action, args: Any) -> dict[str, Any]:
              "session": _ident(action.session)}
     try:
         action_digest = digest(shape)
-    except (TypeError, ValueError):  # a lone surrogate or a NaN: digested in the tagged form
-        shape = repaired(shape)      # the event records (the audit writer repairs the rest)
+    except (TypeError, ValueError):  # an agent or session id with a lone surrogate (the args
+        # are a snapshot already): digested in the tagged form the event records
+        shape = {**shape, "agent": repaired(shape["agent"]),
+                 "session": repaired(shape["session"])}
         action_digest = digest(shape)
     event: dict[str, Any] = {
         "kind": "decision", "id": d.id, "ts": d.ts_ns, "stage": d.stage, "tool": d.tool,

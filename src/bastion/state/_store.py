@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
@@ -112,21 +113,56 @@ class _Generation:
     Read with one ``pread`` per decision. Not memory-mapped: anyone who can write the file
     could truncate it and a mapped read would then kill the process (SIGBUS); a short or
     unreadable file instead reads as "changed", so the flags are reloaded from the database.
+    At most every ``RECHECK_S`` a read also checks that the path still names the open file: one
+    deleted or replaced (a clean-up, a restore) is opened again and the flags reloaded, so a
+    switch engaged through the new file reaches this process within that time.
     """
+
+    RECHECK_S = 0.05
 
     def __init__(self, path: str | None):
         self._local = 0
         self._fd: int | None = None
+        self._path = path
+        self._checked = 0.0
         if path is None:
             return
+        self._fd = self._open(path)
+        self._checked = time.monotonic()
+
+    @staticmethod
+    def _open(path: str) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         if os.fstat(fd).st_size < 8:
             os.pwrite(fd, b"\0" * 8, 0)
+        return fd
+
+    def _replaced(self) -> bool:
+        """Whether the path names another file than the one open (then it is opened)."""
+        assert self._fd is not None and self._path is not None
+        try:
+            same = os.stat(self._path).st_ino == os.fstat(self._fd).st_ino
+        except OSError:
+            same = False
+        if same:
+            return False
+        try:
+            fd = self._open(self._path)
+        except OSError:
+            return True  # cannot open it now: reload every time until it can
+        os.close(self._fd)
         self._fd = fd
+        return True
 
     def read(self) -> int:
         if self._fd is None:
             return self._local
+        now = time.monotonic()
+        if now - self._checked > self.RECHECK_S:
+            self._checked = now
+            if self._replaced():
+                self._local -= 1  # a value no one has cached: forces a reload
+                return self._local
         try:
             data = os.pread(self._fd, 8, 0)
         except OSError:
