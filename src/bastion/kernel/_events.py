@@ -15,7 +15,6 @@ from bastion._canon import digest, repaired, snapshot
 from bastion.kernel._types import Action, Decision
 
 _FLAT = frozenset((str, int, float, bool, type(None)))
-_INF = float("inf")
 
 
 class _Lazy(Mapping[str, Any]):
@@ -43,26 +42,27 @@ class _Event(_Lazy):
 
     The hot path only takes a snapshot of the arguments (a shallow copy when they are flat, a deep
     JSON-shaped copy otherwise) so later changes by the caller or the tool cannot reach the log;
-    the event's fields and the action digest are computed on the audit writer's thread.
+    the event's fields, the tagged form of a flat copy (a key that is not text, a NaN, a lone
+    surrogate) and the action digest are computed on the audit writer's thread.
     """
 
-    __slots__ = ("_action", "_args", "_body", "_decision", "_facts", "_guards")
+    __slots__ = ("_action", "_args", "_body", "_decision", "_facts", "_guards", "_raw")
 
     def __init__(self, decision: Decision, action: Action, guards: tuple[str, ...] = (),
                  facts: Mapping[str, Any] | None = None):
         args = decision.args if decision.args is not None else action.args
+        raw = False  # a flat copy: put in the tagged form on the writer's thread (_build)
         if type(args) is dict:
-            for k, v in args.items():  # flat: text keys, and what JSON holds as it is
-                t = type(v)
-                if t not in _FLAT or type(k) is not str or not k.isascii() or (
-                        t is str and not v.isascii()) or (t is float and not -_INF < v < _INF):
+            for v in args.values():
+                if type(v) not in _FLAT:
                     args = snapshot(args)
                     break
             else:
-                args = args.copy()
+                args, raw = args.copy(), True
         else:
             args = snapshot(args)
         self._args = args
+        self._raw = raw
         self._decision = decision
         self._action = action
         self._guards = guards
@@ -75,7 +75,8 @@ class _Event(_Lazy):
     def _build(self) -> dict[str, Any]:
         body = self._body
         if body is None:
-            body = self._body = decision_event(self._decision, self._action, self._args)
+            args = snapshot(self._args) if self._raw else self._args  # keys, NaN, surrogates
+            body = self._body = decision_event(self._decision, self._action, args)
             if self._guards:
                 body["guards"] = list(self._guards)
             if self._facts is not None:

@@ -44,6 +44,7 @@ _APPROVAL: contextvars.ContextVar[str | None] = contextvars.ContextVar("bastion_
                                                                        default=None)
 _SKIP = ("self", "cls")
 _GENERATORS = frozenset((types.GeneratorType, types.AsyncGeneratorType))
+_AWAITABLE: dict[type, bool] = {}  # whether a result type must be awaited (asked once a type)
 
 
 @contextlib.contextmanager
@@ -236,7 +237,12 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
                 except BaseException as exc:
                     failed(decision, exc, started)
                     raise
-                if hasattr(type(result), "__await__"):
+                awaitable = _AWAITABLE.get(type(result))
+                if awaitable is None:
+                    if len(_AWAITABLE) > 4096:  # types made on the fly: bounded all the same
+                        _AWAITABLE.clear()
+                    awaitable = _AWAITABLE[type(result)] = hasattr(type(result), "__await__")
+                if awaitable:
                     return pending(decision, result, started)
                 if post or labels or type(result) in _GENERATORS:
                     return after(decision, result, started)
