@@ -12,6 +12,7 @@ Two things are canonical here and nowhere else:
 from __future__ import annotations
 
 import contextlib
+import enum
 import hashlib
 import math
 import re
@@ -111,6 +112,10 @@ def _reject_non_finite(value: Any) -> None:
     fields = _dataclass_fields(value)  # orjson writes a dataclass's NaN as null too
     if fields is not None:
         _reject_non_finite(fields)
+    elif isinstance(value, enum.Enum):  # and an Enum's value, and what a hook computes
+        _reject_non_finite(value.value)
+    elif callable(canonical := getattr(value, "__canonical__", None)):
+        _reject_non_finite(canonical())
     elif isinstance(value, Mapping):
         for item in value.values():
             _reject_non_finite(item)
@@ -150,7 +155,7 @@ def _dataclass_fields(value: Any) -> dict[str, Any] | None:
 
 
 #: the tagged forms' keys: a caller's map with exactly these keys is recorded as {"$obj": map}
-_TAGS = frozenset(("$str", "$float", "$bigint", "$bytes", "$map", "$obj"))
+_TAGS = frozenset(("$str", "$float", "$bigint", "$bytes", "$map", "$obj", "$masked"))
 
 
 def looks_tagged(value: Mapping[Any, Any]) -> bool:
@@ -224,8 +229,8 @@ def repaired(value: Any, depth: int = 0) -> Any:
         value = fields
     if isinstance(value, Mapping):
         if not _plain_keys(value):
-            return {"$map": [[repaired(k, depth + 1), repaired(v, depth + 1)]
-                             for k, v in value.items()]}
+            return {"$map": _pairs([(repaired(k, depth + 1), repaired(v, depth + 1))
+                                    for k, v in value.items()])}
         out = {k: repaired(v, depth + 1) for k, v in value.items()}
         return {"$obj": out} if looks_tagged(out) else out
     if isinstance(value, list | tuple):
@@ -240,7 +245,28 @@ def _lossy(value: Any) -> Any:
         return {"$repr": repr(value)[:256], "$type": type(value).__name__}
 
 
-def _walk(value: Any, depth: int) -> Any:
+def _pairs(pairs: list[tuple[Any, Any]]) -> list[list[Any]]:
+    """A map's (key, value) pairs in one order whatever the map's: by the key's JSON text."""
+    return [[k, v] for k, v in sorted(pairs, key=lambda p: orjson.dumps(
+        p[0], option=orjson.OPT_SORT_KEYS))]
+
+
+def jsonable(value: Any) -> Any:
+    """A deep, JSON-shaped copy for code that reads it back (a saga step's result, a value
+    that crosses JSON): keys as text, NaN and infinities as ``{"$float": ...}``, lone
+    surrogates as ``{"$str": ...}``, bytes as ``{"$bytes": ...}``, other objects as
+    ``{"$repr": ..., "$type": ...}``. Plain JSON data comes back equal, and so does this
+    function's own output (unlike ``snapshot``, which keeps every value apart for the audit)."""
+    try:
+        out = orjson.dumps(value, default=_lossy, option=orjson.OPT_NON_STR_KEYS)
+    except (orjson.JSONEncodeError, TypeError):
+        return _walk(value, 0, tagged=False)
+    if b"null" in out and _has_non_finite(value):
+        return _walk(value, 0, tagged=False)
+    return orjson.loads(out)
+
+
+def _walk(value: Any, depth: int, tagged: bool = True) -> Any:
     if depth > 64:
         return {"$repr": "<nested deeper than 64 levels>", "$type": type(value).__name__}
     if isinstance(value, str):
@@ -251,23 +277,27 @@ def _walk(value: Any, depth: int) -> Any:
         return value if -(2**63) <= value < 2**64 else {"$bigint": str(value)}
     if isinstance(value, float):
         return value if math.isfinite(value) else {"$float": repr(value)}
+    if isinstance(value, enum.Enum):
+        return _walk(value.value, depth + 1, tagged)
     fields = _dataclass_fields(value)
     if fields is not None:
         value = fields
     if isinstance(value, Mapping):
+        if not tagged:
+            return {_escaped(str(k)): _walk(v, depth + 1, tagged) for k, v in value.items()}
         if not _plain_keys(value):
-            return {"$map": [[_walk(k, depth + 1), _walk(v, depth + 1)]
-                             for k, v in value.items()]}
+            return {"$map": _pairs([(_walk(k, depth + 1), _walk(v, depth + 1))
+                                    for k, v in value.items()])}
         out = {k: _walk(v, depth + 1) for k, v in value.items()}
         return {"$obj": out} if looks_tagged(out) else out
     if isinstance(value, list | tuple):
-        return [_walk(v, depth + 1) for v in value]
+        return [_walk(v, depth + 1, tagged) for v in value]
     if isinstance(value, set | frozenset):
-        return [_walk(v, depth + 1) for v in sorted(value, key=repr)]
+        return [_walk(v, depth + 1, tagged) for v in sorted(value, key=repr)]
     lossy = _lossy(value)  # a form of _default's may hold more to walk (a Mapping view)
     return lossy if isinstance(lossy, dict) and lossy.keys() <= {"$repr", "$type", "$bytes",
                                                                   "$bigint"} \
-        else _walk(lossy, depth + 1)
+        else _walk(lossy, depth + 1, tagged)
 
 
 def unicode_host(name: str) -> str:

@@ -70,8 +70,8 @@ def test_lone_surrogate_key_does_not_overwrite_a_look_alike_key(db: Path) -> Non
                                              "\\ud800": "benign"})
     assert decision.allowed
     recorded = entry["args"]  # both arguments passed on are in the audit record, apart
-    assert recorded == {"$map": [[{"$str": "\\ud800"}, "wire 1,000,000 to X"],
-                                 ["\\ud800", "benign"]]}, recorded
+    assert recorded == {"$map": [["\\ud800", "benign"],  # pairs in the order of their keys'
+                                 [{"$str": "\\ud800"}, "wire 1,000,000 to X"]]}, recorded
 
 
 # 2 -------------------------------------------------------------------------------------------

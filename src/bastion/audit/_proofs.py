@@ -105,6 +105,7 @@ def check_checkpoint(
         and checkpoint.get("root_hash") == signed.root.hex()
         and checkpoint.get("key_id") == signed.key_id
         and checkpoint.get("ts") == signed.ts
+        and checkpoint.get("log_id") == signed.log_id
     )
 
 

@@ -248,11 +248,11 @@ class _Verifier:
                 where = f"checkpoint {index} (tree size {checkpoint.tree_size})"
                 if column_size != checkpoint.tree_size:
                     raise _Failed(f"{where}: stored under tree size {column_size}", None)
+                if not checkpoint.signed_by(self._signer(index, checkpoint)):
+                    raise _Failed(f"{where}: bad signature", None)
                 if checkpoint.log_id is not None and checkpoint.log_id != self._log_id:
                     raise _Failed(f"{where}: signed for another log ({checkpoint.log_id!r})",
                                   None)
-                if not checkpoint.signed_by(self._signer(index, checkpoint)):
-                    raise _Failed(f"{where}: bad signature", None)
                 if checkpoint.tree_size <= size:
                     raise _Failed(f"{where}: does not grow past {size} (reordered)", None)
                 size = checkpoint.tree_size

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-from bastion._canon import digest, norm_text, snapshot
+from bastion._canon import digest, jsonable, norm_text
 from bastion.kernel._types import Action
 from bastion.policy import Budgets, CompiledRule, Per
 from bastion.state import StateStore
@@ -108,7 +108,7 @@ def _call_key(tool: str, args: Any) -> str:
     """What makes two calls "the same call" for the loop breaker: the tool and the arguments,
     with strings normalised (case, NFKC, zero-width) and integral floats as integers, so
     spelling variants of one call count together."""
-    return digest({"tool": tool, "args": _loose(snapshot(args if args is not None else {}))}
+    return digest({"tool": tool, "args": _loose(jsonable(args if args is not None else {}))}
                   )[7:39]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from bastion._canon import digest, repaired, snapshot
+from bastion._canon import digest, norm_text, repaired, snapshot
 from bastion.kernel._types import Action, Decision
 
 _FLAT = frozenset((str, int, float, bool, type(None)))
@@ -153,11 +153,18 @@ SECRET_CONTEXT_KEYS = frozenset({"bastion_token", "bastion_token_proof", "author
 
 
 def _masked_context(context: Any) -> Any:
-    """Credentials presented in the context are recorded by digest only (masking as data)."""
+    """Credentials presented in the context (a ``snapshot``) are recorded by digest only
+    (masking as data), in a map with keys that are not text (``$map`` pairs) too."""
+    def masked(key: Any, value: Any) -> Any:
+        secret = isinstance(key, str) and norm_text(key) in SECRET_CONTEXT_KEYS
+        return {"$masked": digest(value)} if secret else value
+
     if not isinstance(context, dict):
         return context
-    return {k: {"$masked": digest(v)} if k.lower() in SECRET_CONTEXT_KEYS else v
-            for k, v in context.items()}
+    pairs = context.get("$map") if len(context) == 1 else None
+    if isinstance(pairs, list):  # snapshot wraps a caller's own {"$map": ...} in "$obj"
+        return {"$map": [[p[0], masked(p[0], p[1])] for p in pairs]}
+    return {k: masked(k, v) for k, v in context.items()}
 
 
 def _ident(holder: Mapping[str, Any]) -> str | None:

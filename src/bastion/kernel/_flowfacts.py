@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from bastion._canon import LazyModule, snapshot
+from bastion._canon import LazyModule, jsonable
 from bastion.flow import Provenance
 from bastion.flow._results import Quarantine
 
@@ -119,7 +119,7 @@ class SharedFacts:
         """``fact`` as JSON data for a store that keeps facts (``None`` where none is kept)."""
         if not self._logs or self._local is not None:
             return None
-        return {k: snapshot(v) if k in ("v", "raw") else v for k, v in fact.items()}
+        return {k: jsonable(v) if k in ("v", "raw") else v for k, v in fact.items()}
 
     def _install(self, session_id: str, facts: list[dict[str, Any]], fresh: bool) -> None:
         """Apply ``facts`` (in order) to the session: onto what this process holds, or, when

@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from bastion._canon import canonical_json, canonical_tool, digest, snapshot
+from bastion._canon import canonical_json, canonical_tool, digest, jsonable
 from bastion.kernel import Action
 from bastion.mesh._errors import VerificationError
 from bastion.mesh._keys import Identity, verify_signature
@@ -66,7 +66,7 @@ def _call_body(token: str, tool: str, args: Any, ts: float, nonce: str) -> dict[
     if name is None:
         return None
     plain = dict(args) if isinstance(args, Mapping) else args  # any mapping type, same digest
-    return {"token": digest(token), "tool": name, "args": digest(snapshot(plain)), "ts": ts,
+    return {"token": digest(token), "tool": name, "args": digest(jsonable(plain)), "ts": ts,
             "nonce": nonce}
 
 

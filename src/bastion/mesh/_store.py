@@ -205,6 +205,14 @@ class MeshStore:
                           "on a.id = k.agent where k.did=?", (did,))
         return bool(rows) and rows[0][0] is None and rows[0][1] == "active" and rows[0][2] == did
 
+    def key_current_at(self, did: str, at: float) -> bool:
+        """True when ``did`` was the key of its agent at time ``at`` (it had not been retired
+        by a rotation yet) and the agent is active now (a revoked agent's word counts for
+        nothing, whenever it was given)."""
+        rows = self._read("select k.retired, a.status from agent_keys k join agents a "
+                          "on a.id = k.agent where k.did=?", (did,))
+        return bool(rows) and rows[0][1] == "active" and (rows[0][0] is None or rows[0][0] > at)
+
     def revoke_agent(self, agent_id: str) -> None:
         with self._tx() as db:
             if db.execute("update agents set status='revoked' where id=?",

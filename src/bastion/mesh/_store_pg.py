@@ -65,7 +65,7 @@ class PostgresMeshStore(MeshStore):
                 self._connection()
         except psycopg.Error as exc:
             raise StateError(f"{self.where!r}: cannot open mesh store: "
-                             f"{_scrub(str(exc), self._secrets)}") from exc
+                             f"{_scrub(str(exc), self._secrets)}") from None
 
     def _failed(self, exc: Exception) -> StateError:
         return StateError(f"{self.where!r}: mesh store failed: "
@@ -123,7 +123,7 @@ class PostgresMeshStore(MeshStore):
                         conn.execute("lock table agents in share row exclusive mode")
                     yield _Placeholders(conn)
             except psycopg.Error as exc:
-                raise self._failed(exc) from exc
+                raise self._failed(exc) from None  # the driver's error may quote the URL
 
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         import psycopg
@@ -132,7 +132,7 @@ class PostgresMeshStore(MeshStore):
             try:
                 return self._connection().execute(_pg(sql), params).fetchall()
             except psycopg.Error as exc:
-                raise self._failed(exc) from exc
+                raise self._failed(exc) from None
 
     def close(self) -> None:
         with self._lock:

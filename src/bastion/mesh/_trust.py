@@ -274,8 +274,12 @@ class TrustEngine:
         if self._registry is None:
             return  # without a registry no issuer can be told from a stranger: not evidence
         who = self._registry.by_did(issuer)
-        if (who is None or not who.active or who.agent_id == subject
-                or not self._registry.is_current_key(issuer)):
+        # the key as it stood when the attestation was recorded (a later rotation does not
+        # undo it); a registry without key history can only say what the key is now
+        current_at = getattr(self._registry, "key_current_at", None)
+        current = current_at(issuer, t) if callable(current_at) \
+            else self._registry.is_current_key(issuer)
+        if who is None or not who.active or who.agent_id == subject or not current:
             return  # unknown, revoked, retired key or self-attestation: not evidence
         # the issuer's standing when it attested, not when the log is read: the same log
         # gives the same evidence whenever (and by whichever process) it is read

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bastion._canon import snapshot
+from bastion._canon import jsonable
 from bastion.runtime._errors import SagaError, SagaStuck
 from bastion.runtime._saga_log import SagaLog, SagaRecord
 
@@ -297,7 +297,7 @@ class SagaRunner:
                                          owner=self.owner)
                     return
                 break
-            result = snapshot(result)  # it ran: record it as JSON even if it is not JSON
+            result = jsonable(result)  # it ran: record it as JSON even if it is not JSON
             self.log.step_done(rec.id, srec.idx, result, self._clock(), owner=self.owner)
             results[step.name] = result
         self.log.finish(rec.id, "completed", self._clock(), owner=self.owner)

@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from bastion._canon import snapshot
+from bastion._canon import jsonable
 from bastion._sqlite import connect, transaction
 from bastion.runtime._errors import SagaError
 
@@ -172,7 +172,7 @@ class SagaLog:
         with self._tx() as db:
             self._own(db, saga_id, owner, "running")
             db.execute("update saga_steps set status='done', result=?, error='' where "
-                       "saga_id=? and idx=?", (json.dumps(snapshot(result), sort_keys=True),
+                       "saga_id=? and idx=?", (json.dumps(jsonable(result), sort_keys=True),
                                                saga_id, idx))
             self._event(db, saga_id, now, "step_done", self._name(db, saga_id, idx))
 

@@ -177,8 +177,13 @@ class _Generation:
         if self._fd is None:
             self._local += 1
             return
-        current = self.read()
-        os.pwrite(self._fd, struct.pack("<Q", (max(current, 0) + 1) % (1 << 64)), 0)
+        self._replaced()  # always: the change must go to the file the path names now
+        try:
+            data = os.pread(self._fd, 8, 0)
+        except OSError:
+            data = b""
+        current = struct.unpack("<Q", data)[0] if len(data) == 8 else 0
+        os.pwrite(self._fd, struct.pack("<Q", (current + 1) % (1 << 64)), 0)
 
     def close(self) -> None:
         if self._fd is not None:
