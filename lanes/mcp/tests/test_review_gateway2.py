@@ -128,3 +128,11 @@ def test_a_resource_link_in_a_result_is_governed(tmp_path: Path,
     assert control.is_error  # the control: the same words in a text block are denied
     dumped = str(linked.model_dump())
     assert "hunter2" not in dumped, "a resource_link's text skipped post_tool governance"
+
+
+def test_an_embedded_resource_uri_is_text_the_kernel_sees() -> None:
+    from bastion.adapters.mcp import result_view
+
+    wire = {"content": [{"type": "resource", "resource": {
+        "uri": "file:///exports/TOP-SECRET-payroll.csv", "text": "ok", "mimeType": "text/plain"}}]}
+    assert "TOP-SECRET" in result_view(wire)["text"]

@@ -192,7 +192,8 @@ def _block_text(block: Any) -> str | None:
         return str(block.get("text", ""))
     resource = block.get("resource")
     if block.get("type") == "resource" and isinstance(resource, Mapping) and "text" in resource:
-        return str(resource["text"])
+        uri = resource.get("uri")
+        return str(resource["text"]) if uri is None else f"{uri}\n{resource['text']}"
     if block.get("type") == "resource_link":  # what a model reads of a link is text too
         return "\n".join(str(block[k]) for k in ("name", "title", "description", "uri")
                          if block.get(k) is not None)

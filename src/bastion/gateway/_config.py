@@ -92,8 +92,12 @@ def parse_config(text: str, path: str = "<text>", *, base: Path | None = None) -
         upstreams.append(up)
     if "state" not in doc:  # pins kept in memory would make every restart a first sight
         c.fail(doc.pos, "missing required key 'state' (the file that keeps tool pins)")
+    state = c.path(doc, "state")
+    if state.startswith((":memory:", "memory:")):
+        c.fail(doc.value_pos["state"], "'state' must be a file (pins kept in memory would make "
+                                       "every restart a first sight)")
     return GatewayConfig(
-        policy=c.path(doc, "policy"), state=c.path(doc, "state"),
+        policy=c.path(doc, "policy"), state=state,
         upstreams=tuple(upstreams), catalog=c.path(doc, "catalog", optional=True),
         audit=c.path(doc, "audit", optional=True),
         agent=c.string(doc, "agent", optional=True) or "mcp-client",
@@ -150,11 +154,10 @@ class _Checker:
         if key not in node:
             return None
         value = node[key]
-        if not isinstance(value, dict) or not all(
-                isinstance(v, str | int) and not isinstance(v, bool) for v in value.values()):
-            # a float would be sent re-spelt ("2.10" as "2.1"): it must be quoted
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            # a number would be sent re-spelt ("2.10" as "2.1", "+5" as "5"): quoted, it is not
             self.fail(node.value_pos[key], f"{key!r} must map names to strings (quote numbers "
-                                           "such as '2.10')")
+                                           "such as '2.10' or '8080')")
         return {str(k): str(v) for k, v in value.items()}
 
     def upstream(self, node: Any, pos: Pos) -> Upstream:

@@ -53,7 +53,7 @@ _INSTRUCTIONS = [(name, re.compile(rx, re.S)) for name, rx in (
      r"other|system|original)\b.{0,20}\b(instructions?|prompts?|rules?|messages?|directions?|"
      r"guidelines?)\b"),
     ("hide from the user",
-     r"\b(do ?n[o']t|never|without)\b.{0,20}\b(tell|telling|inform|informing|mention|"
+     r"\b(do ?n[o']?t|never|without)\b.{0,20}\b(tell|telling|inform|informing|mention|"
      r"mentioning|notify|notifying|alert|alerting|reveal|revealing|show|showing)\b.{0,20}\b"
      r"(the )?(user|human|operator)\b"),
     ("hide from the user", r"\b(user|human)\b.{0,20}\b(must|should|need) not\b.{0,20}\b"
@@ -128,18 +128,13 @@ def _scan_text(where: str, text: str,
         yield Finding("invisible", where, detail + (f" (hidden text {smuggled[:80]!r})"
                                                     if smuggled else ""))
     normal = norm_text(text)
-    # and as a model reads it: words joined by '_' or camelCase (as schema keys are) apart,
-    # runs of blank space as one, typographic apostrophes as ASCII, and look-alike letters of
-    # other scripts (capitals folded before casefolding) as the Latin ones they imitate
-    latin = _latin(norm_text(text.translate(_LATIN_CAPITALS)))
-    for variant in dict.fromkeys((normal, norm_text(tag_text(text)), _spaced(normal),
-                                  _spaced(norm_text(_CAMEL.sub(" ", text))),
-                                  _spaced(latin))):
+    for variant in dict.fromkeys((normal, norm_text(tag_text(text)), _as_read(text))):
         for label, rx in _INSTRUCTIONS:
             m = rx.search(variant)
             if m:
                 yield Finding("instruction", where, f"{label}: {m.group(0)[:80]!r}")
                 break
+    latin = _latin(norm_text(text.translate(_LATIN_CAPITALS)))  # names keep their '_'
     for other, rx in others:
         if rx.search(normal) or rx.search(latin):
             yield Finding("tool_reference", where, f"mentions {other!r}, a tool of another "
@@ -147,12 +142,29 @@ def _scan_text(where: str, text: str,
 
 
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
-_BLANKS = re.compile(r"\s+")
-_APOSTROPHES = str.maketrans(dict.fromkeys("\u2018\u2019\u02bc\u2032\u00b4\u0060", "'"))
+_APOSTROPHES = str.maketrans(dict.fromkeys(
+    "\u2018\u2019\u201b\u02bc\u02bb\u02b9\u2032\u00b4\u0060\uff07", "'"))
 
 
-def _spaced(text: str) -> str:
-    return _BLANKS.sub(" ", text.replace("_", " ")).translate(_APOSTROPHES)
+def _as_read(text: str) -> str:
+    """``text`` as a model reads it, every fold at once: look-alike capitals of other scripts
+    as Latin ones (before casefolding turns Greek N into nu), words joined by camelCase apart,
+    NFKC and casefold, combining marks dropped ("ïgnore"), look-alike small letters and small
+    capitals as Latin ones, words joined by '_', '-' or '.' apart, blank space as one, and
+    typographic apostrophes as ASCII."""
+    folded = norm_text(_CAMEL.sub(" ", text.translate(_LATIN_CAPITALS)))
+    bare = "".join(ch for ch in unicodedata.normalize("NFD", folded)
+                   if unicodedata.category(ch) != "Mn")
+    latin = unicodedata.normalize("NFC", bare).translate(_LATIN).translate(_SMALL_CAPITALS)
+    return _JOINERS.sub(" ", latin).translate(_APOSTROPHES)
+
+
+_JOINERS = re.compile(r"(?:[\s_]|(?<=\w)[-.](?=\w))+")
+_SMALL_CAPITALS = str.maketrans({
+    "ᴀ": "a", "ʙ": "b", "ᴄ": "c", "ᴅ": "d", "ᴇ": "e", "ꜰ": "f", "ɢ": "g", "ʜ": "h", "ɪ": "i",
+    "ᴊ": "j", "ᴋ": "k", "ʟ": "l", "ᴍ": "m", "ɴ": "n", "ᴏ": "o", "ᴘ": "p", "ʀ": "r", "ꜱ": "s",
+    "ᴛ": "t", "ᴜ": "u", "ᴠ": "v", "ᴡ": "w", "ʏ": "y", "ᴢ": "z",
+})
 
 
 # Cyrillic and Greek letters that look like Latin ones (letters only: no digit folds)

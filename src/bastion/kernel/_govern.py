@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import sys
 import time
 import types
 from collections.abc import Callable, Iterator, Mapping
@@ -204,6 +205,8 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
             finally:
                 if inspect.iscoroutine(awaitable):
                     awaitable.close()  # never started (a kill switch): no "never awaited"
+                elif callable(getattr(awaitable, "cancel", None)) and not awaitable.done():
+                    awaitable.cancel()  # a task the tool scheduled: it runs no further
 
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
@@ -243,7 +246,11 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
                         _AWAITABLE.clear()
                     awaitable = _AWAITABLE[type(result)] = hasattr(type(result), "__await__")
                 if awaitable:
-                    return pending(decision, result, started)
+                    waiting = pending(decision, result, started)
+                    aio = sys.modules.get("asyncio")  # loaded: a Future exists
+                    if aio is not None and isinstance(result, aio.Future):
+                        return aio.ensure_future(waiting)  # still a task: cancel(), callbacks
+                    return waiting
                 if post or labels or type(result) in _GENERATORS:
                     return after(decision, result, started)
                 audit = kernel.audit  # record_outcome(decision, "succeeded"), inlined
@@ -326,8 +333,13 @@ class _Binder:
                 extra = b.arguments[pname]
                 nested = set(extra) & (set(b.arguments) - {pname})  # as ``bind`` decided them
                 src = new.get(pname, {}) if nested else new
-                src = src if isinstance(src, Mapping) else {}
+                if not isinstance(src, Mapping):  # masked whole: every extra keyword masked
+                    src = dict.fromkeys(extra, MASK)
                 b.arguments[pname] = {k: src.get(k, v) for k, v in extra.items()}
+            elif kind is self.P.VAR_POSITIONAL and pname in new:
+                value = new[pname]  # masked whole: every positional masked, not spelt out
+                b.arguments[pname] = tuple(value) if isinstance(value, list | tuple) \
+                    else (MASK,) * len(b.arguments[pname])
             elif pname in new and pname not in _SKIP:
                 b.arguments[pname] = new[pname]
         return b.args, b.kwargs

@@ -41,6 +41,8 @@ def redact(root: Any, paths: tuple[str, ...], pattern: str | None) -> Any:
 def _copy(value: Any) -> Any:
     if isinstance(value, Mapping):  # a read-only view or a ChainMap too: copied to a dict
         return {k: _copy(v) for k, v in value.items()}
+    if _named(value):  # opened by _fields where a path or a pattern reaches it
+        return value
     if isinstance(value, list | tuple | set | frozenset):  # sets as lists: every item reachable
         return [_copy(v) for v in value]
     return value
@@ -101,27 +103,57 @@ def _mask_pattern(node: Any, rx: Any) -> Any:
 _SCALARS = (str, bytes, bytearray, int, float, type(None))
 
 
+def _named(value: Any) -> bool:
+    """A named tuple (its fields have names a path can use)."""
+    return isinstance(value, tuple) and hasattr(type(value), "_fields") \
+        and callable(getattr(value, "_replace", None))
+
+
 def _fields(node: Any) -> dict[str, Any] | None:
-    """A dataclass's or a pydantic model's fields as a map (copied), else None."""
+    """The fields of a dataclass, a pydantic model (its extra fields too: conditions and the
+    tool read them) or a named tuple as a map (copied), else None."""
     if isinstance(node, type):
         return None
     if dataclasses.is_dataclass(node):
         return {f.name: _copy(getattr(node, f.name, None)) for f in dataclasses.fields(node)}
+    if _named(node):
+        return {name: _copy(value) for name, value in zip(type(node)._fields, node,
+                                                           strict=False)}
     fields = getattr(type(node), "model_fields", None)
     if isinstance(fields, Mapping) and callable(getattr(node, "model_copy", None)):
-        return {name: _copy(getattr(node, name, None)) for name in fields}
+        extra = getattr(node, "model_extra", None) or {}
+        return {name: _copy(getattr(node, name, None)) for name in [*fields, *extra]}
     return None
 
 
 def _rebuilt(node: Any, fields: dict[str, Any]) -> Any:
-    """``node`` with the fields that redaction changed replaced; when it cannot be rebuilt
-    (fields set outside ``__init__``, a model that refuses the copy), the whole value masked."""
-    changed = {k: v for k, v in fields.items() if v is not getattr(node, k, None)}
+    """``node`` with the fields that redaction changed replaced (a tuple stays a tuple);
+    when it cannot be rebuilt (fields set outside ``__init__``, a model that refuses the
+    copy), the whole value masked."""
+    changed = {}
+    for name, new in fields.items():
+        old = getattr(node, name, None)
+        if not _same(new, old):
+            changed[name] = type(old)(new) if isinstance(old, tuple | set | frozenset) \
+                and isinstance(new, list) and not _named(old) else new
     if not changed:
         return node
     try:
         if dataclasses.is_dataclass(node):
             return dataclasses.replace(node, **changed)  # type: ignore[type-var]
+        if _named(node):
+            return node._replace(**changed)
         return node.model_copy(update=changed)
     except Exception:
         return MASK
+
+
+def _same(new: Any, old: Any) -> bool:
+    """Whether redaction left a field as it was (a copied container compares by value)."""
+    if new is old:
+        return True
+    try:
+        return bool(new == old) or (isinstance(old, tuple | set | frozenset)
+                                    and isinstance(new, list) and new == list(old))
+    except Exception:  # a value that cannot be compared: rebuilt, to be sure
+        return False

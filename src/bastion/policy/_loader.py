@@ -43,6 +43,7 @@ _LIMIT = re.compile(
 _UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600,
           "hour": 3600, "d": 86400, "day": 86400}
 _REDACT_PATH = re.compile(r"(args|result)(\.([A-Za-z0-9_\-]+|\*))*")
+_INDICATOR = re.compile(r"\|[+-]?([1-9])[+-]?\s*(?:#.*)?$")  # "when: |2": the block's indentation
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -143,10 +144,17 @@ class _Ctx:
         """
         if value.style == "|":
             row = value.line + line  # the block's text starts on the line after the '|'
-            # every line of it is indented as its first line that is not blank; the rest of a
-            # line's indentation is the condition's own text
-            first = next((t for t in self.lines[value.line:row] if t.strip()), "")
-            return Pos(row, len(first) - len(first.lstrip(" ")) + col)
+            # every line of it is indented as its first line that is not blank, or as an
+            # indentation indicator says ("|2": the key's indentation and 2 more); the rest of
+            # a line's indentation is the condition's own text
+            header = self.lines[value.line - 1] if 0 < value.line <= len(self.lines) else ""
+            indicator = _INDICATOR.search(header)
+            if indicator is not None:
+                indent = len(header) - len(header.lstrip(" ")) + int(indicator.group(1))
+            else:
+                first = next((t for t in self.lines[value.line:row] if t.strip()), "")
+                indent = len(first) - len(first.lstrip(" "))
+            return Pos(row, indent + col)
         if line != 1 or value.style == ">":
             return value
         return Pos(value.line, value.column + col - 1 + (value.style in ("'", '"')))

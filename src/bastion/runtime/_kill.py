@@ -248,8 +248,14 @@ class KillSwitch:
                              if k.startswith("kill:")}
                     if flags:
                         IN_FLIGHT.cancel(_matcher(flags))
-                        for flag in flags:
-                            _stop_sandboxes(flag)
+                        failed = None
+                        for flag in flags:  # each flag's sandboxes, whatever another's did
+                            try:
+                                _stop_sandboxes(flag)
+                            except Exception as exc:
+                                failed = exc
+                        if failed is not None:
+                            raise failed  # counted and audited below
                 except Exception as exc:  # a failed round must not end the watch silently
                     self.watch_errors += 1
                     if not failing:  # audit the first failure of each run of failures

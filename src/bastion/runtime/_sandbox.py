@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import operator
 import os
 import resource
 import shutil
@@ -62,18 +63,33 @@ class SandboxPolicy:
                 or not 0 < self.timeout_s <= _MAX_TIMEOUT_S:  # NaN and inf too
             raise ConfigError(f"sandbox policy: 'timeout_s' must be a number of seconds above "
                               f"0 and at most {_MAX_TIMEOUT_S}")
-        for name in ("cpu_seconds", "memory_bytes", "max_file_bytes", "max_processes",
-                     "max_open_files", "max_output_bytes"):
-            value = getattr(self, name)  # what setrlimit and a byte count can take
-            if type(value) is not int or not 0 < value <= _MAX_LIMIT:
+        for name, most in (("cpu_seconds", _MAX_LIMIT), ("memory_bytes", _MAX_LIMIT),
+                           ("max_file_bytes", _MAX_LIMIT), ("max_processes", _PID_MAX_LIMIT),
+                           ("max_open_files", _nr_open()), ("max_output_bytes", _MAX_LIMIT)):
+            value = getattr(self, name)  # what setrlimit, pids.max and a byte count can take
+            try:  # an integer by another type (IntEnum, numpy's) is its integer; bool is not
+                number = operator.index(value) if not isinstance(value, bool) else None
+            except TypeError:
+                number = None
+            if number is None or not 0 < number <= most:
                 raise ConfigError(f"sandbox policy: {name!r} must be a positive integer of at "
-                                  f"most {_MAX_LIMIT}")
+                                  f"most {most}")
+            object.__setattr__(self, name, int(number))
         if not isinstance(self.required_level, IsolationLevel):
             raise ConfigError("sandbox policy: 'required_level' must be an IsolationLevel")
 
 
 _MAX_TIMEOUT_S = 86_400.0  # a day: a timer can hold it (threading.TIMEOUT_MAX is far larger)
 _MAX_LIMIT = (1 << 62) - 1  # below RLIM_INFINITY and what setrlimit's C type holds
+_PID_MAX_LIMIT = 4_194_304  # the most pids.max (and a pid) can be on Linux
+
+
+def _nr_open() -> int:
+    """The most open files a process may be allowed (``fs.nr_open``; 1 << 20 by default)."""
+    try:
+        return int(Path("/proc/sys/fs/nr_open").read_text())
+    except (OSError, ValueError):
+        return 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +279,8 @@ class Sandbox:
            no descendant outlives the run; then reap it with ``wait4`` for resource usage.
         8. Deregister; remove the cgroup and the work directory.
         """
+        import subprocess
+
         if not argv:
             raise ConfigError("sandbox: empty argv")
         level = self.level()
@@ -288,7 +306,7 @@ class Sandbox:
                            inputs=tuple(files or ()))
             return self._spawn(level, wrapped, workdir,
                                limits, cgroup, stdin)
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:  # a limit the kernel refused
             raise SandboxError(f"sandbox: cannot run {argv[0]!r}: {exc}") from exc
         finally:
             if cgroup is not None:
