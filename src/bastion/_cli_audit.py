@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from bastion._cli_common import fail as _fail
-from bastion._errors import BastionError
+from bastion._errors import BastionError, without_password
 
 audit_app = typer.Typer(no_args_is_help=True, help="Read, verify and prove the audit log.")
 
@@ -103,9 +103,10 @@ def _audit_path(log: str) -> Path:
     try:
         path = resolve_target(log)
     except BastionError as exc:
-        _fail(f"{log}: error: {exc}")
+        _fail(f"{without_password(log)}: error: {exc}")
     if path is None:
-        _fail(f"{log}: error: an in-memory audit log cannot be read from the command line")
+        _fail(f"{without_password(log)}: error: an in-memory audit log cannot be read from the "
+              "command line")
     return path
 
 

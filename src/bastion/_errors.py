@@ -75,3 +75,11 @@ class GovernanceDenied(BastionError):
         self.decision = decision
         reason = "; ".join(decision.reasons) or decision.effect
         super().__init__(f"{decision.tool!r} {decision.effect}: {reason} (decision {decision.id})")
+
+
+def without_password(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@host`` URL in it as
+    ``***``: store targets are quoted in messages, never their secrets."""
+    import re
+
+    return re.sub(r"(://[^/@\s:]*:)[^@\s]*@", r"\1***@", text)

@@ -182,6 +182,10 @@ def _run_case(kernel: Kernel, case: Located, where: str) -> CaseResult:
                 raise PolicyError(f"'expect.{key}' must be a "
                                   + ("list of rule ids" if key == "rule_ids" else "mapping"),
                                   path=where, line=vp.line, column=vp.column)
+        if "errors" in expect and not isinstance(expect["errors"], bool):  # "false" is truthy
+            vp = expect.value_pos["errors"]
+            raise PolicyError("'expect.errors' must be true or false", path=where,
+                              line=vp.line, column=vp.column)
     repeat = case.get("repeat", 1)
     if not isinstance(repeat, int) or isinstance(repeat, bool) or not 1 <= repeat <= 10_000:
         raise PolicyError("'repeat' must be an integer from 1 to 10000", path=where,
@@ -192,6 +196,18 @@ def _run_case(kernel: Kernel, case: Located, where: str) -> CaseResult:
     assert decision is not None
     problems = _compare(decision, _plain(dict(expect)))
     return CaseResult(where, name, case.pos.line, not problems, tuple(problems), decision)
+
+
+def _same(got: Any, want: Any) -> bool:
+    """Equal and of the same JSON types all the way down (``true`` is not ``1``, ``1.0`` is
+    not ``1``), as a test means it."""
+    if isinstance(want, dict):
+        return isinstance(got, Mapping) and set(got) == set(want) \
+            and all(_same(got[k], v) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(got, list | tuple) and len(got) == len(want) \
+            and all(_same(g, w) for g, w in zip(got, want, strict=True))
+    return type(got) is type(want) and got == want
 
 
 def _compare(d: Decision, expect: dict[str, Any]) -> list[str]:
@@ -207,8 +223,8 @@ def _compare(d: Decision, expect: dict[str, Any]) -> list[str]:
         problems.append(f"code: expected {expect['code']!r}, got {d.code!r}")
     if "reason" in expect and not any(str(expect["reason"]) in r for r in d.reasons):
         problems.append(f"no reason contains {expect['reason']!r}: {list(d.reasons)!r}")
-    if "args" in expect and (d.args is None or dict(d.args) != expect["args"]):
+    if "args" in expect and (d.args is None or not _same(dict(d.args), expect["args"])):
         problems.append(f"args: expected {expect['args']!r}, got {d.args!r}")
-    if "result" in expect and d.result != expect["result"]:
+    if "result" in expect and not _same(d.result, expect["result"]):
         problems.append(f"result: expected {expect['result']!r}, got {d.result!r}")
     return problems

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from bastion._cli_audit import audit_app
+from bastion._cli_common import existing_store, parse_json
 from bastion._cli_common import fail as _fail
 from bastion._errors import BastionError, PolicyError
 from bastion.gateway._cli import gateway_app
@@ -26,6 +27,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(trust_app, name="trust")
 app.add_typer(gateway_app, name="mcp-gateway")
 
+_STAGES = ("input", "pre_tool", "post_tool", "output")
 PolicyOpt = Annotated[Path, typer.Option("--policy", "-p", help="Policy file (YAML).")]
 StateOpt = Annotated[str | None, typer.Option("--state", help="State store path or URL.")]
 
@@ -33,10 +35,7 @@ StateOpt = Annotated[str | None, typer.Option("--state", help="State store path 
 def _json_arg(name: str, text: str | None) -> Any:
     if text is None:
         return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        _fail(f"{name}:{exc.lineno}:{exc.colno}: error: invalid json: {exc.msg}")
+    value = parse_json(name, text)
     if not isinstance(value, dict):
         _fail(f"{name}:1:1: error: expected a json object")
     return value
@@ -82,14 +81,11 @@ def eval_(
     """Decide one action and print the decision as JSON: exit 0 allowed, 1 not, 2 error."""
     from bastion.kernel import Action, Kernel
 
+    if stage not in _STAGES:  # a typo is an error in what was given, not a denial
+        _fail(f"--stage: error: unknown stage {stage!r} (one of {', '.join(_STAGES)})")
     parsed = {n: _json_arg(f"--{n}", v) for n, v in
               (("args", args), ("agent", agent), ("session", session), ("context", context))}
-    res = None
-    if result is not None:
-        try:
-            res = json.loads(result)
-        except json.JSONDecodeError as exc:
-            _fail(f"--result:{exc.lineno}:{exc.colno}: error: invalid json: {exc.msg}")
+    res = None if result is None else parse_json("--result", result)
     try:
         kernel = Kernel.from_policy(policy, audit=audit if audit else False, state=state,
                                     durable=True)
@@ -101,7 +97,8 @@ def eval_(
         decision = kernel.evaluate(Action(tool=tool, stage=stage, result=res,
                                           approval=approval, **parsed))
     typer.echo(_json_out(decision.to_dict()))
-    raise typer.Exit(0 if decision.allowed else 1)
+    # denied because something failed (a store down, a guard that raised): an error, exit 2
+    raise typer.Exit(0 if decision.allowed else 2 if decision.code == "internal_error" else 1)
 
 
 def _json_out(value: Any) -> str:
@@ -195,9 +192,11 @@ def approvals(state: Annotated[str, typer.Option("--state")],
 
 
 def _open_state(state: str) -> Any:
-    """The state store named by ``--state``; exit 2 with the reason when it cannot be."""
+    """The state store named by ``--state`` (one that exists); exit 2 with the reason when it
+    cannot be."""
     from bastion.state import open_store
 
+    existing_store(state, "state store")
     try:
         return open_store(state)
     except BastionError as exc:
@@ -217,6 +216,7 @@ def _kill_switch(state: str, audit: str | None,
     from bastion.runtime._kill import KillSwitch
     from bastion.state import open_store
 
+    existing_store(state, "state store")
     store, log = None, None
     try:
         store = open_store(state)

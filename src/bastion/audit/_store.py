@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from bastion._canon import canonical_json
-from bastion._errors import AuditError, ConfigError
+from bastion._errors import AuditError, ConfigError, without_password
 from bastion._sqlite import create_private
 from bastion.audit._keys import StrPath, public_key_id, raw_public_key, resolve_keys
 from bastion.audit._merkle import CompactTree
@@ -88,11 +88,12 @@ def resolve_target(target: AuditTarget) -> Path | None:
         scheme, _, rest = text.partition("://")
         if scheme != "sqlite":
             raise ConfigError(
-                f"audit target {text!r}: the {scheme!r} backend is not available yet; "
-                "use a file path or 'sqlite:///PATH'"
+                f"audit target {without_password(text)!r}: the {scheme!r} backend is not "
+                "available yet; use a file path or 'sqlite:///PATH'"
             )
         if not rest.startswith("/") or len(rest) < 2:
-            raise ConfigError(f"audit target {text!r}: expected 'sqlite:///PATH'")
+            raise ConfigError(f"audit target {without_password(text)!r}: expected "
+                              "'sqlite:///PATH'")
         text = rest[1:]
     if text == _MEMORY:
         return None

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from bastion._cli_common import existing_store, parse_json
 from bastion._cli_common import fail as _fail
 from bastion._errors import BastionError
 
@@ -37,10 +38,7 @@ def _out(value: Any) -> None:
 def _json(name: str, text: str | None) -> Any:
     if text is None:
         return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        _fail(f"{name}:{exc.lineno}:{exc.colno}: error: invalid json: {exc.msg}")
+    return parse_json(name, text)
 
 
 @id_app.command("new")
@@ -145,6 +143,8 @@ def token_verify(token: str, root: Annotated[list[str], typer.Option("--root")],
     from bastion.mesh import VerificationError, open_mesh_store, verify_token
 
     try:
+        if store:
+            existing_store(store, "mesh store")  # a typo must not hide a revocation
         revocations = open_mesh_store(store) if store else None
     except BastionError as exc:
         _fail(f"error: {exc}")
@@ -183,6 +183,7 @@ def token_revoke(token: Annotated[str, typer.Argument(help="A token or a token i
         if re.fullmatch(r"sha256:[0-9a-f]{64}", token_id) is None:  # else it revokes nothing
             _fail(f"error: {token!r} is neither a token nor a token id (sha256: and 64 "
                   "lower-case hex digits)")
+        existing_store(store, "mesh store")  # revoked where no one looks is not revoked
         db = open_mesh_store(store)
         try:
             db.revoke(token_id, reason=reason, now=time.time())
