@@ -75,6 +75,8 @@ class Governed:
         self._calls: dict[int, tuple[Any, Pre | str]] = {}  # id(tool_input) -> its decision
         self._stops: list[tuple[Any, Decision]] = []        # (crew or agent, stop decision)
         self._lock = threading.Lock()                         # native tool calls run in threads
+        self._tickets: dict[int, int] = {}    # id(tool) -> executions its last decision allows
+        self._wrapped: dict[int, Any] = {}    # id(tool) -> the tool whose invoke is counted
 
     # -- registration -------------------------------------------------------------------------
     def install(self) -> Governed:
@@ -90,6 +92,11 @@ class Governed:
         with self._lock:
             self._calls.clear()
             self._stops.clear()
+            self._tickets.clear()
+            wrapped, self._wrapped = list(self._wrapped.values()), {}
+        for tool in wrapped:  # the tools' own invoke again
+            for name in ("invoke", "ainvoke"):
+                vars(tool).pop(name, None)
 
     def __enter__(self) -> Governed:
         return self.install()
@@ -146,7 +153,49 @@ class Governed:
         if pre.args != ctx.tool_input:  # in place: CrewAI passes this very dict to the tool
             ctx.tool_input.clear()
             ctx.tool_input.update(pre.args)
+        self._allow_once(getattr(ctx, "tool", None))
         return None
+
+    def _allow_once(self, tool: Any) -> None:
+        """One execution of ``tool`` for the decision just made. CrewAI's text (ReAct) path
+        runs a raising tool again, and again with all its arguments, without asking the hooks:
+        its ``invoke``/``ainvoke`` are counted, so a second run needs a second decision."""
+        if tool is None:
+            return
+        with self._lock:
+            self._tickets[id(tool)] = 1
+            if id(tool) in self._wrapped:
+                return
+            self._wrapped[id(tool)] = tool
+        for name in ("invoke", "ainvoke"):
+            original = getattr(tool, name, None)
+            if callable(original):
+                with contextlib.suppress(AttributeError, TypeError):  # no __dict__: uncounted
+                    object.__setattr__(tool, name, self._counted(tool, original,
+                                                                 name == "ainvoke"))
+
+    def _counted(self, tool: Any, original: Callable[..., Any], is_async: bool) -> Any:
+        def spend() -> None:
+            with self._lock:
+                if id(tool) not in self._wrapped:
+                    return  # uninstalled meanwhile: the tool is no longer governed here
+                left = self._tickets.get(id(tool), 0)
+                if left <= 0:
+                    raise PermissionError(f"bastion: tool {getattr(tool, 'name', '?')!r} ran "
+                                          "once on its decision; running it again (a retry) "
+                                          "needs a new decision")
+                self._tickets[id(tool)] = left - 1
+
+        if is_async:
+            async def arun(*args: Any, **kwargs: Any) -> Any:
+                spend()
+                return await original(*args, **kwargs)
+            return arun
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            spend()
+            return original(*args, **kwargs)
+        return run
 
     def _ask(self, ctx: Any, pre: Pre, over: dict[str, Source]) -> Pre:
         """CrewAI's pause: ask at the console, record the answer, decide the call again."""

@@ -70,9 +70,16 @@ class BastionPlugin(BasePlugin):  # type: ignore[misc]  # BasePlugin is Any with
         if confirmation is not None and not confirmation.confirmed:
             self._answer(tool_context)
             return {"error": f"The tool call '{tool.name}' was rejected by the user."}
-        pre = await self.gate.abefore(
-            tool.name, tool_args, agent=_bind(self._agent_from, tool_context),
-            session=_bind(self._session_from, tool_context))
+        if getattr(tool, "include_plugins", True) is False:
+            # an AgentTool that runs its sub-agent on a Runner without this plugin: the
+            # sub-agent's tools would run with no decision, so the call itself is refused
+            pre = self.gate._broken(tool.name, "pre_tool", ValueError(
+                "AgentTool(include_plugins=False) runs its sub-agent without bastion's plugin, "
+                "so its tool calls could not be governed"))
+        else:
+            pre = await self.gate.abefore(
+                tool.name, tool_args, agent=_bind(self._agent_from, tool_context),
+                session=_bind(self._session_from, tool_context))
         if pre.run:
             if pre.args != tool_args:
                 tool_args.clear()

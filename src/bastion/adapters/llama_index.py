@@ -34,7 +34,8 @@ from llama_index.core.workflow import Context, HumanResponseEvent, InputRequired
 from bastion.adapters._core import STOP_CODES, Post, Pre, RunStopped, Source, ToolGate
 from bastion.kernel import Kernel
 
-__all__ = ["ApprovalDecided", "ApprovalRequired", "GovernedTool", "govern_tools", "watch"]
+__all__ = ["ApprovalDecided", "ApprovalRequired", "GovernedTool", "govern_tools",
+           "govern_workflow", "watch"]
 
 
 class ApprovalRequired(InputRequiredEvent):  # type: ignore[misc]
@@ -125,6 +126,32 @@ def govern_tools(tools: Iterable[BaseTool], kernel: Kernel, *, agent: Source = N
     gate = ToolGate(kernel, agent=agent, session=session, context=context,
                     stop_codes=stop_codes)
     return [GovernedTool(t, gate, pause_on_approval=pause_on_approval) for t in tools]
+
+
+def govern_workflow(workflow: Any, kernel: Kernel, *, session: Source = None,
+                    context: Source = None, pause_on_approval: bool = False,
+                    stop_codes: frozenset[str] = STOP_CODES) -> Any:
+    """Put an ``AgentWorkflow``'s own ``handoff`` tool under ``kernel`` too: the workflow adds
+    it to every agent after their tools were wrapped, and it passes control to an agent the
+    model names (``args.to_agent``), so an ungoverned one would be a tool call no rule sees.
+    Each agent's handoff is decided as tool ``handoff`` for agent id = the agent's name.
+    Returns ``workflow`` (changed in place)."""
+    gates: dict[str, ToolGate] = {}
+    make = workflow._get_handoff_tool  # the workflow's own, bound
+
+    def governed_handoff(current_agent: Any) -> Any:
+        tool = make(current_agent)
+        if tool is None:
+            return None
+        gate = gates.get(current_agent.name)
+        if gate is None:
+            gate = gates[current_agent.name] = ToolGate(
+                kernel, agent={"id": current_agent.name}, session=session, context=context,
+                stop_codes=stop_codes)
+        return GovernedTool(tool, gate, pause_on_approval=pause_on_approval)
+
+    object.__setattr__(workflow, "_get_handoff_tool", governed_handoff)
+    return workflow
 
 
 async def watch(handler: Any, on_event: Callable[[Any], Any] | None = None) -> Any:
