@@ -93,9 +93,21 @@ _RUN_FILES = ("", "-wal", "-shm", "-journal", ".key", ".sign.pem", ".gen")
 _MARKER = ".bastion-demo"  # in a directory the demo made: only there does it replace files
 
 
+def _made_by_an_older_demo(workdir: Path) -> bool:
+    """A directory an older demo (before the marker) made: only its files, its own policy."""
+    ours = {"policy.yaml"} | {name + suffix for name in ("audit.db", "state.db", "flow-audit.db")
+                              for suffix in _RUN_FILES}
+    try:
+        return all(p.name in ours for p in workdir.iterdir()) \
+            and (workdir / "policy.yaml").read_text(encoding="utf-8") == POLICY
+    except OSError:
+        return False
+
+
 def run_demo(workdir: Path) -> int:
     console = Console()
-    if workdir.is_dir() and any(workdir.iterdir()) and not (workdir / _MARKER).exists():
+    if workdir.is_dir() and any(workdir.iterdir()) and not (workdir / _MARKER).exists() \
+            and not _made_by_an_older_demo(workdir):
         raise FileExistsError(errno.EEXIST, "the directory holds files the demo did not make "
                               "(its policy.yaml and audit.db would be replaced); give --dir a "
                               "new or empty directory")

@@ -78,8 +78,11 @@ class GovernanceDenied(BastionError):
 
 
 def without_password(text: str) -> str:
-    """``text`` with the password of any ``scheme://user:password@host`` URL in it as
-    ``***``: store targets are quoted in messages, never their secrets."""
+    """``text`` with the password of any ``scheme://user:password@host`` URL in it (up to the
+    last ``@`` before the host: a password may hold one) and of any ``password=``-like query
+    parameter as ``***``: store targets are quoted in messages, never their secrets."""
     import re
 
-    return re.sub(r"(://[^/@\s:]*:)[^@\s]*@", r"\1***@", text)
+    text = re.sub(r"(://[^/@\s:]*:)[^/\s]*@", r"\1***@", text)
+    return re.sub(r"([?&](?:ssl)?pass(?:word|wd)?=)[^&\s'\"]*", r"\1***", text,
+                  flags=re.IGNORECASE)

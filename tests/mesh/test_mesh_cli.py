@@ -74,6 +74,9 @@ def test_an_unreachable_store_is_a_clean_error_not_a_traceback(tmp_path: Path) -
 
 def test_an_slo_breach_is_recorded_and_costs_trust(tmp_path: Path) -> None:
     audit = str(tmp_path / "audit.db")
+    from bastion.audit import AuditLog
+
+    AuditLog.open(audit).close()  # the fleet's log (slo-breach refuses a path that is not one)
     code, out = _run("trust", "slo-breach", "alice", "--audit", audit, "--slo", "p99-latency",
                      "--objective", "0.5", "--observed", "2.5", "--by", "sre-bot")
     assert code == 0 and str(out["recorded"]).startswith("slo:")

@@ -97,6 +97,9 @@ def test_cli_signed_release(tmp_path: Path) -> None:
     did = json.loads(created.stdout.strip().splitlines()[-1])["did"]
     keys = tmp_path / "release-keys.yaml"
     keys.write_text(f"alice: {did}\n")
+    from bastion.state import open_store
+
+    open_store(state).close()  # the fleet's store (the kernel makes it; kill refuses a typo)
     assert _cli("kill", "--state", state, "--by", "oncall", "--all").returncode == 0
     common = ("release", "--state", state, "--audit", audit, "--by", "alice", "--all")
     unsigned = _cli(*common, "--release-keys", str(keys))

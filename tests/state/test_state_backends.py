@@ -244,6 +244,7 @@ def test_the_cli_reads_and_writes_the_store(url: str) -> None:
         return subprocess.run([str(BASTION), *args], capture_output=True, text=True,
                               check=False, timeout=60)
 
+    open_store(url).close()  # the fleet's store (the kernel makes it; kill refuses a typo)
     done = cli("kill", "--agent", "bad-bot", "--state", url, "--by", "ops", "--reason", "loop")
     assert done.returncode == 0, done.stderr
     listed = cli("kills", "--state", url)

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bastion._errors import PolicyError
+from bastion._errors import BastionError, PolicyError
+from bastion._sqlite import sqlite_path
 from bastion.policy._yaml import Located, LocatedList, Pos, read_source, read_yaml
 
 SEPARATOR = "__"
@@ -77,7 +78,7 @@ def parse_config(text: str, path: str = "<text>", *, base: Path | None = None) -
     doc = read_yaml(text, path)
     if not isinstance(doc, Located):
         raise PolicyError("expected a mapping", path=path, line=1, column=1)
-    c = _Checker(path, base or Path.cwd())
+    c = _Checker(path, base or Path.cwd(), text)
     c.keys(doc, _TOP, required=("version", "policy", "upstreams"))
     if type(doc["version"]) is not int or doc["version"] != 1:  # not True, not 1.0
         c.fail(doc.value_pos["version"], "unsupported version (expected 1)")
@@ -93,7 +94,11 @@ def parse_config(text: str, path: str = "<text>", *, base: Path | None = None) -
     if "state" not in doc:  # pins kept in memory would make every restart a first sight
         c.fail(doc.pos, "missing required key 'state' (the file that keeps tool pins)")
     state = c.path(doc, "state")
-    if state.startswith((":memory:", "memory:")):
+    try:
+        in_memory = sqlite_path(state, "state") == ":memory:"  # as the stores will read it
+    except BastionError:
+        in_memory = False  # another backend: the stores say whether they have it
+    if in_memory:
         c.fail(doc.value_pos["state"], "'state' must be a file (pins kept in memory would make "
                                        "every restart a first sight)")
     return GatewayConfig(
@@ -106,8 +111,9 @@ def parse_config(text: str, path: str = "<text>", *, base: Path | None = None) -
 
 
 class _Checker:
-    def __init__(self, path: str, base: Path):
+    def __init__(self, path: str, base: Path, text: str = ""):
         self.file, self.base = path, base
+        self.lines = text.splitlines()
 
     def fail(self, pos: Pos, message: str) -> Any:
         raise PolicyError(message, path=self.file, line=pos.line, column=pos.column)
@@ -154,11 +160,22 @@ class _Checker:
         if key not in node:
             return None
         value = node[key]
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            # a number would be sent re-spelt ("2.10" as "2.1", "+5" as "5"): quoted, it is not
+        if not isinstance(value, dict) or not all(
+                isinstance(v, str) or (type(v) is int and self._written(value, k) == str(v))
+                for k, v in value.items()):
+            # a number would be sent re-spelt ("2.10" as "2.1", "+5" as "5"): quoted, it is
+            # not; a plain integer (8080) is sent as written
             self.fail(node.value_pos[key], f"{key!r} must map names to strings (quote numbers "
-                                           "such as '2.10' or '8080')")
+                                           "such as '2.10' or '+5')")
         return {str(k): str(v) for k, v in value.items()}
+
+    def _written(self, node: Any, key: str) -> str:
+        """The text a plain scalar value of ``node[key]`` was written as ("" if unknown)."""
+        pos = getattr(node, "value_pos", {}).get(key)
+        if pos is None or not 0 < pos.line <= len(self.lines):
+            return ""
+        token = re.match(r"[^,}\]\s#]+", self.lines[pos.line - 1][pos.column - 1:])
+        return token.group(0) if token else ""
 
     def upstream(self, node: Any, pos: Pos) -> Upstream:
         if not isinstance(node, Located):

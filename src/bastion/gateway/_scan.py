@@ -143,7 +143,8 @@ def _scan_text(where: str, text: str,
 
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 _APOSTROPHES = str.maketrans(dict.fromkeys(
-    "\u2018\u2019\u201b\u02bc\u02bb\u02b9\u2032\u00b4\u0060\uff07", "'"))
+    "\u2018\u2019\u201b\u02bc\u02bb\u02bd\u02b9\u2032\u00b4\u0060\uff07\ua78b\ua78c"
+    "\u055a\u05f3", "'"))
 
 
 def _as_read(text: str) -> str:
@@ -152,14 +153,18 @@ def _as_read(text: str) -> str:
     NFKC and casefold, combining marks dropped ("ïgnore"), look-alike small letters and small
     capitals as Latin ones, words joined by '_', '-' or '.' apart, blank space as one, and
     typographic apostrophes as ASCII."""
-    folded = norm_text(_CAMEL.sub(" ", text.translate(_LATIN_CAPITALS)))
+    # NFKC (fullwidth letters become ASCII) and the look-alike folds first, with case kept, so
+    # camelCase is seen between the letters a model reads ("ignorеAll" with a Cyrillic е)
+    cased = unicodedata.normalize("NFKC", text).translate(_LATIN_CAPITALS).translate(_LATIN)
+    folded = norm_text(_CAMEL.sub(" ", cased))
     bare = "".join(ch for ch in unicodedata.normalize("NFD", folded)
                    if unicodedata.category(ch) != "Mn")
     latin = unicodedata.normalize("NFC", bare).translate(_LATIN).translate(_SMALL_CAPITALS)
-    return _JOINERS.sub(" ", latin).translate(_APOSTROPHES)
+    dashed = "".join("-" if unicodedata.category(ch) == "Pd" else ch for ch in latin)
+    return _JOINERS.sub(" ", dashed).translate(_APOSTROPHES)
 
 
-_JOINERS = re.compile(r"(?:[\s_]|(?<=\w)[-.](?=\w))+")
+_JOINERS = re.compile(r"(?:[\s_]|(?<=\w)[-.\u00b7\u2027\u30fb](?=\w))+")
 _SMALL_CAPITALS = str.maketrans({
     "ᴀ": "a", "ʙ": "b", "ᴄ": "c", "ᴅ": "d", "ᴇ": "e", "ꜰ": "f", "ɢ": "g", "ʜ": "h", "ɪ": "i",
     "ᴊ": "j", "ᴋ": "k", "ʟ": "l", "ᴍ": "m", "ɴ": "n", "ᴏ": "o", "ᴘ": "p", "ʀ": "r", "ꜱ": "s",

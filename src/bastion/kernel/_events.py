@@ -8,6 +8,7 @@ they are flat, a deep JSON-shaped copy otherwise), and the audit writer's thread
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -156,6 +157,9 @@ def _masked_context(context: Any) -> Any:
     """Credentials presented in the context (a ``snapshot``) are recorded by digest only
     (masking as data), in a map with keys that are not text (``$map`` pairs) too."""
     def masked(key: Any, value: Any) -> Any:
+        if isinstance(key, dict) and set(key) == {"$bytes"}:  # a header-style bytes key
+            with contextlib.suppress(ValueError, TypeError):
+                key = bytes.fromhex(key["$bytes"]).decode("utf-8", "replace")
         secret = isinstance(key, str) and norm_text(key) in SECRET_CONTEXT_KEYS
         return {"$masked": digest(value)} if secret else value
 

@@ -205,7 +205,8 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
             finally:
                 if inspect.iscoroutine(awaitable):
                     awaitable.close()  # never started (a kill switch): no "never awaited"
-                elif callable(getattr(awaitable, "cancel", None)) and not awaitable.done():
+                elif callable(getattr(awaitable, "cancel", None)) and callable(
+                        done := getattr(awaitable, "done", None)) and not done():
                     awaitable.cancel()  # a task the tool scheduled: it runs no further
 
         if inspect.iscoroutinefunction(fn):
@@ -249,7 +250,8 @@ def govern(kernel: Kernel, *, name: str | None = None, agent: Source = None,
                     waiting = pending(decision, result, started)
                     aio = sys.modules.get("asyncio")  # loaded: a Future exists
                     if aio is not None and isinstance(result, aio.Future):
-                        return aio.ensure_future(waiting)  # still a task: cancel(), callbacks
+                        # still a task (cancel(), callbacks), on the loop the future belongs to
+                        return aio.ensure_future(waiting, loop=result.get_loop())
                     return waiting
                 if post or labels or type(result) in _GENERATORS:
                     return after(decision, result, started)
@@ -335,11 +337,12 @@ class _Binder:
                 src = new.get(pname, {}) if nested else new
                 if not isinstance(src, Mapping):  # masked whole: every extra keyword masked
                     src = dict.fromkeys(extra, MASK)
-                b.arguments[pname] = {k: src.get(k, v) for k, v in extra.items()}
-            elif kind is self.P.VAR_POSITIONAL and pname in new:
-                value = new[pname]  # masked whole: every positional masked, not spelt out
+                # a keyword the redaction renamed (a pattern matched it) is masked, not passed
+                b.arguments[pname] = {k: src.get(k, MASK) for k in extra}
+            elif kind is self.P.VAR_POSITIONAL:
+                value = new.get(pname, MASK)  # masked whole: every positional masked
                 b.arguments[pname] = tuple(value) if isinstance(value, list | tuple) \
                     else (MASK,) * len(b.arguments[pname])
-            elif pname in new and pname not in _SKIP:
-                b.arguments[pname] = new[pname]
+            elif pname not in _SKIP:  # absent: renamed by a pattern, so masked
+                b.arguments[pname] = new.get(pname, MASK)
         return b.args, b.kwargs

@@ -43,9 +43,19 @@ def _copy(value: Any) -> Any:
         return {k: _copy(v) for k, v in value.items()}
     if _named(value):  # opened by _fields where a path or a pattern reaches it
         return value
-    if isinstance(value, list | tuple | set | frozenset):  # sets as lists: every item reachable
+    if isinstance(value, list):
         return [_copy(v) for v in value]
+    if isinstance(value, tuple | set | frozenset):  # kept their types (a tool may rely on it)
+        return _retype(value, [_copy(v) for v in value])
     return value
+
+
+def _retype(like: Any, items: list[Any]) -> Any:
+    """``items`` as a container of ``like``'s type (a list when that type will not take them)."""
+    try:
+        return type(like)(items)
+    except Exception:
+        return items
 
 
 def _mask_path(node: Any, parts: list[str]) -> Any:
@@ -55,6 +65,8 @@ def _mask_path(node: Any, parts: list[str]) -> Any:
     fields = _fields(node)
     if fields is not None:  # conditions read a dataclass or a model as the map of its fields
         return _rebuilt(node, _mask_path(fields, parts))
+    if isinstance(node, tuple | set | frozenset):  # masked as a list, then its type again
+        return _retype(node, _mask_path(list(node), parts))
     if not isinstance(node, dict | list):
         return MASK  # an object the path may lead into and nothing here can open: all of it
     if isinstance(node, dict):
@@ -88,11 +100,13 @@ def _mask_pattern(node: Any, rx: Any) -> Any:
                 key = f"{rx.sub(MASK, k)} ({n})"
             out[key] = _mask_pattern(v, rx)
         return out
-    if isinstance(node, list):
-        return [_mask_pattern(v, rx) for v in node]
     fields = _fields(node)
     if fields is not None:
         return _rebuilt(node, _mask_pattern(fields, rx))
+    if isinstance(node, list):
+        return [_mask_pattern(v, rx) for v in node]
+    if isinstance(node, tuple | set | frozenset):
+        return _retype(node, [_mask_pattern(v, rx) for v in node])
     if node is None or isinstance(node, bool | int | float):
         return node
     text = str(node)  # any other object (a dataclass, an SDK model): as its text when it matches
@@ -130,12 +144,8 @@ def _rebuilt(node: Any, fields: dict[str, Any]) -> Any:
     """``node`` with the fields that redaction changed replaced (a tuple stays a tuple);
     when it cannot be rebuilt (fields set outside ``__init__``, a model that refuses the
     copy), the whole value masked."""
-    changed = {}
-    for name, new in fields.items():
-        old = getattr(node, name, None)
-        if not _same(new, old):
-            changed[name] = type(old)(new) if isinstance(old, tuple | set | frozenset) \
-                and isinstance(new, list) and not _named(old) else new
+    changed = {name: new for name, new in fields.items()
+               if not _same(new, getattr(node, name, None))}
     if not changed:
         return node
     try:
@@ -153,7 +163,6 @@ def _same(new: Any, old: Any) -> bool:
     if new is old:
         return True
     try:
-        return bool(new == old) or (isinstance(old, tuple | set | frozenset)
-                                    and isinstance(new, list) and new == list(old))
+        return type(new) is type(old) and bool(new == old)
     except Exception:  # a value that cannot be compared: rebuilt, to be sure
         return False

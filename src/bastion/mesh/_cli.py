@@ -85,6 +85,8 @@ def id_rotate(key: KeyOpt, out: Annotated[Path, typer.Option("--out", help="New 
         old = Identity.load(key)
         new = Identity.generate()
         statement = rotation_statement(old, new, agent_id=agent, at=int(time.time()))
+        if registry:
+            existing_store(registry, "mesh store")  # a rotation no one reads is none
         new.save(out)  # the new key exists on disk before the registry points at it
         if registry:
             store = open_mesh_store(registry)
@@ -203,6 +205,8 @@ def trust_show(agent: str, audit: Annotated[Path, typer.Option("--audit", help="
 
     if not audit.exists():
         _fail(f"{audit}: error: no such audit log")
+    if registry:
+        existing_store(registry, "mesh store")  # an empty one would count nobody's word
     try:
         store = open_mesh_store(registry) if registry else None
     except BastionError as exc:
@@ -230,6 +234,8 @@ def trust_slo_breach(agent: str, audit: Annotated[Path, typer.Option("--audit", 
     from bastion.audit import AuditLog
     from bastion.mesh import record_slo_breach
 
+    if not audit.is_file():  # evidence written to a new log no trust engine reads is lost
+        _fail(f"{audit}: error: no such audit log (record the breach in the fleet's log)")
     try:
         log = AuditLog.open(str(audit), durable=True)
         try:

@@ -135,7 +135,7 @@ class _Ctx:
         self.path = path
         self.lines = text.splitlines()
 
-    def inside(self, value: Pos, line: int, col: int) -> Pos:
+    def inside(self, value: Pos, line: int, col: int, key: Pos | None = None) -> Pos:
         """The file position of ``line:col`` inside the scalar that starts at ``value``.
 
         Exact for single-line plain and quoted scalars (without escapes before the position)
@@ -149,8 +149,9 @@ class _Ctx:
             # a line's indentation is the condition's own text
             header = self.lines[value.line - 1] if 0 < value.line <= len(self.lines) else ""
             indicator = _INDICATOR.search(header)
-            if indicator is not None:
-                indent = len(header) - len(header.lstrip(" ")) + int(indicator.group(1))
+            if indicator is not None:  # counted from the mapping the key belongs to
+                base = key.column - 1 if key is not None else len(header) - len(header.lstrip())
+                indent = base + int(indicator.group(1))
             else:
                 first = next((t for t in self.lines[value.line:row] if t.strip()), "")
                 indent = len(first) - len(first.lstrip(" "))
@@ -230,7 +231,7 @@ def _rule(ctx: _Ctx, node: Located) -> Rule:
         err = check_condition(when)
         if err is not None:
             line, col, msg = err
-            ctx.fail(ctx.inside(node.value_pos["when"], line, col),
+            ctx.fail(ctx.inside(node.value_pos["when"], line, col, node.key_pos["when"]),
                      f"in 'when' of rule {rid!r}: {msg}")
     limit = _limit(ctx, node)
     if limit is not None and effect not in (Effect.ALLOW, Effect.REQUIRE_APPROVAL):

@@ -125,6 +125,7 @@ class _Generation:
         self._fd: int | None = None
         self._path = path
         self._checked = 0.0
+        self._stale = False
         if path is None:
             return
         self._fd = self._open(path)
@@ -157,6 +158,10 @@ class _Generation:
     def read(self) -> int:
         if self._fd is None:
             return self._local
+        if self._stale:
+            self._stale = False
+            self._local -= 1
+            return self._local
         now = time.monotonic()
         if now - self._checked > self.RECHECK_S:
             self._checked = now
@@ -177,7 +182,8 @@ class _Generation:
         if self._fd is None:
             self._local += 1
             return
-        self._replaced()  # always: the change must go to the file the path names now
+        if self._replaced():  # the change must go to the file the path names now, and
+            self._stale = True  # this process reloads too (the new file may hold its value)
         try:
             data = os.pread(self._fd, 8, 0)
         except OSError:
