@@ -88,9 +88,10 @@ class FlakyStore:
         self._maybe_fail(key)
         return int(self._inner.add(key, amount, window_s, now))
 
-    def add_fact(self, key: str, window_s: int, now: float, facts: str, body: bytes) -> int:
+    def add_fact(self, key: str, window_s: int, now: float, facts: str, body: bytes,
+                 **extra: Any) -> int:
         self._maybe_fail(key)
-        return int(self._inner.add_fact(key, window_s, now, facts, body))
+        return int(self._inner.add_fact(key, window_s, now, facts, body, **extra))
 
 
 # policies several review files use: a history rule that allows, one that denies, and a rule on

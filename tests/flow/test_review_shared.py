@@ -108,9 +108,10 @@ class _Hooked:
             setattr(self, which, None)
             _in_thread(hook[1])
 
-    def add_fact(self, key: str, window_s: int, now: float, facts: str, body: bytes) -> int:
+    def add_fact(self, key: str, window_s: int, now: float, facts: str, body: bytes,
+                 **extra: Any) -> int:
         self._fire("before", body)
-        n = int(self._inner.add_fact(key, window_s, now, facts, body))
+        n = int(self._inner.add_fact(key, window_s, now, facts, body, **extra))
         self._fire("after", body)
         return n
 

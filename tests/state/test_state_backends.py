@@ -91,7 +91,10 @@ def test_take_counts_to_the_limit_per_window(pair: tuple[StateStore, StateStore]
     assert a.take("rate:k", 3, 60, NOW) == (False, 3)  # refused takes do not count
     assert b.count("rate:k", 60, NOW) == 3
     assert b.take("rate:k", 3, 60, NOW + 60) == (True, 1)  # a new window
-    assert a.count("rate:k", 60, NOW) == 0  # the old window is gone
+    # a worker whose clock is a window behind counts in the newer window (never resets it)
+    assert a.count("rate:k", 60, NOW) == 1
+    assert a.take("rate:k", 3, 60, NOW) == (True, 2)
+    assert b.count("rate:k", 60, NOW + 60) == 2
     assert a.take("huge", 1 << 62, FOREVER, NOW) == (True, 1)
 
 
@@ -312,7 +315,7 @@ def test_flags_stay_right_when_the_subscription_drops(redis_url: str) -> None:
     import redis
 
     a, b = open_store(redis_url), open_store(redis_url)
-    watch: Any = vars(b)["_watch"]
+    watch: Any = b._watching()  # type: ignore[attr-defined]  # (started by the first read)
     try:
         assert _eventually(lambda: time.monotonic() < watch.live_until)
         assert b.flags() == {}
@@ -329,7 +332,7 @@ def test_flags_stay_right_when_the_subscription_drops(redis_url: str) -> None:
 def test_a_silent_subscription_reads_through(redis_url: str) -> None:
     b = open_store(redis_url)
     a = open_store(redis_url)
-    watch: Any = vars(b)["_watch"]
+    watch: Any = b._watching()  # type: ignore[attr-defined]  # (started by the first read)
     try:
         assert _eventually(lambda: time.monotonic() < watch.live_until)
         assert b.flags() == {}

@@ -48,7 +48,7 @@ class SessionBudgets:
             if used >= b.session_tokens:
                 return "budget", f"session token budget exhausted ({used} of {b.session_tokens})"
         if b.max_repeats is not None or b.max_failures is not None:
-            if state.count(f"breaker:{session_id}", FOREVER, ts):
+            if state.count(f"breaker:{session_id}", FOREVER, ts) > 0:
                 return "loop", ("the session's loop breaker has tripped; no further calls until "
                                 "it is reset")
             call = _call_key(tool, action.args)
@@ -85,8 +85,12 @@ class SessionBudgets:
         self._state.add(f"fail:{session_id}:{call}", 1, FOREVER, now)
 
     def reset(self, session_id: str, now: float) -> None:
-        trips = self._state.count(f"breaker:{session_id}", FOREVER, now)
-        self._state.add(f"breaker:{session_id}", -trips, FOREVER, now)
+        delete = getattr(self._state, "delete", None)
+        if delete is not None:  # at once: two resets together must not take it below zero
+            delete([f"breaker:{session_id}"])
+        else:
+            trips = self._state.count(f"breaker:{session_id}", FOREVER, now)
+            self._state.add(f"breaker:{session_id}", -trips, FOREVER, now)
         for kind in ("repeat", "fail"):  # this session's keys only: not those of "ID:more"
             prefix = f"{kind}:{session_id}:"
             many = getattr(self._state, "counts", None)

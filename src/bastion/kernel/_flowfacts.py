@@ -17,6 +17,7 @@ process's fact. An ended session is a tombstone in the store: every tracker then
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -95,6 +96,9 @@ class SharedFacts:
         # (add_fact): a process that has not seen a fact replays it from there (_catch_up)
         # instead of failing closed
         self._logs = share and state is not None and callable(getattr(state, "add_fact", None))
+        # a store of bastion's takes no fact once a session ended, atomically; another's (an
+        # older signature) is asked first, which leaves a narrow gap
+        self._ceiling = self._logs and "ceiling" in inspect.signature(state.add_fact).parameters
         self._counted: dict[str, set[str]] = {}  # session -> labels this process counted
         # an in-process store (":memory:") is nobody else's: its counts are kept here, so only
         # eviction can make them differ from what this tracker recorded
@@ -321,6 +325,9 @@ class SharedFacts:
                 self._local[session_id] = (total + 1, counted | frozenset(new_labels))
             return total + 1
         now = self._clock()
+        if self._logs and self._state.count(f"flow:n:{session_id}", FOREVER, now) \
+                >= ENDED_COUNT:
+            return None  # ended: what arrives late (a call in flight) is not kept in the store
         for label in new_labels:
             self._state.add(f"flow:l:{session_id}:{label}", 1, FOREVER, now)
         if fact is not None and self._logs:
@@ -328,8 +335,10 @@ class SharedFacts:
             if len(body) > MAX_FACT_BYTES:  # kept without its data: a replay unplaces its labels
                 body = orjson.dumps({**{k: v for k, v in fact.items() if k not in ("v", "raw")},
                                      "cut": True})
-            return int(self._state.add_fact(f"flow:n:{session_id}", FOREVER, now, session_id,
-                                            body))
+            extra = {"ceiling": ENDED_COUNT} if self._ceiling else {}  # an end meanwhile
+            seq = int(self._state.add_fact(f"flow:n:{session_id}", FOREVER, now, session_id,
+                                           body, **extra))
+            return None if seq >= ENDED_COUNT else seq
         return int(self._state.add(f"flow:n:{session_id}", 1, FOREVER, now))
 
 

@@ -25,6 +25,7 @@ import os
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -100,6 +101,15 @@ class Kernel(KernelOperations):
         self._clock = clock
         self._prefix = id_prefix if id_prefix is not None else os.urandom(6).hex()
         self._ids = itertools.count(1)
+        if id_prefix is None:  # a forked worker draws its own: no two mint one decision id
+            me = weakref.ref(self)
+
+            def in_child() -> None:
+                kernel = me()
+                if kernel is not None:
+                    kernel._prefix, kernel._ids = os.urandom(6).hex(), itertools.count(1)
+
+            os.register_at_fork(after_in_child=in_child)
         used = frozenset().union(*(cr.variables for cr in self.compiled.rules))
         self._needs_agent_facts = "agent" in used
         # counting calls costs a state-store write per decision: only when something reads the

@@ -26,15 +26,20 @@ on one host); a change made here is seen here at once. If the subscription drops
 every read goes to Redis until it is back, so a lost message can never keep a stale flag.
 
 Any Redis or network error is raised as ``StateError``: the kernel then denies, naming the store.
-Nothing connects when the store is made, so a fleet does not crash while Redis restarts; its
-decisions are denied until Redis answers again.
+Nothing connects when the store is made (the subscription starts at the first flag read, on a
+client of its own), so a fleet does not crash while Redis restarts; its decisions are denied
+until Redis answers again. A process forked from one that holds the store starts with a client,
+an empty flag cache and a subscription of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
@@ -154,6 +159,8 @@ class _FlagWatch:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=LIVE_S)
+        with contextlib.suppress(Exception):  # its own client: nothing else uses it
+            self._client.connection_pool.disconnect()
 
 
 class RedisStore:
@@ -161,25 +168,49 @@ class RedisStore:
 
     def __init__(self, url: str):
         redis = _redis()
-        target, self._p, self.where = _split(url)
+        self._target, self._p, self.where = _split(url)
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._connect()
+        self._index, self._flagkey = self._p + "cx", self._p + "flags"
+        self._expiring = self._p + "cxe"  # names of counters that expire, by when
+        self._closed = False
+        self._mine = 0  # changes made by this process (seen here at once)
+        # a forked child (gunicorn --preload, multiprocessing) has none of the parent's
+        # threads and may hold its pool's lock as the fork found it: it starts afresh
+        me = weakref.ref(self)
+
+        def in_child() -> None:
+            store = me()
+            if store is not None:
+                store._connect()
+
+        os.register_at_fork(after_in_child=in_child)
+
+    def _connect(self) -> None:
+        """A client and its scripts of this process's own; the flag cache empty, its
+        subscription not started (the first ``flags`` starts it, on a client of its own)."""
         try:
-            self._r = redis.Redis.from_url(target)
+            self._r = _redis().Redis.from_url(self._target)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"state store {self.where!r}: {exc}") from exc
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         s = self._r.register_script
         self._take, self._add, self._counts, self._clear, self._delete = (
             s(TAKE), s(ADD), s(COUNTS), s(CLEAR), s(DELETE))
         self._add_fact = s(ADD_FACT)
         self._put, self._decide, self._consume = s(PUT), s(DECIDE), s(CONSUME)
-        self._index, self._flagkey = self._p + "cx", self._p + "flags"
-        self._expiring = self._p + "cxe"  # names of counters that expire, by when
-        self._closed = False
         self._lock = threading.Lock()
-        self._mine = 0  # changes made by this process (seen here at once)
         # (the changes seen when the flags were loaded, the flags): one object, replaced whole
         self._cache: tuple[tuple[int, int], dict[str, str]] = ((-1, -1), {})
-        self._watch = _FlagWatch(self._r, self._p + "flags:changed")
+        self._watch: _FlagWatch | None = None
+
+    def _watching(self) -> _FlagWatch:
+        if self._closed:  # a closed store starts nothing (and holds no connection)
+            raise StateError(f"state store {self.where!r}: reading flags on a closed store")
+        with self._lock:
+            if self._watch is None:
+                self._watch = _FlagWatch(_redis().Redis.from_url(self._target),
+                                         self._p + "flags:changed")
+            return self._watch
 
     @contextmanager
     def _io(self, what: str) -> Iterator[None]:
@@ -217,13 +248,15 @@ class RedisStore:
     def add(self, key: str, amount: int, window_s: int, now: float) -> int:
         return int(self._counter_call(self._add, key, window_s, now, amount))
 
-    def add_fact(self, key: str, window_s: int, now: float, facts: str, body: bytes) -> int:
-        """``add(key, 1, …)`` and keep ``body`` under ``(facts, the new count)``, atomically."""
+    def add_fact(self, key: str, window_s: int, now: float, facts: str, body: bytes,
+                 ceiling: int | None = None) -> int:
+        """``add(key, 1, …)`` and keep ``body`` under ``(facts, the new count)``, atomically;
+        nothing when the count is already at ``ceiling`` (then: the count)."""
         with self._io("add_fact"):
             return int(self._add_fact(
                 keys=[self._counter(key), self._index, self._expiring, self._p + "f:" + facts],
                 args=[key, int(now // window_s), 1, self._ttl_ms(window_s), self._p + "c:",
-                      body]))
+                      body, "" if ceiling is None else str(int(ceiling))]))
 
     def facts(self, facts: str, upto: int, since: int = 0) -> dict[int, bytes]:
         """The bodies kept under ``facts`` numbered ``since + 1`` to ``upto``."""
@@ -241,7 +274,7 @@ class RedisStore:
     def count(self, key: str, window_s: int, now: float) -> int:
         with self._io("count"):
             w, n = self._r.hmget(self._counter(key), "w", "n")
-        return int(n) if w is not None and int(w) == int(now // window_s) else 0
+        return int(n) if w is not None and int(w) >= int(now // window_s) else 0
 
     def counts(self, prefix: str, window_s: int, now: float) -> dict[str, int]:
         """Every counter whose key starts with ``prefix`` (exactly), in the current window."""
@@ -265,7 +298,7 @@ class RedisStore:
             return int(self._delete(keys=[self._index], args=[self._p + "c:", *names]))
 
     def flags(self) -> dict[str, str]:
-        watch = self._watch
+        watch = self._watch or self._watching()
         live = time.monotonic() < watch.live_until and not self._closed
         seen = (watch.changes, self._mine)  # read before loading: a later change reloads
         cached = self._cache
@@ -342,6 +375,7 @@ class RedisStore:
 
     def close(self) -> None:
         self._closed = True
-        self._watch.close()
+        if self._watch is not None:
+            self._watch.close()
         self._r.close()
         self._r.connection_pool.disconnect()

@@ -12,8 +12,9 @@ local function less(a, b)  -- integer strings, exactly
   if #a ~= #b then return #a < #b end
   return a < b
 end
-local function current()
-  if redis.call('HGET', KEYS[1], 'w') == ARGV[2] then return redis.call('HGET', KEYS[1], 'n') end
+local function current()  -- a newer window stored (a worker whose clock runs ahead): that one
+  local w = redis.call('HGET', KEYS[1], 'w')
+  if w and (w == ARGV[2] or less(ARGV[2], w)) then return redis.call('HGET', KEYS[1], 'n') end
   return false
 end
 local function bump(n, by)
@@ -44,9 +45,12 @@ return {1, bump(n, 1)}
 ADD = COUNTER_LUA + """
 return bump(current(), ARGV[3])
 """
-# KEYS: as TAKE, then the facts hash. ARGV: as ADD (amount 1), then the fact's body.
+# KEYS: as TAKE, then the facts hash. ARGV: as ADD (amount 1), then the fact's body, then a
+# ceiling ('' for none): a count already at it (an ended session's) takes no fact and no count.
 ADD_FACT = COUNTER_LUA + """
-local n = bump(current(), 1)
+local c = current()
+if ARGV[7] ~= '' and c and not less(c, ARGV[7]) then return c end
+local n = bump(c, 1)
 redis.call('HSET', KEYS[4], n, ARGV[6])
 return n
 """
@@ -56,7 +60,9 @@ local out = {}
 for _, k in ipairs(redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2])) do
   local h = redis.call('HMGET', ARGV[3] .. k, 'w', 'n')
   if not h[1] then redis.call('ZREM', KEYS[1], k)
-  elseif h[1] == ARGV[4] then out[#out + 1] = k; out[#out + 1] = h[2] end
+  elseif h[1] == ARGV[4] or tonumber(h[1]) > tonumber(ARGV[4]) then
+    out[#out + 1] = k; out[#out + 1] = h[2]
+  end
 end
 return out
 """

@@ -221,6 +221,8 @@ class SQLiteStore:
         window = int(now // window_s)
         with self._tx() as db:
             row = db.execute("select window, n from counters where key=?", (key,)).fetchone()
+            if row and row[0] > window:  # a worker whose clock runs ahead: its window counts
+                window = row[0]
             n = row[1] if row and row[0] == window else 0
             if n >= limit:
                 return False, n
@@ -232,6 +234,8 @@ class SQLiteStore:
         window = int(now // window_s)
         with self._tx() as db:
             row = db.execute("select window, n from counters where key=?", (key,)).fetchone()
+            if row and row[0] > window:
+                window = row[0]
             n = (row[1] if row and row[0] == window else 0) + amount
             db.execute("insert into counters(key, window, n) values(?,?,?) on conflict(key) do "
                        "update set window=excluded.window, n=excluded.n", (key, window, n))
@@ -248,12 +252,18 @@ class SQLiteStore:
             return sum(int(db.execute("delete from counters where key=?", (k,)).rowcount)
                        for k in keys)
 
-    def add_fact(self, key: str, window_s: int, now: float, facts: str, body: bytes) -> int:
+    def add_fact(self, key: str, window_s: int, now: float, facts: str, body: bytes,
+                 ceiling: int | None = None) -> int:
         """``add(key, 1, …)`` and keep ``body`` under ``(facts, the new count)``, atomically:
-        the count numbers the fact. For a log that other processes replay (the flow facts)."""
+        the count numbers the fact. For a log that other processes replay (the flow facts).
+        Nothing when the count is already at ``ceiling`` (then: the count)."""
         window = int(now // window_s)
         with self._tx() as db:
             row = db.execute("select window, n from counters where key=?", (key,)).fetchone()
+            if row and row[0] > window:
+                window = row[0]
+            if ceiling is not None and row and row[0] == window and row[1] >= ceiling:
+                return int(row[1])
             n = (row[1] if row and row[0] == window else 0) + 1
             db.execute("insert into counters(key, window, n) values(?,?,?) on conflict(key) do "
                        "update set window=excluded.window, n=excluded.n", (key, window, n))
@@ -277,7 +287,7 @@ class SQLiteStore:
         with self._lock:
             row = self._db.execute("select window, n from counters where key=?",
                                    (key,)).fetchone()
-        return int(row[1]) if row and row[0] == window else 0
+        return int(row[1]) if row and row[0] >= window else 0
 
     def counts(self, prefix: str, window_s: int, now: float) -> dict[str, int]:
         """Every counter whose key starts with ``prefix`` (exactly: no LIKE wildcards), in the
@@ -285,7 +295,7 @@ class SQLiteStore:
         window = int(now // window_s)
         with self._lock:
             rows = self._db.execute(
-                "select key, n from counters where substr(key, 1, ?) = ? and window = ?",
+                "select key, n from counters where substr(key, 1, ?) = ? and window >= ?",
                 (len(prefix), prefix, window)).fetchall()
         return {str(k): int(n) for k, n in rows}
 
