@@ -83,6 +83,6 @@ def without_password(text: str) -> str:
     parameter as ``***``: store targets are quoted in messages, never their secrets."""
     import re
 
-    text = re.sub(r"(://[^/@\s:]*:)[^/\s]*@", r"\1***@", text)
+    text = re.sub(r"(://[^/@\s:]*:)\S*@", r"\1***@", text)  # may mask a port too: safe
     return re.sub(r"([?&](?:ssl)?pass(?:word|wd)?=)[^&\s'\"]*", r"\1***", text,
                   flags=re.IGNORECASE)

@@ -75,7 +75,8 @@ class Governed:
         self._calls: dict[int, tuple[Any, Pre | str]] = {}  # id(tool_input) -> its decision
         self._stops: list[tuple[Any, Decision]] = []        # (crew or agent, stop decision)
         self._lock = threading.Lock()                         # native tool calls run in threads
-        self._tickets: dict[int, int] = {}    # id(tool) -> executions its last decision allows
+        self._tickets: dict[int, int] = {}    # id(tool) -> runs its open decisions allow
+        self._open: dict[int, int] = {}       # id(tool) -> its allowed calls not ended yet
         self._wrapped: dict[int, Any] = {}    # id(tool) -> the tool whose invoke is counted
 
     # -- registration -------------------------------------------------------------------------
@@ -93,6 +94,7 @@ class Governed:
             self._calls.clear()
             self._stops.clear()
             self._tickets.clear()
+            self._open.clear()
             wrapped, self._wrapped = list(self._wrapped.values()), {}
         for tool in wrapped:  # the tools' own invoke again
             for name in ("invoke", "ainvoke"):
@@ -163,7 +165,9 @@ class Governed:
         if tool is None:
             return
         with self._lock:
-            self._tickets[id(tool)] = 1
+            # one more run per allowed call (parallel calls of one tool each get theirs)
+            self._tickets[id(tool)] = self._tickets.get(id(tool), 0) + 1
+            self._open[id(tool)] = self._open.get(id(tool), 0) + 1
             if id(tool) in self._wrapped:
                 return
             self._wrapped[id(tool)] = tool
@@ -211,6 +215,12 @@ class Governed:
     def _after(self, ctx: Any) -> str | None:
         with self._lock:
             held, pre = self._calls.pop(id(ctx.tool_input), (None, None))
+            tool = getattr(ctx, "tool", None)
+            if held is ctx.tool_input and not isinstance(pre, str) and pre is not None \
+                    and pre.run and id(tool) in self._open:
+                # the call ended: a run it did not use (a cached result) is no one's to take
+                left = self._open[id(tool)] = max(0, self._open[id(tool)] - 1)
+                self._tickets[id(tool)] = min(self._tickets.get(id(tool), 0), left)
         if held is not ctx.tool_input or pre is None:
             return (f"The result of tool '{ctx.tool_name}' was withheld: bastion did not decide "
                     f"the call.")

@@ -325,21 +325,29 @@ class SharedFacts:
                 self._local[session_id] = (total + 1, counted | frozenset(new_labels))
             return total + 1
         now = self._clock()
-        if self._logs and self._state.count(f"flow:n:{session_id}", FOREVER, now) \
-                >= ENDED_COUNT:
+        if self._logs and not self._ceiling and self._state.count(
+                f"flow:n:{session_id}", FOREVER, now) >= ENDED_COUNT:
             return None  # ended: what arrives late (a call in flight) is not kept in the store
-        for label in new_labels:
-            self._state.add(f"flow:l:{session_id}:{label}", 1, FOREVER, now)
         if fact is not None and self._logs:
             body = orjson.dumps(fact)
             if len(body) > MAX_FACT_BYTES:  # kept without its data: a replay unplaces its labels
                 body = orjson.dumps({**{k: v for k, v in fact.items() if k not in ("v", "raw")},
                                      "cut": True})
-            extra = {"ceiling": ENDED_COUNT} if self._ceiling else {}  # an end meanwhile
+            extra = {"ceiling": ENDED_COUNT} if self._ceiling else {}  # refused once ended
             seq = int(self._state.add_fact(f"flow:n:{session_id}", FOREVER, now, session_id,
                                            body, **extra))
-            return None if seq >= ENDED_COUNT else seq
-        return int(self._state.add(f"flow:n:{session_id}", 1, FOREVER, now))
+            if seq >= ENDED_COUNT:
+                return None
+        else:
+            seq = int(self._state.add(f"flow:n:{session_id}", 1, FOREVER, now))
+        added = [f"flow:l:{session_id}:{label}" for label in new_labels]
+        for key in added:  # counted after the fact: none are left for an ended session
+            self._state.add(key, 1, FOREVER, now)
+        if added and self._state.count(f"flow:n:{session_id}", FOREVER, now) >= ENDED_COUNT:
+            delete = getattr(self._state, "delete", None)  # ended meanwhile: taken back
+            if callable(delete):
+                delete(added)
+        return seq
 
 
 def _wait(calls: dict[str, list[frozenset[str]]], tool: str, carried: frozenset[str]) -> None:

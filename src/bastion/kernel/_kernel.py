@@ -69,6 +69,18 @@ _BEFORE_GUARDS = frozenset({"invalid_stage", "missing_tool", "invalid_tool", "in
                             "kill_switch", "guard", "internal_error", "audit_unavailable"})
 
 
+_DRAWN: weakref.WeakSet[Kernel] = weakref.WeakSet()  # kernels whose id prefix was drawn
+
+
+def _draw_again() -> None:
+    """In a forked child: every kernel that drew its decision-id prefix draws a new one."""
+    for kernel in list(_DRAWN):
+        kernel._prefix, kernel._ids = os.urandom(6).hex(), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_draw_again)
+
+
 class Kernel(KernelOperations):
     """Decides every action; thread-safe; also a context manager (``close`` on exit)."""
 
@@ -102,14 +114,7 @@ class Kernel(KernelOperations):
         self._prefix = id_prefix if id_prefix is not None else os.urandom(6).hex()
         self._ids = itertools.count(1)
         if id_prefix is None:  # a forked worker draws its own: no two mint one decision id
-            me = weakref.ref(self)
-
-            def in_child() -> None:
-                kernel = me()
-                if kernel is not None:
-                    kernel._prefix, kernel._ids = os.urandom(6).hex(), itertools.count(1)
-
-            os.register_at_fork(after_in_child=in_child)
+            _DRAWN.add(self)
         used = frozenset().union(*(cr.variables for cr in self.compiled.rules))
         self._needs_agent_facts = "agent" in used
         # counting calls costs a state-store write per decision: only when something reads the

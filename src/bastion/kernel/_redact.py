@@ -51,11 +51,17 @@ def _copy(value: Any) -> Any:
 
 
 def _retype(like: Any, items: list[Any]) -> Any:
-    """``items`` as a container of ``like``'s type (a list when that type will not take them)."""
+    """``items`` as a container of ``like``'s type; of its base type (tuple, set, frozenset)
+    when that type will not take them as one iterable and hold them as given."""
+    base = next(t for t in (tuple, frozenset, set) if isinstance(like, t))
     try:
-        return type(like)(items)
+        out = type(like)(items)
+        same = list(out) == items if base is tuple else len(out) == len(base(items))
+        if same:
+            return out
     except Exception:
-        return items
+        pass
+    return base(items)
 
 
 def _mask_path(node: Any, parts: list[str]) -> Any:
@@ -162,7 +168,9 @@ def _same(new: Any, old: Any) -> bool:
     """Whether redaction left a field as it was (a copied container compares by value)."""
     if new is old:
         return True
-    try:
-        return type(new) is type(old) and bool(new == old)
+    try:  # a map or a list copied as a plain one (a defaultdict, a list subclass) counts too
+        kin = type(new) is type(old) or (isinstance(old, Mapping) and type(new) is dict) or (
+            isinstance(old, list) and type(new) is list)
+        return kin and bool(new == old)
     except Exception:  # a value that cannot be compared: rebuilt, to be sure
         return False

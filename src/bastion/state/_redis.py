@@ -163,6 +163,17 @@ class _FlagWatch:
             self._client.connection_pool.disconnect()
 
 
+_OPEN: weakref.WeakSet[RedisStore] = weakref.WeakSet()  # stores open in this process
+
+
+def _reconnect_all() -> None:
+    for store in list(_OPEN):
+        store._connect()
+
+
+os.register_at_fork(after_in_child=_reconnect_all)
+
+
 class RedisStore:
     """Redis-backed ``StateStore`` shared by every process given the same URL and prefix."""
 
@@ -177,14 +188,7 @@ class RedisStore:
         self._mine = 0  # changes made by this process (seen here at once)
         # a forked child (gunicorn --preload, multiprocessing) has none of the parent's
         # threads and may hold its pool's lock as the fork found it: it starts afresh
-        me = weakref.ref(self)
-
-        def in_child() -> None:
-            store = me()
-            if store is not None:
-                store._connect()
-
-        os.register_at_fork(after_in_child=in_child)
+        _OPEN.add(self)
 
     def _connect(self) -> None:
         """A client and its scripts of this process's own; the flag cache empty, its
@@ -274,7 +278,7 @@ class RedisStore:
     def count(self, key: str, window_s: int, now: float) -> int:
         with self._io("count"):
             w, n = self._r.hmget(self._counter(key), "w", "n")
-        return int(n) if w is not None and int(w) >= int(now // window_s) else 0
+        return int(n) if w is not None and int(w) - int(now // window_s) in (0, 1) else 0
 
     def counts(self, prefix: str, window_s: int, now: float) -> dict[str, int]:
         """Every counter whose key starts with ``prefix`` (exactly), in the current window."""
@@ -375,6 +379,7 @@ class RedisStore:
 
     def close(self) -> None:
         self._closed = True
+        _OPEN.discard(self)
         if self._watch is not None:
             self._watch.close()
         self._r.close()

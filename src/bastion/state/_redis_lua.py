@@ -12,9 +12,11 @@ local function less(a, b)  -- integer strings, exactly
   if #a ~= #b then return #a < #b end
   return a < b
 end
-local function current()  -- a newer window stored (a worker whose clock runs ahead): that one
+local function current()  -- the next window stored (a worker whose clock runs ahead): that one
   local w = redis.call('HGET', KEYS[1], 'w')
-  if w and (w == ARGV[2] or less(ARGV[2], w)) then return redis.call('HGET', KEYS[1], 'n') end
+  if w and (w == ARGV[2] or tonumber(w) == tonumber(ARGV[2]) + 1) then
+    return redis.call('HGET', KEYS[1], 'n')
+  end
   return false
 end
 local function bump(n, by)
@@ -60,7 +62,7 @@ local out = {}
 for _, k in ipairs(redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2])) do
   local h = redis.call('HMGET', ARGV[3] .. k, 'w', 'n')
   if not h[1] then redis.call('ZREM', KEYS[1], k)
-  elseif h[1] == ARGV[4] or tonumber(h[1]) > tonumber(ARGV[4]) then
+  elseif h[1] == ARGV[4] or tonumber(h[1]) == tonumber(ARGV[4]) + 1 then
     out[#out + 1] = k; out[#out + 1] = h[2]
   end
 end

@@ -221,7 +221,7 @@ class SQLiteStore:
         window = int(now // window_s)
         with self._tx() as db:
             row = db.execute("select window, n from counters where key=?", (key,)).fetchone()
-            if row and row[0] > window:  # a worker whose clock runs ahead: its window counts
+            if row and row[0] == window + 1:  # a worker whose clock runs ahead: its window
                 window = row[0]
             n = row[1] if row and row[0] == window else 0
             if n >= limit:
@@ -234,7 +234,7 @@ class SQLiteStore:
         window = int(now // window_s)
         with self._tx() as db:
             row = db.execute("select window, n from counters where key=?", (key,)).fetchone()
-            if row and row[0] > window:
+            if row and row[0] == window + 1:
                 window = row[0]
             n = (row[1] if row and row[0] == window else 0) + amount
             db.execute("insert into counters(key, window, n) values(?,?,?) on conflict(key) do "
@@ -260,7 +260,7 @@ class SQLiteStore:
         window = int(now // window_s)
         with self._tx() as db:
             row = db.execute("select window, n from counters where key=?", (key,)).fetchone()
-            if row and row[0] > window:
+            if row and row[0] == window + 1:
                 window = row[0]
             if ceiling is not None and row and row[0] == window and row[1] >= ceiling:
                 return int(row[1])
@@ -287,7 +287,7 @@ class SQLiteStore:
         with self._lock:
             row = self._db.execute("select window, n from counters where key=?",
                                    (key,)).fetchone()
-        return int(row[1]) if row and row[0] >= window else 0
+        return int(row[1]) if row and row[0] - window in (0, 1) else 0
 
     def counts(self, prefix: str, window_s: int, now: float) -> dict[str, int]:
         """Every counter whose key starts with ``prefix`` (exactly: no LIKE wildcards), in the
@@ -295,8 +295,8 @@ class SQLiteStore:
         window = int(now // window_s)
         with self._lock:
             rows = self._db.execute(
-                "select key, n from counters where substr(key, 1, ?) = ? and window >= ?",
-                (len(prefix), prefix, window)).fetchall()
+                "select key, n from counters where substr(key, 1, ?) = ? and window in (?, ?)",
+                (len(prefix), prefix, window, window + 1)).fetchall()
         return {str(k): int(n) for k, n in rows}
 
     def flags(self) -> dict[str, str]:
