@@ -1,7 +1,8 @@
 """Review of the fixes in 848f1c5 (shared backends), 6be2726 (kernel/CLI/gateway fixes) and
 5d23b47 (adapters): each test shows a problem left in (the same bug by a slightly different
-input) or brought by one of those fixes; each failed before its fix. Redis cases need ``BASTION_TEST_REDIS`` (they
-skip without it) and use a key prefix of their own (``redis_url`` in ``tests/conftest.py``)."""
+input) or brought by one of those fixes; each failed before its fix. Redis cases need
+``BASTION_TEST_REDIS`` (they skip without it) and use a key prefix of their own (``redis_url`` in
+``tests/conftest.py``)."""
 
 from __future__ import annotations
 
