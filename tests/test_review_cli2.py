@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -196,3 +197,23 @@ def test_policy_test_args_expectation_is_type_strict(work: Path) -> None:
     proc = bastion("test", "cases.yaml", cwd=work)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAIL" in proc.stdout
+
+
+def test_an_approver_identity_with_control_characters_is_refused(tmp_path: Path) -> None:
+    from bastion import ApprovalError, Kernel
+
+    policy = "version: 1\nrules:\n  - {id: big, tools: [pay], effect: require_approval}\n"
+    with Kernel.from_text(policy, audit=False, state=str(tmp_path / "s.db")) as kernel:
+        pending = kernel.evaluate(bastion_action("pay"))
+        assert pending.approval_id
+        with pytest.raises(ApprovalError, match="printable"):
+            kernel.approve(pending.approval_id, by="ops\napproved by: ceo")
+    proc = bastion("approve", pending.approval_id, "--state", "s.db", "--by", "ops\n",
+                   cwd=tmp_path)
+    assert proc.returncode != 0 and "printable" in proc.stderr, proc.stderr
+
+
+def bastion_action(tool: str) -> Any:
+    from bastion import Action
+
+    return Action(tool=tool, args={}, agent={"id": "a1"}, session={"id": "s1"})

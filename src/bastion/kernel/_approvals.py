@@ -142,6 +142,9 @@ class Approvals:
         """Grant or refuse a pending approval, as ``by``; audited."""
         if not isinstance(by, str) or not by.strip():
             raise ApprovalError("an approval decision needs the approver's identity ('by')")
+        if not by.isprintable() or len(by) > 256:  # a newline would forge a line of the record
+            raise ApprovalError("the approver's identity ('by') must be printable text of at "
+                                "most 256 characters")
         decided = self._state.decide_approval(approval_id, grant, by, note, self._clock() / 1e9)
         if self._audit is not None:
             self._audit.append({"kind": "approval", "id": f"{approval_id}:{decided.status}",
