@@ -10,43 +10,16 @@ on stderr where there is a position; never a traceback; fail closed.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-BASTION = Path(sys.executable).with_name("bastion")
-
-POLICY = """\
-version: 1
-name: review-cli
-rules:
-  - id: transfers
-    tools: [transfer]
-    effect: allow
-  - id: big-transfer
-    tools: [transfer]
-    when: "args.amount > 1000"
-    effect: require_approval
-  - id: send
-    tools: [send]
-    effect: allow
-  - id: mask-card
-    tools: [send]
-    effect: redact
-    redact: [args.card]
-"""
-
-
-def bastion(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BASTION), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "COLUMNS": "200"})
+from cli_support import POLICY, bastion
 
 
 def _no_traceback(proc: subprocess.CompletedProcess[str]) -> bool:

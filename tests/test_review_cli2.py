@@ -10,43 +10,15 @@ traceback; fail closed; no secret printed.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-BASTION = Path(sys.executable).with_name("bastion")
-
-POLICY = """\
-version: 1
-name: review-cli2
-rules:
-  - id: transfers
-    tools: [transfer]
-    effect: allow
-  - id: big-transfer
-    tools: [transfer]
-    when: "args.amount > 1000"
-    effect: require_approval
-  - id: send
-    tools: [send]
-    effect: allow
-  - id: mask-card
-    tools: [send]
-    effect: redact
-    redact: [args.card]
-"""
+from cli_support import POLICY, bastion
 
 DEEP = 5000  # nesting depth past Python's recursion limit for json.loads
-
-
-def bastion(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BASTION), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "COLUMNS": "200"})
 
 
 @pytest.fixture

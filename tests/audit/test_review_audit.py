@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from audit_support import MAC_KEY, SIGNING_KEY, event
+from audit_support import MAC_KEY, SIGNING_KEY, build, event, pay
 
 import bastion
 from bastion.audit import (
@@ -37,18 +37,6 @@ rules:
     when: "args.amount < 100.0"
     effect: allow
 """
-
-
-def build(db: Path, ids: range, *, every: int = 5) -> None:
-    with AuditLog.open(db, key=MAC_KEY, signing_key=SIGNING_KEY, durable=True,
-                       checkpoint_every=every) as log:
-        for i in ids:
-            log.append(event(i))
-
-
-def pay(args: dict[str, Any]) -> bastion.Action:
-    return bastion.Action(tool="pay", args=args, stage="pre_tool", agent={"id": "agent-1"},
-                          session={"id": "s1"})
 
 
 # 1 -------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from audit_support import MAC_KEY, SIGNING_KEY, event
+from audit_support import MAC_KEY, SIGNING_KEY, build, event, pay
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import bastion
@@ -44,24 +44,11 @@ rules:
 """
 
 
-def pay(args: Any) -> bastion.Action:
-    return bastion.Action(tool="pay", args=args, stage="pre_tool", agent={"id": "agent-1"},
-                          session={"id": "s1"})
-
-
 def kernel_events(db: Path, *calls: Any) -> tuple[list[bastion.Decision], list[dict[str, Any]]]:
     log = AuditLog.open(db, key=MAC_KEY, signing_key=SIGNING_KEY, durable=True)
     with bastion.Kernel.from_text(ALLOW_PAY, audit=log) as kernel:
         decisions = [kernel.evaluate(pay(args)) for args in calls]
     return decisions, list(read_events(db))
-
-
-def build(db: Path, n: int, *, every: int = 3, signing_key: Ed25519PrivateKey = SIGNING_KEY,
-          start: int = 0) -> None:
-    with AuditLog.open(db, key=MAC_KEY, signing_key=signing_key, durable=True,
-                       checkpoint_every=every) as log:
-        for i in range(start, start + n):
-            log.append(event(i))
 
 
 # 1 -------------------------------------------------------------------------------------------
@@ -117,9 +104,9 @@ def test_tagged_forms_do_not_collide_with_look_alike_user_data(db: Path) -> None
 
 # 6 -------------------------------------------------------------------------------------------
 def test_pinned_verify_of_an_untouched_log_after_signing_key_rotation(db: Path) -> None:
-    build(db, 4)
+    build(db, range(4), every=3)
     new_key = Ed25519PrivateKey.generate()
-    build(db, 4, signing_key=new_key, start=4)
+    build(db, range(4, 8), every=3, signing_key=new_key)
     assert verify(db, key=MAC_KEY).ok  # untouched
     report = verify(db, key=MAC_KEY, public_key=[SIGNING_KEY.public_key(), new_key.public_key()])
     assert report.ok, report  # both keys pinned: the whole history verifies
@@ -141,7 +128,7 @@ def test_self_signed_forged_inclusion_proof_is_not_accepted_by_default(tmp_path:
 # 8 -------------------------------------------------------------------------------------------
 def test_signed_checkpoint_is_bound_to_its_log(tmp_path: Path) -> None:
     db = tmp_path / "a.db"
-    build(db, 3)
+    build(db, range(3), every=3)
     conn = sqlite3.connect(db)
     log_id = dict(conn.execute("SELECT name, value FROM meta").fetchall())["log_id"]
     conn.close()
@@ -152,7 +139,7 @@ def test_signed_checkpoint_is_bound_to_its_log(tmp_path: Path) -> None:
 
 # 9 -------------------------------------------------------------------------------------------
 def test_entry_hidden_at_the_minimum_seq_is_detected(db: Path) -> None:
-    build(db, 4)
+    build(db, range(4), every=3)
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("INSERT INTO entries (seq, body, mac, leaf) VALUES (?, ?, ?, ?)",
                  (-(2**63), b'{"kind":"injected"}', "0" * 64, b"\0" * 32))
@@ -165,7 +152,7 @@ def test_entry_hidden_at_the_minimum_seq_is_detected(db: Path) -> None:
 
 # 10 ------------------------------------------------------------------------------------------
 def test_dropped_checkpoints_table_is_reported_as_tampered(db: Path) -> None:
-    build(db, 4)
+    build(db, range(4), every=3)
     key_file = db.parent / "audit.db.key"
     key_file.write_text(MAC_KEY.hex() + "\n")
     key_file.chmod(0o600)
@@ -179,14 +166,14 @@ def test_dropped_checkpoints_table_is_reported_as_tampered(db: Path) -> None:
 
 # 11 ------------------------------------------------------------------------------------------
 def test_verify_tail_missing_key_file_is_a_precise_error(db: Path) -> None:
-    build(db, 4)
+    build(db, range(4), every=3)
     with pytest.raises(AuditError, match="key"):
         verify_tail(db, since_seq=2, prev_mac="0" * 64)
 
 
 @pytest.mark.parametrize("prev_mac", ["\u00e9" * 64, None], ids=["non-ascii", "none"])
 def test_verify_tail_malformed_prev_mac_is_reported(db: Path, prev_mac: Any) -> None:
-    build(db, 4)
+    build(db, range(4), every=3)
     try:
         report = verify_tail(db, since_seq=2, prev_mac=prev_mac, key=MAC_KEY)
     except (AuditError, ConfigError):
@@ -218,7 +205,7 @@ def test_kill_switch_reaches_a_running_process_after_gen_file_is_replaced(
 
 # 13 ------------------------------------------------------------------------------------------
 def test_opening_a_log_with_entries_but_no_meta_refuses_and_keeps_the_evidence(db: Path) -> None:
-    build(db, 3)
+    build(db, range(3), every=3)
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("DELETE FROM meta")
     conn.close()
